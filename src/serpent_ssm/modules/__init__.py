@@ -1,0 +1,17 @@
+"""nn.Modules: the Mamba and S4D mixers, the bidirectional wrapper and the residual block.
+
+**Mixer protocol.** Every mixer in the library maps ``x (B, L, d_model)`` to ``(B, L, d_model)``
+through ``forward(x, mask=None)``, where ``mask (B, L)`` is bool, True = real element, right
+padding only; outputs at real positions must not depend on the padding. Causal mixers also
+offer ``allocate_state(batch, device=None, dtype=None) -> state`` and
+``step(x_t, state) -> (y_t, state)`` with ``x_t (B, d_model)``, so that generation costs
+constant memory per token. A user-written mixer that follows this protocol works everywhere a
+built-in one does.
+"""
+
+from serpent_ssm.modules.bidirectional import Bidirectional
+from serpent_ssm.modules.block import Block
+from serpent_ssm.modules.mamba import Mamba
+from serpent_ssm.modules.s4d import S4D
+
+__all__ = ["Bidirectional", "Block", "Mamba", "S4D"]

@@ -1,0 +1,11 @@
+"""Pure functions: the selective scan and its backends."""
+
+from serpent_ssm.ops.selective_scan import (
+    BACKENDS,
+    available_backends,
+    resolve_backend,
+    selective_scan,
+    selective_scan_ref,
+)
+
+__all__ = ["BACKENDS", "available_backends", "resolve_backend", "selective_scan", "selective_scan_ref"]
