@@ -149,6 +149,9 @@ class Mamba(nn.Module):
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
+        if length == 0:  # nothing to mix; the state passes through unchanged
+            out = x.new_zeros(batch, 0, self.d_model)
+            return (out, state if state is not None else self.allocate_state(batch)) if return_state else out
         xz = self.in_proj(x)
         xs, z = xz.chunk(2, dim=-1)
         xs = xs.transpose(1, 2)  # (B, E, L)

@@ -131,6 +131,9 @@ class S4D(nn.Module):
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
+        if length == 0:  # nothing to mix; the state passes through unchanged
+            out = x.new_zeros(batch, 0, self.d_model)
+            return (out, state if state is not None else self.allocate_state(batch)) if return_state else out
         u = x.transpose(1, 2).float()  # (B, H, L)
         if mask is not None:
             u = u * mask.unsqueeze(1)

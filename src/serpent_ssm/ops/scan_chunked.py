@@ -73,6 +73,8 @@ def chunked_scan(
     bt, d, length = u.shape
     n = A.shape[1]
     h = initial_state if initial_state is not None else u.new_zeros(bt, d, n)
+    if length == 0:
+        return u.new_zeros(bt, d, 0), h
     Bt = B.transpose(-1, -2)  # (Bt, G, L, N): the state dimension innermost, like h
     Ct = C.transpose(-1, -2)
     need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (u, delta, A, B, C, h))
@@ -93,6 +95,4 @@ def chunked_scan(
         else:
             y, h = _scan_chunk(*args)
         ys.append(y)
-    if not ys:
-        return u.new_zeros(bt, d, 0), h
     return torch.cat(ys, dim=-1), h

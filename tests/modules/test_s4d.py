@@ -1,0 +1,127 @@
+"""S4D mixer: FFT convolution == recurrence == direct convolution, padding, state, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serpent_ssm.modules import S4D
+from tests.helpers import assert_close, right_padding_mask
+
+D_MODEL = 8
+
+
+def make_s4d(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return S4D(D_MODEL, d_state=kwargs.pop("d_state", 16), dt_min=0.01, dt_max=0.5, **kwargs).eval()
+
+
+def test_kernel_equals_explicit_recurrence():
+    """K_l = 2 Re(C dB dA^l): the impulse response of the discretised system, by a plain loop."""
+    model = make_s4d()
+    length = 50
+    dta, db, c = model._discrete()
+    h = db.clone()  # state after an impulse at t = 0
+    expected = []
+    for _ in range(length):
+        expected.append(2 * (c * h).sum(-1).real)
+        h = torch.exp(dta) * h
+    assert_close(model.kernel(length), torch.stack(expected, -1), 1e-5, 1e-5, "kernel")
+
+
+def test_fft_convolution_equals_direct_convolution():
+    model = make_s4d()
+    x = torch.randn(2, 40, D_MODEL)
+    k = model.kernel(40)
+    u = x.transpose(1, 2)
+    direct = F.conv1d(F.pad(u, (39, 0)), k.flip(-1).unsqueeze(1), groups=D_MODEL) + model.D[:, None] * u
+    expected = F.glu(model.out_linear(F.gelu(direct).transpose(1, 2)), dim=-1)
+    with torch.no_grad():
+        assert_close(model(x), expected, 1e-5, 1e-5, "output")
+
+
+@given(length=st.integers(1, 60), batch=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_step_equals_forward(length, batch, seed):
+    model = make_s4d(seed)
+    x = torch.randn(batch, length, D_MODEL, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x)
+        state = model.allocate_state(batch)
+        outs = []
+        for t in range(length):
+            y_t, state = model.step(x[:, t], state)
+            outs.append(y_t)
+    assert_close(torch.stack(outs, 1), y, 1e-4, 1e-5, "step outputs")
+
+
+@given(length=st.integers(2, 60), split=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_forward_with_state_continues_a_split_sequence(length, split, seed):
+    model = make_s4d(seed)
+    x = torch.randn(2, length, D_MODEL, generator=torch.Generator().manual_seed(seed))
+    cut = max(1, round(split * length))
+    with torch.no_grad():
+        y, final = model(x, return_state=True)
+        y1, s1 = model(x[:, :cut], return_state=True)
+        parts = [y1]
+        if cut < length:
+            y2, s1 = model(x[:, cut:], state=s1, return_state=True)
+            parts.append(y2)
+    assert_close(torch.cat(parts, 1), y, 1e-4, 1e-5, "outputs")
+    assert_close(s1, final, 1e-4, 1e-5, "final state")
+
+
+@given(
+    lengths=st.lists(st.integers(0, 30), min_size=1, max_size=4),
+    extra=st.integers(0, 10),
+    seed=st.integers(0, 1000),
+)
+def test_padding_invariance(lengths, extra, seed):
+    model = make_s4d(seed)
+    total = max(lengths) + extra
+    x = torch.randn(len(lengths), total, D_MODEL, generator=torch.Generator().manual_seed(seed))
+    mask = right_padding_mask(lengths, total)
+    with torch.no_grad():
+        y, state = model(x, mask=mask, return_state=True)
+        for b, n in enumerate(lengths):
+            assert torch.count_nonzero(y[b, n:]) == 0
+            if n == 0:
+                assert torch.count_nonzero(state[b]) == 0
+                continue
+            y_b, s_b = model(x[b : b + 1, :n], return_state=True)
+            assert_close(y[b, :n], y_b[0], 1e-4, 1e-5, f"row {b}")
+            assert_close(state[b], s_b[0], 1e-4, 1e-5, f"row {b} state")
+
+
+def test_learning_rate_hints_and_gradients():
+    model = make_s4d().train()
+    for name in ("log_dt", "log_A_real", "A_imag"):
+        assert getattr(model, name)._optim == {"lr": 1e-3, "weight_decay": 0.0}, name
+    assert not hasattr(model.C, "_optim")
+    model(torch.randn(2, 30, D_MODEL), mask=right_padding_mask([30, 9], 30)).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_no_lr_hint_when_disabled():
+    assert not hasattr(S4D(4, lr=None).log_dt, "_optim")
+
+
+def _raises(message, fn):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        fn()
+
+
+def test_bad_input():
+    _raises("d_state: expected an even number (N/2 complex modes), got 7", lambda: S4D(4, d_state=7))
+    _raises("dropout: expected a probability in [0, 1), got 1.5", lambda: S4D(4, dropout=1.5))
+    model = make_s4d()
+    _raises("x: expected shape (*, *, 8), got (1, 4, 3)", lambda: model(torch.zeros(1, 4, 3)))
+    _raises(
+        "state: expected a complex tensor of shape (2, 8, 8) from allocate_state, got torch.float32",
+        lambda: model.step(torch.zeros(2, D_MODEL), torch.zeros(2, 8, 8)),
+    )

@@ -1,0 +1,330 @@
+"""selective_scan: every backend against the "ref" loop, mask semantics, stability, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
+from serpent_ssm.ops.scan_chunked import DEFAULT_CHUNK_SIZE
+from tests.helpers import assert_close, right_padding_mask
+
+# fp32 tolerances (mamba_ssm's own kernel tests use rtol 6e-4 / atol 2e-3 in fp32)
+RTOL, ATOL = 2e-4, 2e-4
+FAST_BACKENDS = [b for b in available_backends("cpu") if b != "ref"]
+
+# lengths up to 2048, biased towards the chunk boundaries of the chunked scan
+LENGTHS = st.one_of(
+    st.integers(1, 70),
+    st.sampled_from([DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_SIZE + 1, 257, 2048]),
+)
+
+
+def make_inputs(
+    batch, d, n, length, *, b_layout="shared", groups=1, seed=0, dtype=torch.float32, requires_grad=True
+):
+    """Random, well-conditioned scan inputs with the layout of mamba_ssm's selective_scan_fn."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    inputs = {
+        "u": r(batch, d, length),
+        "delta": r(batch, d, length, scale=0.5),
+        "A": -(torch.rand(d, n, generator=g) * 2 + 0.1).to(dtype),
+        "D": r(d),
+        "z": r(batch, d, length),
+        "delta_bias": r(d, scale=0.5),
+    }
+    if b_layout == "shared":
+        inputs["B"], inputs["C"] = r(batch, n, length), r(batch, n, length)
+    elif b_layout == "grouped":
+        inputs["B"], inputs["C"] = r(batch, groups, n, length), r(batch, groups, n, length)
+    else:  # time-invariant
+        inputs["B"], inputs["C"] = r(d, n), r(d, n)
+    if requires_grad:
+        for v in inputs.values():
+            v.requires_grad_(True)
+    return inputs
+
+
+def run_scan(inputs, backend, **kwargs):
+    """Forward, then the gradient of a random projection of the outputs w.r.t. every input."""
+    out = selective_scan(
+        inputs["u"],
+        inputs["delta"],
+        inputs["A"],
+        inputs["B"],
+        inputs["C"],
+        kwargs.pop("D", inputs["D"]),
+        z=kwargs.pop("z", inputs["z"]),
+        delta_bias=kwargs.pop("delta_bias", inputs["delta_bias"]),
+        backend=backend,
+        **kwargs,
+    )
+    y, h = out if isinstance(out, tuple) else (out, None)
+    g = torch.Generator().manual_seed(123)
+    loss = (y * torch.randn(y.shape, generator=g)).sum()
+    if h is not None:
+        loss = loss + (h * torch.randn(h.shape, generator=g)).sum()
+    params = [v for v in inputs.values() if v.requires_grad]
+    if kwargs.get("initial_state") is not None:
+        params.append(kwargs["initial_state"])
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return y, h, grads
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@given(
+    batch=st.integers(1, 3),
+    d_groups=st.sampled_from([(1, 1), (4, 1), (6, 2), (8, 4)]),
+    n=st.integers(1, 6),
+    length=LENGTHS,
+    b_layout=st.sampled_from(["shared", "grouped", "time-invariant"]),
+    use_mask=st.booleans(),
+    use_init=st.booleans(),
+    use_final=st.booleans(),
+    softplus=st.booleans(),
+    optional=st.sampled_from(["all", "no_D", "no_z", "no_bias"]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_backend_matches_ref_forward_and_gradients(
+    backend,
+    batch,
+    d_groups,
+    n,
+    length,
+    b_layout,
+    use_mask,
+    use_init,
+    use_final,
+    softplus,
+    optional,
+    seed,
+    data,
+):
+    d, groups = d_groups
+    inputs = make_inputs(batch, d, n, length, b_layout=b_layout, groups=groups, seed=seed)
+    if not softplus:  # Δ is a time step: without the softplus the caller passes Δ >= 0
+        with torch.no_grad():
+            inputs["delta"].abs_()
+            inputs["delta_bias"].abs_()
+    kwargs = {"delta_softplus": softplus, "return_final_state": use_final}
+    if optional != "all":
+        kwargs[{"no_D": "D", "no_z": "z", "no_bias": "delta_bias"}[optional]] = None
+    if use_mask:
+        lengths = data.draw(st.lists(st.integers(0, length), min_size=batch, max_size=batch))
+        kwargs["mask"] = right_padding_mask(lengths, length)
+    if use_init:
+        h0 = torch.randn(batch, d, n, generator=torch.Generator().manual_seed(seed + 1))
+        kwargs["initial_state"] = h0.requires_grad_(True)
+    y_ref, h_ref, g_ref = run_scan(inputs, "ref", **dict(kwargs))
+    y, h, grads = run_scan(inputs, backend, **dict(kwargs))
+    assert y.shape == (batch, d, length)
+    assert_close(y, y_ref, RTOL, ATOL, "y")
+    if use_final:
+        assert h.shape == (batch, d, n)
+        assert_close(h, h_ref, RTOL, ATOL, "final state")
+    names = [k for k, v in inputs.items() if v.requires_grad] + (["initial_state"] if use_init else [])
+    for name, got, want in zip(names, grads, g_ref, strict=True):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0, name
+            continue
+        scale = max(1.0, want.abs().max().item())
+        assert_close(got, want, RTOL * 5, ATOL * 5 * scale, f"grad {name}")
+
+
+def test_ref_matches_transformers_slow_path():
+    """An independent oracle for the oracle: transformers' own (sequential) Mamba scan."""
+    modeling = pytest.importorskip("transformers.models.mamba.modeling_mamba")
+    inputs = make_inputs(2, 8, 4, 50, requires_grad=False)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D")]
+    y, h = selective_scan(
+        *args,
+        z=inputs["z"],
+        delta_bias=inputs["delta_bias"],
+        delta_softplus=True,
+        return_final_state=True,
+        backend="ref",
+    )
+    y_hf, h_hf = modeling.mamba_selective_scan(
+        *args, z=inputs["z"], delta_bias=inputs["delta_bias"], delta_softplus=True, return_last_state=True
+    )
+    assert_close(y, y_hf, 1e-5, 1e-5, "y")
+    assert_close(h, h_hf, 1e-5, 1e-5, "final state")
+
+
+@pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])
+def test_mask_means_no_time_and_no_input(backend):
+    """Padded positions: output 0, and the state stays at its value after the last real element."""
+    inputs = make_inputs(3, 4, 3, 40, requires_grad=False)
+    lengths = [40, 17, 0]
+    mask = right_padding_mask(lengths, 40)
+    common = {"delta_softplus": True, "return_final_state": True, "backend": backend}
+    y, h = selective_scan(**inputs, mask=mask, **common)
+    for b, n in enumerate(lengths):
+        assert torch.count_nonzero(y[b, :, n:]) == 0
+        row = {k: (v[b : b + 1, ..., :n] if v.dim() == 3 else v) for k, v in inputs.items()}
+        y_b, h_b = selective_scan(**row, **common)
+        assert_close(y[b, :, :n], y_b[0], 1e-6, 1e-6, f"row {b} outputs")
+        assert_close(h[b], h_b[0], 1e-6, 1e-6, f"row {b} final state")
+
+
+@pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])
+def test_initial_state_continues_a_split_sequence(backend):
+    inputs = make_inputs(2, 4, 3, 60, requires_grad=False)
+    common = {"delta_softplus": True, "return_final_state": True, "backend": backend}
+    y, h = selective_scan(**inputs, **common)
+    first = {k: (v[..., :25] if v.dim() == 3 else v) for k, v in inputs.items()}
+    second = {k: (v[..., 25:] if v.dim() == 3 else v) for k, v in inputs.items()}
+    y1, h1 = selective_scan(**first, **common)
+    y2, h2 = selective_scan(**second, initial_state=h1, **common)
+    assert_close(torch.cat([y1, y2], -1), y, 1e-5, 1e-5, "y")
+    assert_close(h2, h, 1e-5, 1e-5, "final state")
+
+
+def test_return_last_state_is_mamba_ssm_spelling():
+    inputs = make_inputs(1, 2, 2, 5, requires_grad=False)
+    y, h = selective_scan(**inputs, return_last_state=True)
+    assert y.shape == (1, 2, 5) and h.shape == (1, 2, 2)
+
+
+@pytest.mark.parametrize("length", [16384, 65536])
+def test_long_sequences_are_stable(length):
+    """Large Δ·A over long sequences: no overflow of cumulative decays, no NaN, equal to the loop."""
+    batch, d, n = 1, 2, 4
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(batch, d, length, generator=g)
+    delta = torch.rand(batch, d, length, generator=g) * 5  # up to 5 time units per step
+    A = -torch.tensor([[0.01, 1.0, 50.0, 500.0], [1e-4, 3.0, 30.0, 3000.0]])
+    B, C = torch.randn(batch, n, length, generator=g), torch.randn(batch, n, length, generator=g)
+    y = selective_scan(u, delta, A, B, C, backend="torch")
+    assert torch.isfinite(y).all()
+    if length <= 16384:  # against the loop in float64; fp32 rounding grows with the state's size
+        y64 = selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double(), backend="ref")
+        scale = y64.abs().max().item()
+        assert_close(y.double(), y64, 0.0, 1e-5 * scale, "y")
+
+
+def test_bf16_inputs_are_upcast():
+    inputs = make_inputs(2, 4, 3, 33, requires_grad=False)
+    low = {k: v.to(torch.bfloat16) for k, v in inputs.items()}
+    y_low = selective_scan(**low, delta_softplus=True, backend="torch")
+    y_ref = selective_scan(**{k: v.float() for k, v in low.items()}, delta_softplus=True, backend="ref")
+    assert y_low.dtype == torch.bfloat16
+    assert_close(y_low.float(), y_ref, 1e-2, 1e-2, "y")
+
+
+def test_float64_computes_in_float64():
+    inputs = make_inputs(1, 3, 2, 40, dtype=torch.float64, requires_grad=False)
+    y_ref = selective_scan(**inputs, delta_softplus=True, backend="ref")
+    y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    assert y.dtype == torch.float64
+    assert_close(y, y_ref, 1e-12, 1e-12, "y")
+
+
+def test_auto_backend_resolution_on_cpu():
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert available_backends("cpu") == ["torch", "ref"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_matches_ref():  # pragma: no cover - runs on GPU machines only
+    pytest.importorskip("mamba_ssm")
+    inputs = {k: v.detach().cuda() for k, v in make_inputs(2, 8, 4, 300, requires_grad=False).items()}
+    mask = right_padding_mask([300, 123], 300).cuda()
+    y = selective_scan(**inputs, delta_softplus=True, mask=mask, backend="cuda")
+    y_ref = selective_scan(**inputs, delta_softplus=True, mask=mask, backend="ref")
+    assert_close(y, y_ref, 6e-4, 2e-3, "y")
+
+
+# ----------------------------------------------------------------------------- bad input
+def _ok():
+    return make_inputs(2, 4, 3, 10, requires_grad=False)
+
+
+def _raises(message: str, **overrides):
+    inputs = _ok()
+    kwargs = {}
+    for k, v in overrides.items():
+        (inputs if k in inputs else kwargs)[k] = v
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        selective_scan(**inputs, **kwargs)
+
+
+def test_bad_rank():
+    _raises("u: expected a tensor of rank 3, got rank 2 with shape (4, 10)", u=torch.zeros(4, 10))
+
+
+def test_mismatched_delta():
+    _raises("delta: expected shape (2, 4, 10), got (2, 4, 9)", delta=torch.zeros(2, 4, 9))
+
+
+def test_mismatched_A():
+    _raises("A: expected shape (4, N) matching u's 4 channels, got (5, 3)", A=-torch.ones(5, 3))
+
+
+def test_mismatched_B():
+    _raises("B: expected shape (2, 3, 10), got (2, 2, 10)", B=torch.zeros(2, 2, 10))
+
+
+def test_groups_must_divide_channels():
+    _raises("C: expected a group count G dividing D=4, got G=3", C=torch.zeros(2, 3, 3, 10))
+
+
+def test_non_float_dtype():
+    _raises(
+        "u: expected a floating-point tensor, got dtype torch.int64",
+        u=torch.zeros(2, 4, 10, dtype=torch.long),
+    )
+
+
+def test_complex_A_rejected():
+    _raises(
+        "A: expected a real floating-point tensor, got complex dtype torch.complex64",
+        A=torch.zeros(4, 3, dtype=torch.cfloat),
+    )
+
+
+def test_nan_in_parameters():
+    a = -torch.ones(4, 3)
+    a[1, 2] = float("nan")
+    _raises("A: expected finite values, got 1 NaN and 0 infinite entries out of 12", A=a)
+    d = torch.ones(4)
+    d[0] = float("inf")
+    _raises("D: expected finite values, got 0 NaN and 1 infinite entries out of 4", D=d)
+
+
+def test_unknown_backend():
+    _raises("backend: expected one of 'auto', 'ref', 'torch', 'cuda', got 'triton'", backend="triton")
+
+
+def test_cuda_backend_needs_cuda_tensors():
+    _raises("backend: 'cuda' needs tensors on a CUDA device, got device cpu", backend="cuda")
+
+
+def test_mask_must_be_bool():
+    _raises(
+        "mask: expected dtype torch.bool (True = real element), got torch.int64",
+        mask=torch.ones(2, 10, dtype=torch.long),
+    )
+
+
+def test_mask_must_be_right_padding():
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 3] = False
+    _raises(
+        "mask: expected right padding (real elements first, then padding) in every row, "
+        "got a real element after padding in row 1",
+        mask=mask,
+    )
+
+
+def test_initial_state_shape():
+    _raises("initial_state: expected shape (2, 4, 3), got (2, 4, 5)", initial_state=torch.zeros(2, 4, 5))
