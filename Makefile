@@ -1,0 +1,43 @@
+# Set-up and entry points. The README quotes `make demo` and `make test`.
+# torch==2.13.0 is installed first, on its own: a bare `torch` requirement would pull a CUDA
+# build of several GB; with 2.13.0 present, the package's `torch>=2.4` installs nothing more.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## demo: set up the environment and run the main job (no download)
+demo: $(VENV)/.core
+	$(BIN)/serpent demo
+
+## test: set up the environment, lint, and run the test suite
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: the selective-scan benchmark table (minutes)
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/scan.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis src/*.egg-info

@@ -1,0 +1,244 @@
+"""Benchmark the selective-scan backends against mambapy and transformers, in one run.
+
+    python benchmarks/scan.py                       # B=4, D=256, N=16, L in 1K, 4K, 16K
+    python benchmarks/scan.py --lengths 1024 --repeats 5
+
+Every (implementation, length) pair runs in a fresh subprocess, so that peak memory is that of
+one scan and nothing else. Peak memory is the peak resident set size above the level reached
+once the inputs exist, sampled every millisecond, in a subprocess of its own that runs with
+``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed blocks to the system and the
+resident size follows what is really allocated (that setting slows allocation, so times are
+taken in another subprocess without it). Times are the best of ``--repeats`` runs after one
+warm-up. All implementations get the same inputs (Δ already positive, a D skip, no gate)
+and compute the same function.
+
+Baselines:
+  mambapy        mambapy's ``MambaBlock.selective_scan`` (its Blelloch parallel scan, pscan)
+  transformers   transformers' ``mamba_selective_scan`` slow path (a Python loop over time,
+                 what transformers runs on a CPU without mamba_ssm)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples the resident set size in a thread; ``peak`` is the maximum seen."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, threads: int, what: str) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(batch, d, length, generator=g)
+    delta = torch.nn.functional.softplus(torch.randn(batch, d, length, generator=g) - 3.0)
+    A = -torch.rand(d, n, generator=g) * 4 - 0.1
+    B = torch.randn(batch, n, length, generator=g)
+    C = torch.randn(batch, n, length, generator=g)
+    D = torch.randn(d, generator=g)
+    leaves = [u, delta, A, B, C, D]
+
+    if impl in ("torch", "ref"):
+        from serpent_ssm.ops import selective_scan
+
+        def fn(u, delta, A, B, C, D):
+            return selective_scan(u, delta, A, B, C, D, backend=impl)
+
+    elif impl == "mambapy":
+        from mambapy.mamba import MambaBlock, MambaConfig
+
+        block = MambaBlock(MambaConfig(d_model=d // 2, n_layers=1, d_state=n))
+        # mambapy's layout is (B, L, ED): transpose the inputs once, outside the timed region
+        leaves = [
+            u.transpose(1, 2).contiguous(),
+            delta.transpose(1, 2).contiguous(),
+            A,
+            B.transpose(1, 2).contiguous(),
+            C.transpose(1, 2).contiguous(),
+            D,
+        ]
+
+        def fn(u, delta, A, B, C, D):
+            return block.selective_scan(u, delta, A, B, C, D)
+
+    elif impl == "transformers":
+        from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+
+        def fn(u, delta, A, B, C, D):
+            return mamba_selective_scan(u, delta, A, B, C, D)
+
+    else:
+        raise ValueError(f"impl: expected torch, ref, mambapy or transformers, got {impl!r}")
+
+    leaves = [x.requires_grad_(True) for x in leaves]
+
+    def forward():
+        with torch.no_grad():
+            fn(*leaves)
+
+    def forward_backward():
+        y = fn(*leaves)
+        y.backward(torch.ones_like(y))
+        for x in leaves:
+            x.grad = None
+
+    result = {}
+    for name, step in (("fwd", forward), ("fwd_bwd", forward_backward)):
+        if what == "memory":
+            base = _rss_bytes()
+            with PeakRSS() as mon:
+                step()
+            result[f"{name}_peak_mb"] = (mon.peak - base) / 2**20
+        else:
+            step()  # warm-up
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            result[f"{name}_s"] = min(times)
+    return result
+
+
+def run_one(impl, args, length) -> dict | None:
+    """Times in one subprocess, memory in another (with mmap'd allocations, which slow it down)."""
+    result = {}
+    for what in ("time", "memory"):
+        env = dict(os.environ)
+        if what == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            impl,
+            "--what",
+            what,
+            "--lengths",
+            str(length),
+            "--batch",
+            str(args.batch),
+            "--d",
+            str(args.d),
+            "--n",
+            str(args.n),
+            "--repeats",
+            str(1 if impl in SLOW else args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(f"# {impl} at L={length} ({what}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return None
+        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--d", type=int, default=256, help="inner width D (channels)")
+    p.add_argument("--n", type=int, default=16, help="state size N")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--impls", nargs="+", default=["torch", "mambapy", "transformers", "ref"])
+    p.add_argument(
+        "--slow-max-length",
+        type=int,
+        default=1024,
+        help="longest L for the Python-loop implementations (ref, transformers)",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--what", default="time", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        import torch
+
+        threads = args.threads or torch.get_num_threads()
+        print(
+            json.dumps(
+                worker(
+                    args.worker, args.batch, args.d, args.n, args.lengths[0], args.repeats, threads, args.what
+                )
+            )
+        )
+        return
+
+    import torch
+
+    args.threads = args.threads or torch.get_num_threads()
+    print(
+        f"# selective scan, B={args.batch}, D={args.d}, N={args.n}, fp32, {args.threads} threads, "
+        f"torch {torch.__version__}, best of {args.repeats} (1 for loops)\n"
+    )
+    print(
+        "| L | implementation | forward s | fwd+bwd s | peak extra MB (fwd+bwd) "
+        "| fwd+bwd time vs torch | peak memory vs torch |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for length in args.lengths:
+        rows = {}
+        for impl in args.impls:
+            if impl in SLOW and length > args.slow_max_length:
+                continue
+            rows[impl] = run_one(impl, args, length)
+        ours = rows.get("torch")
+        for impl, r in rows.items():
+            if r is None:
+                print(f"| {length} | {impl} | failed | | | | |")
+                continue
+            ratio_t = ratio_m = ""
+            if ours:
+                ratio_t = f"{r['fwd_bwd_s'] / ours['fwd_bwd_s']:.2f}×"
+                ratio_m = f"{r['fwd_bwd_peak_mb'] / max(ours['fwd_bwd_peak_mb'], 1e-9):.1f}×"
+            print(
+                f"| {length} | {impl} | {r['fwd_s']:.3f} | {r['fwd_bwd_s']:.3f} | "
+                f"{r['fwd_bwd_peak_mb']:.0f} | {ratio_t} | {ratio_m} |",
+                flush=True,
+            )
+    skipped = [i for i in args.impls if i in SLOW]
+    if skipped and any(length > args.slow_max_length for length in args.lengths):
+        print(
+            f"\n{', '.join(skipped)}: Python loops over time, measured up to L={args.slow_max_length} only."
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Selective resampling: the pure, batched, mask-aware steps of the SeRpEnt mixer (SPEC.md §2).
+
+A sequence ``x (B, L, D)`` is laid on a time axis by per-position intervals ``Δ (B, L)``:
+``t_l = Δ_1 + … + Δ_l``. A uniform grid ``k = 1, 2, …`` resamples it: grid point ``k`` selects
+``l_k = min{l : t_l >= k}`` and aggregates a window of ``K`` elements around ``l_k``, each with
+its time offset ``δ_kj = k − t_j`` expanded in Gaussian radial basis functions. After a backbone
+runs on the compressed sequence, its output is restored to length ``L``.
+
+Every function here has a ``*_loop`` twin (plain Python loops over batch and positions) that
+the tests compare against; the batched versions have no Python loop over the sequence.
+Index conventions: positions ``l`` are 0-based in tensors; grid point ``k`` (1-based, as in the
+paper) lives in slot ``k − 1`` of the compressed buffer. Times are float64, so that counts and
+selections are exact for long sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+
+__all__ = [
+    "ceil_rate",
+    "compressed_length",
+    "gather_windows",
+    "gather_windows_loop",
+    "intervals_to_times",
+    "intervals_to_times_loop",
+    "rbf_features",
+    "rbf_centers",
+    "restore",
+    "restore_loop",
+    "select_grid",
+    "select_grid_loop",
+]
+
+RESTORES = ("hold", "interp", "scatter")
+
+
+# ----------------------------------------------------------------------------- counts
+def _fraction(rate: float) -> Fraction:
+    return Fraction(str(rate)).limit_denominator(10**6)
+
+
+def ceil_rate(rate: float, n: torch.Tensor) -> torch.Tensor:
+    """Exact ``ceil(rate · n)`` for integer lengths ``n`` (any shape, int64).
+
+    ``rate`` is read as the decimal it prints as (0.3 is 3/10), and the product is taken in
+    integers: in float32, 0.3 × 90 is 27.000002 and its ceiling 28.
+    """
+    f = _fraction(rate)
+    n = n.long()
+    return (n * f.numerator + f.denominator - 1) // f.denominator
+
+
+def compressed_length(rate: float, length: int, causal: bool, delta_max: float) -> int:
+    """Static size of the compressed buffer of a branch for inputs of length ``length``.
+
+    Non-causal: ``ceil(rate · L)`` (the counts are exactly ``ceil(rate · n) <= ceil(rate · L)``).
+    Causal: ``ceil(delta_max · L)``, the largest ``floor(t_n)`` intervals bounded by
+    ``delta_max`` can reach.
+    """
+    if length == 0:
+        return 0
+    if causal:
+        return max(1, math.ceil(delta_max * length - 1e-9))
+    return max(1, int(ceil_rate(rate, torch.tensor(length))))
+
+
+# ----------------------------------------------------------------------------- times
+def intervals_to_times(
+    delta: torch.Tensor, mask: torch.Tensor | None, rate: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cumulative times and compressed counts.
+
+    Args:
+        delta: ``(B, L)`` non-negative intervals (any float dtype).
+        mask: ``(B, L)`` bool right padding, or None. Padding gets ``Δ = 0``.
+        rate: the branch's compression rate ``κ``.
+        causal: causal (no rescaling) or non-causal (rescale to ``ceil(κ·n)`` time units).
+    Returns:
+        ``t (B, L)`` float64 (``t_l = Σ_{j<=l} Δ_j``, rescaled in non-causal mode so that the
+        last real element sits exactly at ``ceil(κ·n)``) and ``counts (B,)`` int64: the number
+        of grid points, ``ceil(κ·n)`` (non-causal) or ``floor(t_n)`` (causal).
+    """
+    d = delta.double()
+    if mask is not None:
+        d = d * mask
+    t = torch.cumsum(d, dim=1)
+    if t.shape[1] == 0:
+        return t, torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
+    total = t[:, -1]
+    if causal:
+        return t, torch.floor(total).long()
+    n = mask.sum(1) if mask is not None else torch.full_like(total, t.shape[1], dtype=torch.long)
+    counts = ceil_rate(rate, n)
+    scale = torch.where(total > 0, counts.double() / total.clamp_min(1e-300), torch.zeros_like(total))
+    return t * scale.unsqueeze(1), counts
+
+
+def intervals_to_times_loop(delta, mask, rate, causal):
+    """Loop twin of ``intervals_to_times``."""
+    b, length = delta.shape
+    t = torch.zeros(b, length, dtype=torch.float64)
+    counts = torch.zeros(b, dtype=torch.long)
+    for i in range(b):
+        n = int(mask[i].sum()) if mask is not None else length
+        acc = 0.0
+        for l in range(length):
+            if l < n:
+                acc += float(delta[i, l])
+            t[i, l] = acc
+        if causal:
+            counts[i] = math.floor(acc)
+        else:
+            f = _fraction(rate)
+            counts[i] = -((-n * f.numerator) // f.denominator)
+            if acc > 0:
+                t[i] *= counts[i].item() / acc
+    return t, counts
+
+
+# ----------------------------------------------------------------------------- selection
+def select_grid(
+    t: torch.Tensor, counts: torch.Tensor, lengths: torch.Tensor, buffer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid point ``k`` selects ``l_k = min{l : t_l >= k}``, for ``k = 1..buffer``.
+
+    Args:
+        t: ``(B, L)`` float64 non-decreasing times. counts: ``(B,)`` grid points per row.
+        lengths: ``(B,)`` real lengths. buffer: static compressed length ``L'``.
+    Returns:
+        ``index (B, L')`` int64 (0-based positions; clamped into the real range, and 0 on
+        invalid slots) and ``valid (B, L')`` bool (slot ``k − 1`` is valid iff ``k <= counts``).
+    """
+    b = t.shape[0]
+    grid = torch.arange(1, buffer + 1, dtype=t.dtype, device=t.device).expand(b, buffer).contiguous()
+    index = torch.searchsorted(t.contiguous(), grid, side="left")
+    valid = grid <= counts.unsqueeze(1).to(t.dtype)
+    last = (lengths - 1).clamp_min(0).unsqueeze(1)
+    index = torch.where(valid, torch.minimum(index, last), torch.zeros_like(index))
+    return index, valid
+
+
+def select_grid_loop(t, counts, lengths, buffer):
+    """Loop twin of ``select_grid``."""
+    b, length = t.shape
+    index = torch.zeros(b, buffer, dtype=torch.long)
+    valid = torch.zeros(b, buffer, dtype=torch.bool)
+    for i in range(b):
+        for k in range(1, buffer + 1):
+            if k > counts[i]:
+                continue
+            valid[i, k - 1] = True
+            hit = next((l for l in range(length) if t[i, l] >= k), length)
+            index[i, k - 1] = min(hit, max(int(lengths[i]) - 1, 0))
+    return index, valid
+
+
+# ----------------------------------------------------------------------------- windows
+def window_offsets(window: int, causal: bool) -> list[int]:
+    """Relative positions of a window: causal ``[-(K-1), …, 0]``, centred ``[-(K-1)//2, …, K//2]``."""
+    if causal:
+        return list(range(-(window - 1), 1))
+    return list(range(-((window - 1) // 2), window // 2 + 1))
+
+
+def gather_windows(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather the ``K`` neighbours of every selected element and their time offsets.
+
+    Args:
+        x: ``(B, L, D)``; t: ``(B, L)`` times; index, valid: ``(B, L')`` from ``select_grid``;
+        lengths: ``(B,)``; window: ``K``; causal: window layout (see ``window_offsets``).
+    Returns:
+        ``xw (B, L', K, D)`` (zero where invalid), ``offsets (B, L', K)`` float64
+        ``δ_kj = k − t_j`` (zero where invalid) and ``ok (B, L', K)`` bool: the neighbour exists
+        (inside the real range) and its slot is valid.
+    """
+    b, length, d = x.shape
+    buffer = index.shape[1]
+    rel = torch.tensor(window_offsets(window, causal), device=x.device)
+    pos = index.unsqueeze(-1) + rel  # (B, L', K)
+    ok = valid.unsqueeze(-1) & (pos >= 0) & (pos < lengths.view(b, 1, 1))
+    pos = torch.where(ok, pos, torch.zeros_like(pos))
+    flat = pos.view(b, buffer * window)
+    xw = x.gather(1, flat.unsqueeze(-1).expand(b, buffer * window, d)).view(b, buffer, window, d)
+    xw = xw * ok.unsqueeze(-1).to(xw.dtype)
+    grid = torch.arange(1, buffer + 1, dtype=t.dtype, device=t.device).view(1, buffer, 1)
+    offsets = torch.where(
+        ok, grid - t.gather(1, flat).view(b, buffer, window), torch.zeros((), dtype=t.dtype)
+    )
+    return xw, offsets, ok
+
+
+def gather_windows_loop(x, t, index, valid, lengths, window, causal):
+    """Loop twin of ``gather_windows``."""
+    b, length, d = x.shape
+    buffer = index.shape[1]
+    xw = torch.zeros(b, buffer, window, d, dtype=x.dtype)
+    offsets = torch.zeros(b, buffer, window, dtype=t.dtype)
+    ok = torch.zeros(b, buffer, window, dtype=torch.bool)
+    for i in range(b):
+        for s in range(buffer):
+            if not valid[i, s]:
+                continue
+            for w, r in enumerate(window_offsets(window, causal)):
+                j = int(index[i, s]) + r
+                if 0 <= j < int(lengths[i]):
+                    xw[i, s, w] = x[i, j]
+                    offsets[i, s, w] = (s + 1) - t[i, j]
+                    ok[i, s, w] = True
+    return xw, offsets, ok
+
+
+# ----------------------------------------------------------------------------- RBF
+def rbf_centers(n_bases: int, low: float, high: float) -> tuple[torch.Tensor, float]:
+    """``n_bases`` centres evenly spaced over ``[low, high]`` and the width ``σ`` = their spacing."""
+    centers = torch.linspace(low, high, n_bases, dtype=torch.float64)
+    sigma = (high - low) / (n_bases - 1) if n_bases > 1 else max(high - low, 1.0)
+    return centers, sigma
+
+
+def rbf_features(offsets: torch.Tensor, centers: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``φ_m(δ) = exp(−(δ − μ_m)² / 2σ²)``: ``(...,)`` offsets -> ``(..., M)`` float32."""
+    diff = offsets.unsqueeze(-1) - centers.to(offsets.device, offsets.dtype)
+    return torch.exp(-(diff * diff) / (2.0 * sigma * sigma)).float()
+
+
+# ----------------------------------------------------------------------------- restore
+def restore(
+    y: torch.Tensor,
+    t: torch.Tensor,
+    counts: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    mask: torch.Tensor | None,
+    how: str,
+) -> torch.Tensor:
+    """Map the compressed output ``y (B, L', D)`` back to length ``L``.
+
+    ``hold``: position ``l`` reads grid point ``floor(t_l)`` (0 before the first crossing).
+    ``interp``: linear interpolation in time between grid points ``floor(t_l)`` and
+    ``floor(t_l) + 1``, clamped to the valid grid points ``1..count`` (differentiable in ``t``).
+    ``scatter``: ``ŷ_{l_k} = ỹ_k`` (summed when an element is selected twice), 0 elsewhere.
+    Returns ``(B, L, D)``, 0 at padded positions.
+    """
+    b, buffer, d = y.shape
+    length = t.shape[1]
+    if how == "scatter":
+        src = y * valid.unsqueeze(-1).to(y.dtype)
+        out = y.new_zeros(b, length, d).scatter_add(1, index.unsqueeze(-1).expand(b, buffer, d), src)
+    elif buffer == 0:
+        out = y.new_zeros(b, length, d)
+    elif how == "hold":
+        k = torch.minimum(torch.floor(t).long(), counts.unsqueeze(1))  # grid point held, 0 = none
+        slot = (k - 1).clamp(0, buffer - 1)
+        out = y.gather(1, slot.unsqueeze(-1).expand(b, length, d))
+        out = out * (k >= 1).unsqueeze(-1).to(y.dtype)
+    elif how == "interp":
+        hi = counts.clamp_min(1).unsqueeze(1).to(t.dtype)
+        tc = torch.minimum(torch.maximum(t, torch.ones_like(t)), hi)
+        lo = torch.floor(tc)
+        w = (tc - lo).to(y.dtype).unsqueeze(-1)
+        lo_slot = (lo.long() - 1).clamp(0, buffer - 1)
+        hi_slot = lo.long().clamp(max=buffer - 1)
+        hi_slot = torch.minimum(hi_slot, (counts.unsqueeze(1) - 1).clamp(0, buffer - 1))
+        y_lo = y.gather(1, lo_slot.unsqueeze(-1).expand(b, length, d))
+        y_hi = y.gather(1, hi_slot.unsqueeze(-1).expand(b, length, d))
+        out = (1 - w) * y_lo + w * y_hi
+        out = out * (counts >= 1).view(b, 1, 1).to(y.dtype)
+    else:
+        raise ValueError(f"restore: expected one of {', '.join(map(repr, RESTORES))}, got {how!r}")
+    if mask is not None:
+        out = out * mask.unsqueeze(-1).to(out.dtype)
+    return out
+
+
+def restore_loop(y, t, counts, index, valid, mask, how):
+    """Loop twin of ``restore``."""
+    b, buffer, d = y.shape
+    length = t.shape[1]
+    out = torch.zeros(b, length, d, dtype=y.dtype)
+    for i in range(b):
+        n = int(mask[i].sum()) if mask is not None else length
+        c = int(counts[i])
+        if how == "scatter":
+            for s in range(buffer):
+                if valid[i, s]:
+                    out[i, int(index[i, s])] += y[i, s]
+            out[i, n:] = 0
+            continue
+        for l in range(n):
+            tl = float(t[i, l])
+            if how == "hold":
+                k = min(math.floor(tl), c)
+                if k >= 1:
+                    out[i, l] = y[i, k - 1]
+            elif c >= 1:
+                tc = min(max(tl, 1.0), float(c))
+                lo = math.floor(tc)
+                w = tc - lo
+                hi = min(lo + 1, c)
+                out[i, l] = (1 - w) * y[i, lo - 1] + w * y[i, hi - 1]
+    return out
