@@ -1,4 +1,4 @@
-"""nn.Modules: the Mamba and S4D mixers, the bidirectional wrapper and the residual block.
+"""nn.Modules: the SeRpEnt mixer, the Mamba and S4D backbones, the bidirectional wrapper, the block.
 
 **Mixer protocol.** Every mixer in the library maps ``x (B, L, d_model)`` to ``(B, L, d_model)``
 through ``forward(x, mask=None)``, where ``mask (B, L)`` is bool, True = real element, right
@@ -13,5 +13,6 @@ from serpent_ssm.modules.bidirectional import Bidirectional
 from serpent_ssm.modules.block import Block
 from serpent_ssm.modules.mamba import Mamba
 from serpent_ssm.modules.s4d import S4D
+from serpent_ssm.modules.serpent import SeRpEnt, SeRpEntConfig
 
-__all__ = ["Bidirectional", "Block", "Mamba", "S4D"]
+__all__ = ["Bidirectional", "Block", "Mamba", "S4D", "SeRpEnt", "SeRpEntConfig"]
