@@ -95,8 +95,11 @@ def intervals_to_times(
         return t, torch.floor(total).long()
     n = mask.sum(1) if mask is not None else torch.full_like(total, t.shape[1], dtype=torch.long)
     counts = ceil_rate(rate, n)
-    scale = torch.where(total > 0, counts.double() / total.clamp_min(1e-300), torch.zeros_like(total))
-    return t * scale.unsqueeze(1), counts
+    # divide first: t_n / t_n is exactly 1, so the last real element (and the padding after it)
+    # lands exactly on grid point ceil(κ·n), whatever the rounding of the intervals
+    safe = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(1)
+    t = torch.where(total.unsqueeze(1) > 0, t / safe * counts.unsqueeze(1).double(), torch.zeros_like(t))
+    return t, counts
 
 
 def intervals_to_times_loop(delta, mask, rate, causal):
@@ -117,7 +120,7 @@ def intervals_to_times_loop(delta, mask, rate, causal):
             f = _fraction(rate)
             counts[i] = -((-n * f.numerator) // f.denominator)
             if acc > 0:
-                t[i] *= counts[i].item() / acc
+                t[i] = t[i] / acc * counts[i].item()
     return t, counts
 
 

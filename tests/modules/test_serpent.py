@@ -1,0 +1,365 @@
+"""SeRpEnt mixer: the invariants of SPEC.md §3, streaming, edge cases, configuration errors."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from serpent_ssm.modules import S4D, Bidirectional, Mamba, SeRpEnt, SeRpEntConfig
+from tests.helpers import assert_close, right_padding_mask
+
+D = 8
+SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
+
+
+def make(seed=0, backbone="mamba", **options):
+    torch.manual_seed(seed)
+    return SeRpEnt(D, backbone, backbone_kwargs=SMALL.get(backbone, {}), **options).eval()
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- causality
+@pytest.mark.parametrize("restore", ["hold", "scatter"])
+@given(length=st.integers(2, 60), cut=st.floats(0, 0.95), window=st.integers(1, 4), seed=st.integers(0, 999))
+def test_causality_is_exact(restore, length, cut, window, seed):
+    """Changing x_{l+1:} leaves y_{<=l} unchanged, bit for bit (Mamba backbone)."""
+    model = make(seed, causal=True, restore=restore, window=window, rates=(0.5, 0.3, 0.9))
+    x = randn(2, length, D, seed=seed)
+    l = int(cut * (length - 1))
+    x2 = x.clone()
+    x2[:, l + 1 :] = randn(2, length - l - 1, D, seed=seed + 1)
+    with torch.no_grad():
+        assert torch.equal(model(x)[:, : l + 1], model(x2)[:, : l + 1])
+
+
+def test_causality_with_s4d_backbone():
+    """S4D's FFT convolution is causal up to round-off (its FFT mixes positions numerically)."""
+    model = make(0, "s4d", causal=True)
+    x = randn(2, 50, D)
+    x2 = x.clone()
+    x2[:, 30:] += 3.0
+    with torch.no_grad():
+        assert_close(model(x)[:, :30], model(x2)[:, :30], 0, 1e-6, "past outputs")
+
+
+# ----------------------------------------------------------------------------- padding
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    extra=st.integers(0, 10),
+    causal=st.booleans(),
+    restore=st.sampled_from([None, "scatter", "hold"]),
+    aggregate=st.sampled_from(["linear", "kernel"]),
+    window=st.integers(1, 4),
+    rates=st.sampled_from([(0.5, 0.3, 0.2), (1.0,), (0.05, 0.7)]),
+    seed=st.integers(0, 999),
+)
+def test_padding_invariance(lengths, extra, causal, restore, aggregate, window, rates, seed):
+    model = make(seed, causal=causal, restore=restore, aggregate=aggregate, window=window, rates=rates)
+    total = max(lengths) + extra
+    x = randn(len(lengths), total, D, seed=seed)
+    mask = right_padding_mask(lengths, total)
+    with torch.no_grad():
+        y = model(x, mask=mask)
+        for b, n in enumerate(lengths):
+            assert torch.count_nonzero(y[b, n:]) == 0
+            if n:
+                assert_close(y[b, :n], model(x[b : b + 1, :n])[0], 1e-5, 1e-5, f"row {b} (n={n})")
+
+
+# ----------------------------------------------------------------------------- counts
+@given(
+    lengths=st.lists(st.integers(0, 120), min_size=1, max_size=4),
+    causal=st.booleans(),
+    rates=st.sampled_from([(0.5, 0.3, 0.2), (0.3,), (1.0, 0.01), (0.7, 0.1)]),
+    bounds=st.sampled_from(["ours", "paper"]),
+    seed=st.integers(0, 999),
+)
+def test_counts_are_exact(lengths, causal, rates, bounds, seed):
+    model = make(seed, causal=causal, rates=rates, interval_bounds=bounds)
+    total = max(lengths)
+    x = randn(len(lengths), total, D, seed=seed)
+    mask = right_padding_mask(lengths, total)
+    with torch.no_grad():
+        _, info = model(x, mask=mask, return_info=True)
+    for branch in info["branches"]:
+        for b, n in enumerate(lengths):
+            if causal:
+                expected = math.floor(float(branch["delta"][b, :n].double().sum()))
+            else:
+                expected = -((-n * round(branch["rate"] * 100)) // 100)  # exact ceil(κ n) for κ in hundredths
+            assert int(branch["counts"][b]) == expected
+            assert int(branch["valid"][b].sum()) == expected
+
+
+# ----------------------------------------------------------------------------- gradient
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("aggregate", ["linear", "kernel"])
+def test_gradient_reaches_the_interval_network(causal, aggregate):
+    model = make(0, causal=causal, aggregate=aggregate).train()
+    x = randn(3, 40, D)
+    mask = right_padding_mask([40, 33, 12], 40)
+    (model(x, mask=mask) * randn(3, 40, D, seed=1)).sum().backward()
+    for p in model.scores.parameters():
+        assert torch.isfinite(p.grad).all()
+        assert p.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- identity limit
+@pytest.mark.parametrize("backbone", ["mamba", "s4d"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_identity_limit_equals_the_backbone(backbone, causal):
+    """κ = 1, K = 1, Δ ≡ 1, hold: the branch is its backbone on the full sequence."""
+    model = make(0, backbone, causal=causal, rates=(1.0,), window=1, interval_bounds="fixed", restore="hold")
+    with torch.no_grad():  # aggregation = identity on x (no time features), output = identity
+        model.aggregators[0].proj.weight.zero_()
+        model.aggregators[0].proj.weight[:, :D] = torch.eye(D)
+        model.aggregators[0].proj.bias.zero_()
+    x = randn(3, 37, D)
+    mask = right_padding_mask([37, 20, 1], 37)
+    with torch.no_grad():
+        assert_close(model(x, mask=mask), model.backbones[0](x, mask=mask), 1e-6, 1e-6, "output")
+
+
+# ----------------------------------------------------------------------------- streaming
+@given(
+    length=st.integers(1, 40),
+    batch=st.integers(1, 3),
+    rates=st.sampled_from([(0.5, 0.3, 0.2), (1.0,), (0.9, 0.05)]),
+    window=st.integers(1, 4),
+    restore=st.sampled_from(["hold", "scatter"]),
+    aggregate=st.sampled_from(["linear", "kernel"]),
+    backbone=st.sampled_from(["mamba", "s4d"]),
+    full=st.booleans(),
+    seed=st.integers(0, 999),
+)
+def test_step_equals_forward(length, batch, rates, window, restore, aggregate, backbone, full, seed):
+    model = make(
+        seed,
+        backbone,
+        causal=True,
+        rates=rates,
+        window=window,
+        restore=restore,
+        aggregate=aggregate,
+        include_full_branch=full,
+    )
+    x = randn(batch, length, D, seed=seed)
+    with torch.no_grad():
+        y = model(x)
+        state = model.allocate_state(batch)
+        outs = []
+        for t in range(length):
+            y_t, state = model.step(x[:, t], state)
+            outs.append(y_t)
+    assert_close(torch.stack(outs, 1), y, 1e-4, 1e-5, "step outputs")
+
+
+def test_streaming_state_has_constant_size():
+    model = make(0, causal=True)
+    state = model.allocate_state(2)
+
+    def size(s):
+        if isinstance(s, torch.Tensor):
+            return s.numel()
+        if isinstance(s, dict):
+            return sum(size(v) for v in s.values())
+        return sum(size(v) for v in s)
+
+    before = size(state)
+    with torch.no_grad():
+        for _ in range(50):
+            _, state = model.step(randn(2, D), state)
+    assert size(state) == before
+
+
+# ----------------------------------------------------------------------------- backbones
+def test_user_supplied_mixer_works():
+    class CumulativeMean(nn.Module):
+        """A causal mixer following the protocol: forward(x, mask) and step()."""
+
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(D, D)
+
+        def forward(self, x, mask=None):
+            if mask is not None:
+                x = x * mask.unsqueeze(-1)
+            steps = torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
+            return self.lin(x.cumsum(1) / steps)
+
+        def allocate_state(self, batch, device=None, dtype=None):
+            return {"sum": torch.zeros(batch, D), "n": torch.zeros(batch, 1)}
+
+        def step(self, x_t, state):
+            s, n = state["sum"] + x_t, state["n"] + 1
+            return self.lin(s / n), {"sum": s, "n": n}
+
+    torch.manual_seed(0)
+    model = SeRpEnt(D, backbone=CumulativeMean, causal=True).eval()
+    x = randn(2, 30, D)
+    mask = right_padding_mask([30, 17], 30)
+    with torch.no_grad():
+        y = model(x, mask=mask)
+        outs = []
+        state = model.allocate_state(1)
+        for t in range(17):
+            o, state = model.step(x[1:, t], state)
+            outs.append(o)
+    assert_close(torch.stack(outs, 1)[0], y[1, :17], 1e-5, 1e-6, "streamed row")
+
+
+def test_non_causal_backbones_are_bidirectional_by_default():
+    model = make(0)
+    assert all(isinstance(b, Bidirectional) for b in model.backbones)
+    assert all(isinstance(b, Mamba) for b in make(0, causal=True).backbones)
+    assert all(isinstance(b.forward_mixer, S4D) for b in make(0, "s4d").backbones)
+
+
+def test_full_branch_adds_a_plain_backbone():
+    model = make(0, include_full_branch=True)
+    assert model.out_proj.in_features == 4 * D
+    y = model(randn(2, 20, D))
+    assert y.shape == (2, 20, D)
+
+
+# ----------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("causal", [False, True])
+def test_length_one(causal):
+    model = make(0, causal=causal)
+    y = model(randn(3, 1, D))
+    assert y.shape == (3, 1, D) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_all_padding_rows_give_zero_output(causal):
+    model = make(0, causal=causal)
+    mask = right_padding_mask([10, 0], 10)
+    y = model(randn(2, 10, D), mask=mask)
+    assert torch.count_nonzero(y[1]) == 0 and torch.isfinite(y).all()
+
+
+def test_tiny_rate_gives_one_element():
+    model = make(0, rates=(0.001,))
+    _, info = model(randn(2, 50, D), return_info=True)
+    assert info["branches"][0]["counts"].tolist() == [1, 1]
+    assert info["branches"][0]["index"].shape == (2, 1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_sequence_is_finite(causal):
+    torch.manual_seed(0)
+    model = SeRpEnt(4, "mamba", causal=causal, backbone_kwargs={"d_state": 2, "expand": 1})
+    x = randn(1, 16384, 4)
+    y = model(x)
+    y.square().mean().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ----------------------------------------------------------------------------- learning
+def test_tiny_classifier_overfits_random_sequences():
+    """The whole path learns: 32 random sequences, random labels, 100 % train accuracy."""
+    torch.manual_seed(0)
+    vocab, classes, length, d = 12, 4, 24, 32
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, d)
+            self.mixer = SeRpEnt(d, "mamba", backbone_kwargs={"d_state": 8})
+            self.norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, classes)
+
+        def forward(self, tokens, mask):
+            h = self.embed(tokens)
+            h = h + self.mixer(self.norm(h), mask=mask)
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            return self.head(pooled)
+
+    tokens = torch.randint(0, vocab, (32, length))
+    lengths = torch.randint(length // 2, length + 1, (32,))
+    mask = torch.arange(length)[None] < lengths[:, None]
+    labels = torch.randint(0, classes, (32,))
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(tokens, mask), labels)
+        loss.backward()
+        opt.step()
+        if (model(tokens, mask).argmax(-1) == labels).all():
+            break
+    with torch.no_grad():
+        assert (model(tokens, mask).argmax(-1) == labels).float().mean().item() == 1.0
+
+
+# ----------------------------------------------------------------------------- bad input
+def _raises(message, fn):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        fn()
+
+
+def test_config_errors():
+    _raises(
+        "rates: expected every rate in (0, 1], got 1.5 in (0.5, 1.5)",
+        lambda: SeRpEntConfig(8, rates=(0.5, 1.5)),
+    )
+    _raises("rates: expected every rate in (0, 1], got 0 in (0,)", lambda: SeRpEntConfig(8, rates=(0,)))
+    _raises(
+        "rates: expected a non-empty sequence of rates in (0, 1], got ()", lambda: SeRpEntConfig(8, rates=())
+    )
+    _raises("window: expected an integer >= 1, got 0", lambda: SeRpEntConfig(8, window=0))
+    _raises("n_bases: expected an integer >= 1, got -2", lambda: SeRpEntConfig(8, n_bases=-2))
+    _raises(
+        "aggregate: expected one of 'linear', 'kernel', got 'attention'",
+        lambda: SeRpEntConfig(8, aggregate="attention"),
+    )
+    _raises(
+        "restore: expected 'hold' or 'scatter' in causal mode, got 'interp' "
+        "(it reads the next grid point, which lies in the future)",
+        lambda: SeRpEntConfig(8, causal=True, restore="interp"),
+    )
+    _raises(
+        "interval_bounds: expected one of 'ours', 'paper', 'fixed', got 'wide'",
+        lambda: SeRpEntConfig(8, interval_bounds="wide"),
+    )
+    _raises(
+        "backbone: expected one of 'mamba', 's4d' or a factory, got 'lstm'",
+        lambda: SeRpEntConfig(8, backbone="lstm"),
+    )
+    _raises(
+        "bidirectional: expected False in causal mode, got True (it would read the future)",
+        lambda: SeRpEntConfig(8, causal=True, bidirectional=True),
+    )
+
+
+def test_defaults_follow_the_mode():
+    assert SeRpEntConfig(8).restore == "interp" and SeRpEntConfig(8).bidirectional is True
+    assert SeRpEntConfig(8, causal=True).restore == "hold"
+    assert SeRpEntConfig(8).rates == (0.5, 0.3, 0.2) and SeRpEntConfig(8).window == 3
+
+
+def test_step_needs_causal_mode():
+    _raises(
+        "step: expected a causal SeRpEnt (causal=True), got a non-causal one",
+        lambda: make(0).allocate_state(1),
+    )
+
+
+def test_bad_forward_input():
+    model = make(0)
+    _raises("x: expected shape (*, *, 8), got (2, 5, 3)", lambda: model(torch.zeros(2, 5, 3)))
+    _raises(
+        "mask: expected right padding (real elements first, then padding) in every row, "
+        "got a real element after padding in row 0",
+        lambda: model(torch.zeros(1, 3, D), mask=torch.tensor([[False, True, True]])),
+    )

@@ -1,0 +1,166 @@
+"""Resampling ops: every batched function equals its loop twin; exact counts; edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serpent_ssm.ops import resample as rs
+from tests.helpers import right_padding_mask
+
+RATES = st.sampled_from([1.0, 0.5, 0.3, 0.2, 0.25, 0.1, 0.05, 0.7, 0.01])
+
+
+@st.composite
+def batches(draw, max_len=64):
+    """A batch of positive intervals, a right-padding mask, a rate and a mode."""
+    b = draw(st.integers(1, 4))
+    length = draw(st.integers(1, max_len))
+    lengths = draw(st.lists(st.integers(0, length), min_size=b, max_size=b))
+    rate = draw(RATES)
+    causal = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    delta = 2 * rate * torch.rand(b, length, generator=g)
+    mask = right_padding_mask(lengths, length)
+    return delta, mask, rate, causal, g
+
+
+def _pipeline(delta, mask, rate, causal):
+    lengths = mask.sum(1)
+    t, counts = rs.intervals_to_times(delta, mask, rate, causal)
+    buffer = rs.compressed_length(rate, delta.shape[1], causal, 2 * rate)
+    return t, counts.clamp(max=buffer), lengths, buffer
+
+
+@given(batches())
+def test_intervals_to_times_equals_loop(batch):
+    delta, mask, rate, causal, _ = batch
+    t, counts = rs.intervals_to_times(delta, mask, rate, causal)
+    t_loop, counts_loop = rs.intervals_to_times_loop(delta, mask, rate, causal)
+    torch.testing.assert_close(t, t_loop, rtol=1e-12, atol=1e-9)
+    assert torch.equal(counts, counts_loop)
+
+
+@given(batches())
+def test_counts_are_exact(batch):
+    """Non-causal: exactly ceil(κ·n) grid points; causal: floor(t_n)."""
+    delta, mask, rate, causal, _ = batch
+    t, counts = rs.intervals_to_times(delta, mask, rate, causal)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        if causal:
+            assert counts[i] == math.floor(float((delta[i, :n].double()).sum()))
+        else:
+            from fractions import Fraction
+
+            assert counts[i] == math.ceil(Fraction(str(rate)) * n)
+            if n:
+                assert abs(float(t[i, n - 1]) - int(counts[i])) < 1e-9  # last element on the last grid point
+
+
+def test_float32_ceil_trap():
+    """0.3 × 90 is 27.000002 in float32; the count must still be 27."""
+    assert torch.tensor(0.3, dtype=torch.float32) * 90 > 27
+    assert rs.ceil_rate(0.3, torch.tensor([90, 91, 0, 1])).tolist() == [27, 28, 0, 1]
+
+
+@given(batches())
+def test_select_grid_equals_loop(batch):
+    delta, mask, rate, causal, _ = batch
+    t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
+    index, valid = rs.select_grid(t, counts, lengths, buffer)
+    index_l, valid_l = rs.select_grid_loop(t, counts, lengths, buffer)
+    assert torch.equal(valid, valid_l) and torch.equal(index, index_l)
+    # valid slots are a prefix (right padding) of length counts, and the selection is monotone
+    assert torch.equal(valid.sum(1), counts)
+    for i in range(index.shape[0]):
+        sel = index[i, valid[i]]
+        assert torch.all(sel[1:] >= sel[:-1])
+        if len(sel):
+            assert sel.max() < lengths[i]
+
+
+@given(batches(), st.integers(1, 6), st.integers(1, 5))
+def test_gather_windows_equals_loop(batch, window, d):
+    delta, mask, rate, causal, g = batch
+    t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
+    index, valid = rs.select_grid(t, counts, lengths, buffer)
+    x = torch.randn(delta.shape[0], delta.shape[1], d, generator=g)
+    got = rs.gather_windows(x, t, index, valid, lengths, window, causal)
+    want = rs.gather_windows_loop(x, t, index, valid, lengths, window, causal)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_window_layouts():
+    assert rs.window_offsets(3, causal=True) == [-2, -1, 0]
+    assert rs.window_offsets(3, causal=False) == [-1, 0, 1]
+    assert rs.window_offsets(4, causal=False) == [-1, 0, 1, 2]
+    assert rs.window_offsets(1, causal=False) == [0]
+
+
+@pytest.mark.parametrize("how", rs.RESTORES)
+@given(batch=batches(), d=st.integers(1, 4))
+def test_restore_equals_loop(how, batch, d):
+    delta, mask, rate, causal, g = batch
+    t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
+    index, valid = rs.select_grid(t, counts, lengths, buffer)
+    y = torch.randn(delta.shape[0], buffer, d, generator=g)
+    got = rs.restore(y, t, counts, index, valid, mask, how)
+    want = rs.restore_loop(y, t, counts, index, valid, mask, how)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_hold_never_reads_the_future():
+    """Position l holds grid point floor(t_l), whose selected element is at or before l."""
+    g = torch.Generator().manual_seed(0)
+    delta = torch.rand(3, 50, generator=g)
+    mask = right_padding_mask([50, 31, 5], 50)
+    t, counts, lengths, buffer = _pipeline(delta, mask, 0.5, causal=True)
+    index, valid = rs.select_grid(t, counts, lengths, buffer)
+    k = torch.floor(t).long()
+    for i in range(3):
+        for l in range(int(lengths[i])):
+            if k[i, l] >= 1:
+                assert index[i, k[i, l] - 1] <= l
+
+
+def test_interp_is_differentiable_in_time():
+    t = torch.tensor([[0.5, 1.25, 2.0, 2.7, 3.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[[1.0], [3.0], [7.0]]])
+    counts = torch.tensor([3])
+    index, valid = rs.select_grid(t.detach(), counts, torch.tensor([5]), 3)
+    out = rs.restore(y, t, counts, index, valid, None, "interp")
+    # t=1.25 lies a quarter of the way from grid point 1 (value 1) to 2 (value 3)
+    assert out[0, :, 0].tolist() == pytest.approx([1.0, 1.5, 3.0, 5.8, 7.0])
+    out.sum().backward()
+    assert t.grad[0, 1] == pytest.approx(2.0) and t.grad[0, 3] == pytest.approx(4.0)
+
+
+def test_rbf_features():
+    centers, sigma = rs.rbf_centers(5, -1.0, 3.0)
+    assert centers.tolist() == [-1.0, 0.0, 1.0, 2.0, 3.0] and sigma == 1.0
+    phi = rs.rbf_features(torch.tensor([0.0, 1.5], dtype=torch.float64), centers, sigma)
+    assert phi.shape == (2, 5) and phi[0, 1] == 1.0
+    assert phi[1, 2] == pytest.approx(math.exp(-0.125))
+
+
+def test_static_buffer_sizes():
+    assert rs.compressed_length(0.3, 90, causal=False, delta_max=0.6) == 27
+    assert rs.compressed_length(0.3, 91, causal=False, delta_max=0.6) == 28
+    assert rs.compressed_length(0.01, 10, causal=False, delta_max=0.02) == 1  # ceil gives one element
+    assert rs.compressed_length(0.5, 100, causal=True, delta_max=1.0) == 100
+    assert rs.compressed_length(0.3, 100, causal=True, delta_max=0.6) == 60
+    assert rs.compressed_length(0.5, 0, causal=True, delta_max=1.0) == 0
+
+
+def test_long_times_are_exact():
+    """16K elements of Δ = 0.3: float64 times keep floor(t) exact where float32 would drift."""
+    delta = torch.full((1, 16384), 0.3)
+    t, counts = rs.intervals_to_times(delta, None, 0.3, causal=True)
+    assert int(counts) == math.floor(16384 * float(torch.tensor(0.3)))
+    assert abs(float(t[0, -1]) - 16384 * float(torch.tensor(0.3))) < 1e-6
