@@ -22,41 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 
+from serpent_ssm.utils.memory import PeakRSS
+
+from _common import run_worker
+
 SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Samples the resident set size in a thread; ``peak`` is the maximum seen."""
-
-    def __init__(self) -> None:
-        self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.001)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
 
 
 def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, threads: int, what: str) -> dict:
@@ -119,10 +91,9 @@ def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, thr
     result = {}
     for name, step in (("fwd", forward), ("fwd_bwd", forward_backward)):
         if what == "memory":
-            base = _rss_bytes()
             with PeakRSS() as mon:
                 step()
-            result[f"{name}_peak_mb"] = (mon.peak - base) / 2**20
+            result[f"{name}_peak_mb"] = mon.extra / 2**20
         else:
             step()  # warm-up
             times = []
@@ -135,37 +106,29 @@ def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, thr
 
 
 def run_one(impl, args, length) -> dict | None:
-    """Times in one subprocess, memory in another (with mmap'd allocations, which slow it down)."""
+    """Times in one subprocess, memory in another."""
+    worker_args = [
+        "--worker",
+        impl,
+        "--lengths",
+        str(length),
+        "--batch",
+        str(args.batch),
+        "--d",
+        str(args.d),
+        "--n",
+        str(args.n),
+        "--repeats",
+        str(1 if impl in SLOW else args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     result = {}
     for what in ("time", "memory"):
-        env = dict(os.environ)
-        if what == "memory":
-            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            impl,
-            "--what",
-            what,
-            "--lengths",
-            str(length),
-            "--batch",
-            str(args.batch),
-            "--d",
-            str(args.d),
-            "--n",
-            str(args.n),
-            "--repeats",
-            str(1 if impl in SLOW else args.repeats),
-            "--threads",
-            str(args.threads),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(f"# {impl} at L={length} ({what}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        r = run_worker(__file__, worker_args, what)
+        if r is None:
             return None
-        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        result.update(r)
     return result
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from serpent_ssm.modules import S4D, Block, Mamba
+
 from tests.helpers import assert_close, right_padding_mask
 
 

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serpent_ssm.modules import S4D
+
 from tests.helpers import assert_close, right_padding_mask
 
 D_MODEL = 8

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from serpent_ssm.modules import S4D, Bidirectional, Mamba, SeRpEnt, SeRpEntConfig
+
 from tests.helpers import assert_close, right_padding_mask
 
 D = 8

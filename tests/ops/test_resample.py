@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serpent_ssm.ops import resample as rs
+
 from tests.helpers import right_padding_mask
 
 RATES = st.sampled_from([1.0, 0.5, 0.3, 0.2, 0.25, 0.1, 0.05, 0.7, 0.01])

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
 from serpent_ssm.ops.scan_chunked import DEFAULT_CHUNK_SIZE
+
 from tests.helpers import assert_close, right_padding_mask
 
 # fp32 tolerances (mamba_ssm's own kernel tests use rtol 6e-4 / atol 2e-3 in fp32)

@@ -1,0 +1,27 @@
+"""Shared by the benchmark scripts: run one measurement per subprocess, collect JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def run_worker(script: str, args: list[str], what: str) -> dict | None:
+    """Run ``script --worker ... --what {time|memory}`` in a fresh process; parse its last line.
+
+    Memory runs use ``MALLOC_MMAP_THRESHOLD_=65536`` so that the resident size follows what is
+    really allocated (glibc otherwise keeps freed blocks); that slows allocation, so times are
+    measured in a separate process without it.
+    """
+    env = dict(os.environ)
+    if what == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    proc = subprocess.run(
+        [sys.executable, script, *args, "--what", what], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        print(f"# {' '.join(args)} ({what}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])

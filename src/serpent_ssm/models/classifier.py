@@ -1,0 +1,95 @@
+"""LRA-style sequence classifier (SPEC.md §5): encoder -> pre-norm blocks -> masked mean pool -> head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from serpent_ssm.modules import S4D, Bidirectional, Block, Mamba, SeRpEnt
+from serpent_ssm.utils.validation import check_positive_int
+
+__all__ = ["MODEL_NAMES", "SequenceClassifier", "make_mixer_factory"]
+
+MODEL_NAMES = ("mamba", "s4d", "serpent-mamba", "serpent-s4d")
+
+
+def make_mixer_factory(
+    name: str,
+    d_model: int,
+    causal: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
+    serpent_kwargs: dict[str, Any] | None = None,
+) -> Callable[[], nn.Module]:
+    """Factory of the mixer behind a model name.
+
+    ``mamba`` / ``s4d``: the backbone (wrapped in ``Bidirectional`` when not causal);
+    ``serpent-mamba`` / ``serpent-s4d``: a ``SeRpEnt`` mixer over that backbone, with
+    ``serpent_kwargs`` passed to it.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"name: expected one of {', '.join(map(repr, MODEL_NAMES))}, got {name!r}")
+    bkw = dict(backbone_kwargs or {})
+    backbone = name.removeprefix("serpent-")
+    cls = {"mamba": Mamba, "s4d": S4D}[backbone]
+    if name.startswith("serpent-"):
+        skw = dict(serpent_kwargs or {})
+        return lambda: SeRpEnt(d_model, backbone, causal=causal, backbone_kwargs=bkw, **skw)
+    if causal:
+        return lambda: cls(d_model, **bkw)
+    return lambda: Bidirectional(lambda: cls(d_model, **bkw), d_model)
+
+
+class SequenceClassifier(nn.Module):
+    """Classify right-padded sequences.
+
+    ``tokens (B, L)`` int (with ``vocab_size``) or ``features (B, L, d_input)`` float (with
+    ``d_input``) -> logits ``(B, n_classes)``. Encoder (embedding or linear) -> ``n_layers``
+    pre-norm residual blocks around ``make_mixer()`` -> final norm -> masked mean pooling ->
+    linear head.
+    """
+
+    def __init__(
+        self,
+        make_mixer: Callable[[], nn.Module],
+        d_model: int,
+        n_layers: int,
+        n_classes: int,
+        vocab_size: int | None = None,
+        d_input: int | None = None,
+        norm: str = "rms",
+        mlp_ratio: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_layers", n_layers)
+        check_positive_int("n_classes", n_classes)
+        if (vocab_size is None) == (d_input is None):
+            raise ValueError(
+                "vocab_size, d_input: expected exactly one of them, "
+                f"got vocab_size={vocab_size}, d_input={d_input}"
+            )
+        if vocab_size is not None:
+            self.encoder: nn.Module = nn.Embedding(check_positive_int("vocab_size", vocab_size), d_model)
+        else:
+            self.encoder = nn.Linear(check_positive_int("d_input", d_input), d_model)
+        self.blocks = nn.ModuleList(
+            Block(d_model, make_mixer(), norm=norm, mlp_ratio=mlp_ratio, dropout=dropout)
+            for _ in range(n_layers)
+        )
+        self.norm = nn.RMSNorm(d_model) if norm == "rms" else nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs (B, L)`` or ``(B, L, d_input)``, ``mask (B, L)`` -> logits ``(B, n_classes)``."""
+        h = self.encoder(inputs)
+        for block in self.blocks:
+            h = block(h, mask=mask)
+        h = self.norm(h)
+        if mask is None:
+            return self.head(h.mean(1))
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1).clamp_min(1.0))
