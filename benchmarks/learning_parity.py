@@ -36,6 +36,8 @@ VARIANTS = {
     "serpent-default": ("serpent-mamba", {}),
     "serpent-default-init": ("serpent-mamba", {"init": "default"}),
     "serpent-kernel": ("serpent-mamba", {"aggregate": "kernel"}),
+    "serpent-cell": ("serpent-mamba", {"aggregate": "cell"}),
+    "serpent-window5": ("serpent-mamba", {"window": 5}),
     "serpent-full-branch": ("serpent-mamba", {"include_full_branch": True}),
     "serpent-paper-bounds": ("serpent-mamba", {"interval_bounds": "paper"}),
 }

@@ -58,7 +58,7 @@ def test_causality_with_s4d_backbone():
     extra=st.integers(0, 10),
     causal=st.booleans(),
     restore=st.sampled_from([None, "scatter", "hold"]),
-    aggregate=st.sampled_from(["linear", "kernel"]),
+    aggregate=st.sampled_from(["linear", "kernel", "cell"]),
     window=st.integers(1, 4),
     rates=st.sampled_from([(0.5, 0.3, 0.2), (1.0,), (0.05, 0.7)]),
     seed=st.integers(0, 999),
@@ -103,7 +103,7 @@ def test_counts_are_exact(lengths, causal, rates, bounds, seed):
 
 # ----------------------------------------------------------------------------- gradient
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("aggregate", ["linear", "kernel"])
+@pytest.mark.parametrize("aggregate", ["linear", "kernel", "cell"])
 def test_gradient_reaches_the_interval_network(causal, aggregate):
     model = make(0, causal=causal, aggregate=aggregate).train()
     x = randn(3, 40, D)
@@ -137,7 +137,7 @@ def test_identity_limit_equals_the_backbone(backbone, causal):
     rates=st.sampled_from([(0.5, 0.3, 0.2), (1.0,), (0.9, 0.05)]),
     window=st.integers(1, 4),
     restore=st.sampled_from(["hold", "scatter"]),
-    aggregate=st.sampled_from(["linear", "kernel"]),
+    aggregate=st.sampled_from(["linear", "kernel", "cell"]),
     backbone=st.sampled_from(["mamba", "s4d"]),
     full=st.booleans(),
     seed=st.integers(0, 999),
@@ -321,7 +321,7 @@ def test_config_errors():
     _raises("window: expected an integer >= 1, got 0", lambda: SeRpEntConfig(8, window=0))
     _raises("n_bases: expected an integer >= 1, got -2", lambda: SeRpEntConfig(8, n_bases=-2))
     _raises(
-        "aggregate: expected one of 'linear', 'kernel', got 'attention'",
+        "aggregate: expected one of 'linear', 'kernel', 'cell', got 'attention'",
         lambda: SeRpEntConfig(8, aggregate="attention"),
     )
     _raises(

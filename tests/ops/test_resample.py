@@ -165,3 +165,37 @@ def test_long_times_are_exact():
     t, counts = rs.intervals_to_times(delta, None, 0.3, causal=True)
     assert int(counts) == math.floor(16384 * float(torch.tensor(0.3)))
     assert abs(float(t[0, -1]) - 16384 * float(torch.tensor(0.3))) < 1e-6
+
+
+@given(batch=batches(), d=st.integers(1, 4))
+def test_cell_pool_equals_loop(batch, d):
+    delta, mask, rate, causal, g = batch
+    t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
+    x = torch.randn(delta.shape[0], delta.shape[1], d, generator=g)
+    got = rs.cell_pool(x, t, counts, buffer, mask)
+    want = rs.cell_pool_loop(x, t, counts, buffer, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cell_pool_weights_sum_to_one_and_drop_nothing():
+    """Pooling ones: every complete cell sums to 1; all time up to the last complete cell is used."""
+    g = torch.Generator().manual_seed(3)
+    delta = torch.rand(2, 40, generator=g) * 1.8
+    mask = right_padding_mask([40, 23], 40)
+    for causal in (True, False):
+        t, counts, lengths, buffer = _pipeline(delta, mask, 0.9, causal)
+        pooled = rs.cell_pool(torch.ones(2, 40, 1, dtype=torch.float64), t, counts, buffer, mask)[..., 0]
+        for i in range(2):
+            c = int(counts[i])
+            torch.testing.assert_close(pooled[i, :c], torch.ones(c, dtype=torch.float64))
+            assert torch.count_nonzero(pooled[i, c:]) == 0
+
+
+def test_cell_pool_is_differentiable_in_time():
+    t = torch.tensor([[0.4, 1.5, 2.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[[1.0], [10.0], [100.0]]], dtype=torch.float64)
+    out = rs.cell_pool(x, t, torch.tensor([2]), 2, None)
+    # cell 1 = 0.4·1 + 0.6·10, cell 2 = 0.5·10 + 0.5·100
+    assert out[0, :, 0].tolist() == pytest.approx([6.4, 55.0])
+    out.sum().backward()
+    assert t.grad[0, 0] == pytest.approx(1.0 - 10.0)  # moving t_0 right shifts weight from x_1 to x_0

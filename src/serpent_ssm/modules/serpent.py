@@ -37,7 +37,7 @@ from serpent_ssm.utils.validation import check_float_tensor, check_mixer_input, 
 __all__ = ["SeRpEnt", "SeRpEntConfig", "BACKBONES"]
 
 BACKBONES: dict[str, type[nn.Module]] = {"mamba": Mamba, "s4d": S4D}
-AGGREGATES = ("linear", "kernel")
+AGGREGATES = ("linear", "kernel", "cell")
 INTERVAL_BOUNDS = ("ours", "paper", "fixed")
 INITS = ("identity", "default")
 
@@ -55,7 +55,9 @@ class SeRpEntConfig:
         window: ``K`` elements aggregated per grid point [paper: 3].
         n_bases: ``M`` Gaussian bases of the time offsets [ours: 16].
         causal: causal (language modelling, streaming) or non-causal (classification).
-        aggregate: ``"linear"`` [paper's figure] or ``"kernel"`` [ours].
+        aggregate: ``"linear"`` [paper's figure], ``"kernel"`` [ours] or ``"cell"`` [ours]: every
+            element pooled into the grid cells its interval overlaps, weighted by the overlap
+            (``ops.resample.cell_pool``; no element is dropped; ``window`` and ``n_bases`` unused).
         restore: ``"hold"``, ``"interp"`` or ``"scatter"``; None = ``"hold"`` when causal,
             ``"interp"`` otherwise. ``"interp"`` reads the next grid point, so it is refused in
             causal mode.
@@ -162,7 +164,13 @@ class _Aggregator(nn.Module):
     def __init__(self, d: int, window: int, n_bases: int, kind: str, center_slot: int, init: str) -> None:
         super().__init__()
         self.kind, self.window, self.d, self.n_bases = kind, window, d, n_bases
-        if kind == "linear":
+        if kind == "cell":
+            self.proj = nn.Linear(d, d)
+            if init == "identity":
+                with torch.no_grad():
+                    self.proj.weight.copy_(torch.eye(d))
+                    self.proj.bias.zero_()
+        elif kind == "linear":
             self.proj = nn.Linear(window * (d + n_bases), d)
             if init == "identity":
                 with torch.no_grad():
@@ -180,7 +188,11 @@ class _Aggregator(nn.Module):
                     self.filter.weight.normal_(0.0, 0.02)
                     self.filter.bias.fill_(1.0 / window)
 
-    def forward(self, xw: torch.Tensor, phi: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, xw: torch.Tensor, phi: torch.Tensor | None = None, ok: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.kind == "cell":  # xw is already the pooled cell (B, L', D)
+            return self.proj(xw)
         if self.kind == "linear":
             feats = torch.cat([xw, phi], dim=-1)  # (B, L', K, D + M)
             return self.proj(feats.flatten(-2))
@@ -320,9 +332,13 @@ class SeRpEnt(nn.Module):
             buffer = rs.compressed_length(rate, length, cfg.causal, cfg.delta_max(rate))
             counts = counts.clamp(max=buffer)
             index, valid = rs.select_grid(t.detach(), counts, lengths, buffer)
-            xw, offsets, ok = rs.gather_windows(xm, t, index, valid, lengths, cfg.window, cfg.causal)
-            phi = self._rbf(offsets, i) * ok.unsqueeze(-1).to(xw.dtype)
-            xc = self.aggregators[i](xw, phi.to(xw.dtype), ok) * valid.unsqueeze(-1).to(xw.dtype)
+            if cfg.aggregate == "cell":
+                xc = self.aggregators[i](rs.cell_pool(xm, t, counts, buffer, mask))
+            else:
+                xw, offsets, ok = rs.gather_windows(xm, t, index, valid, lengths, cfg.window, cfg.causal)
+                phi = self._rbf(offsets, i) * ok.unsqueeze(-1).to(xw.dtype)
+                xc = self.aggregators[i](xw, phi.to(xw.dtype), ok)
+            xc = xc * valid.unsqueeze(-1).to(xc.dtype)
             yc = self.backbones[i](xc, mask=valid)
             outs.append(rs.restore(yc, t.to(torch.float64), counts, index, valid, mask, cfg.restore))
             if return_info:
@@ -358,6 +374,7 @@ class SeRpEnt(nn.Module):
                     "x": torch.zeros(batch, k, d, dtype=dtype, device=device),
                     "times": torch.zeros(batch, k, dtype=torch.float64, device=device),
                     "held": torch.zeros(batch, d, dtype=dtype, device=device),
+                    "acc": torch.zeros(batch, d, dtype=dtype, device=device),
                     "backbone": bb.allocate_state(batch, device=device, dtype=dtype),
                 }
             )
@@ -393,19 +410,37 @@ class SeRpEnt(nn.Module):
             crossings = (torch.floor(t_new) - k_old).long()
             held, bstate = st["held"], st["backbone"]
             scattered = torch.zeros_like(held)
+            acc = st["acc"]
             for j in range(1, int(crossings.max().item()) + 1 if crossings.numel() else 1):
                 active = crossings >= j
-                offsets = (k_old + j).unsqueeze(1) - tbuf  # (B, K)
-                offsets = torch.where(ok, offsets, torch.zeros_like(offsets))
-                phi = (self._rbf(offsets, i) * ok.unsqueeze(-1).to(xw.dtype)).unsqueeze(1)
-                xk = self.aggregators[i](xw, phi.to(xw.dtype), ok.unsqueeze(1))[:, 0]
+                if cfg.aggregate == "cell":  # close cell k_old + j with this element's share of it
+                    c = k_old + j
+                    share = (torch.minimum(t_new, c) - torch.maximum(t_old, c - 1)).clamp_min(0.0)
+                    pooled = share.to(x_t.dtype).unsqueeze(1) * x_t + (acc if j == 1 else 0.0)
+                    xk = self.aggregators[i](pooled)
+                else:
+                    offsets = (k_old + j).unsqueeze(1) - tbuf  # (B, K)
+                    offsets = torch.where(ok, offsets, torch.zeros_like(offsets))
+                    phi = (self._rbf(offsets, i) * ok.unsqueeze(-1).to(xw.dtype)).unsqueeze(1)
+                    xk = self.aggregators[i](xw, phi.to(xw.dtype), ok.unsqueeze(1))[:, 0]
                 yk, new_bstate = self.backbones[i].step(xk, bstate)
                 bstate = _where_state(active, new_bstate, bstate)
                 held = torch.where(active.unsqueeze(1), yk, held)
                 scattered = scattered + yk * active.unsqueeze(1).to(yk.dtype)
+            if cfg.aggregate == "cell":  # the open cell keeps what is left of this element's interval
+                rest = (t_new - torch.maximum(t_old, torch.floor(t_new))).to(x_t.dtype).unsqueeze(1)
+                acc = torch.where((crossings > 0).unsqueeze(1), rest * x_t, acc + rest * x_t)
             outs.append(held if cfg.restore == "hold" else scattered)
             new_branches.append(
-                {"t": t_new, "seen": seen, "x": xbuf, "times": tbuf, "held": held, "backbone": bstate}
+                {
+                    "t": t_new,
+                    "seen": seen,
+                    "x": xbuf,
+                    "times": tbuf,
+                    "held": held,
+                    "acc": acc,
+                    "backbone": bstate,
+                }
             )
         new_state: dict[str, Any] = {"branches": new_branches}
         if self.full_backbone is not None:

@@ -22,6 +22,8 @@ import torch
 
 __all__ = [
     "ceil_rate",
+    "cell_pool",
+    "cell_pool_loop",
     "compressed_length",
     "gather_windows",
     "gather_windows_loop",
@@ -222,6 +224,56 @@ def gather_windows_loop(x, t, index, valid, lengths, window, causal):
                     offsets[i, s, w] = (s + 1) - t[i, j]
                     ok[i, s, w] = True
     return xw, offsets, ok
+
+
+# ----------------------------------------------------------------------------- cell pooling
+def cell_pool(
+    x: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, buffer: int, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Time-weighted pooling of every element into the grid cells its interval overlaps.
+
+    Element ``l`` occupies the time interval ``(t_{l-1}, t_l]`` (``t_{-1} = 0``); grid cell ``k``
+    is ``(k − 1, k]``. Cell ``k`` receives ``Σ_l o_lk x_l`` with ``o_lk`` the length of the
+    overlap, so the weights of a complete cell sum to 1, no element is dropped, an element with
+    a long interval (much information) weighs more, and the result is differentiable in ``t``.
+    Only cells ``1..counts`` are filled (a causal row's last, incomplete cell is not).
+
+    Args: ``x (B, L, D)``, ``t (B, L)`` float64, ``counts (B,)``, ``buffer`` = ``L'``, mask.
+    Returns: ``(B, L', D)`` in ``x``'s dtype.
+    """
+    b, length, d = x.shape
+    out = x.new_zeros(b, buffer, d)
+    if length == 0 or buffer == 0:
+        return out
+    t_prev = torch.cat([t.new_zeros(b, 1), t[:, :-1]], dim=1)
+    span = (t - t_prev).detach().max().item() if length else 0.0
+    real = mask if mask is not None else torch.ones(b, length, dtype=torch.bool, device=x.device)
+    first = torch.floor(t_prev.detach()) + 1  # first cell an element can reach
+    for j in range(int(math.ceil(span)) + 1):  # an interval of length s touches <= ceil(s) + 1 cells
+        c = first + j
+        overlap = (torch.minimum(t, c) - torch.maximum(t_prev, c - 1)).clamp_min(0.0)
+        keep = real & (c <= counts.unsqueeze(1).to(c.dtype)) & (overlap > 0)
+        w = (overlap * keep).to(x.dtype).unsqueeze(-1)
+        slot = (c.long() - 1).clamp(0, buffer - 1)
+        out = out.scatter_add(1, slot.unsqueeze(-1).expand(b, length, d), w * x)
+    return out
+
+
+def cell_pool_loop(x, t, counts, buffer, mask):
+    """Loop twin of ``cell_pool``."""
+    b, length, d = x.shape
+    out = torch.zeros(b, buffer, d, dtype=x.dtype)
+    for i in range(b):
+        n = int(mask[i].sum()) if mask is not None else length
+        prev = 0.0
+        for l in range(n):
+            tl = float(t[i, l])
+            for k in range(1, int(counts[i]) + 1):
+                o = min(tl, k) - max(prev, k - 1)
+                if o > 0:
+                    out[i, k - 1] += o * x[i, l]
+            prev = tl
+    return out
 
 
 # ----------------------------------------------------------------------------- RBF
