@@ -32,14 +32,15 @@ VARIANTS = {
         "serpent-mamba",
         {"rates": (1.0,), "window": 1, "interval_bounds": "fixed", "restore": "hold"},
     ),
-    # the defaults of SPEC §2
-    "serpent-default": ("serpent-mamba", {}),
-    "serpent-default-init": ("serpent-mamba", {"init": "default"}),
+    # SPEC §2 as drawn: window K = 3 aggregated by one linear map with RBF time features
+    "serpent-linear": ("serpent-mamba", {"aggregate": "linear"}),
+    "serpent-linear-default-init": ("serpent-mamba", {"aggregate": "linear", "init": "default"}),
+    "serpent-linear-window5": ("serpent-mamba", {"aggregate": "linear", "window": 5}),
+    "serpent-linear-full-branch": ("serpent-mamba", {"aggregate": "linear", "include_full_branch": True}),
     "serpent-kernel": ("serpent-mamba", {"aggregate": "kernel"}),
+    # the library's default: overlap-weighted pooling of every element into its grid cells
     "serpent-cell": ("serpent-mamba", {"aggregate": "cell"}),
-    "serpent-window5": ("serpent-mamba", {"window": 5}),
-    "serpent-full-branch": ("serpent-mamba", {"include_full_branch": True}),
-    "serpent-paper-bounds": ("serpent-mamba", {"interval_bounds": "paper"}),
+    "serpent-cell-paper-bounds": ("serpent-mamba", {"aggregate": "cell", "interval_bounds": "paper"}),
 }
 
 

@@ -115,15 +115,24 @@ def test_gradient_reaches_the_interval_network(causal, aggregate):
 
 
 # ----------------------------------------------------------------------------- identity limit
+@pytest.mark.parametrize("aggregate", ["cell", "linear"])
 @pytest.mark.parametrize("backbone", ["mamba", "s4d"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_identity_limit_equals_the_backbone(backbone, causal):
+def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
     """κ = 1, K = 1, Δ ≡ 1, hold: the branch is its backbone on the full sequence."""
-    model = make(0, backbone, causal=causal, rates=(1.0,), window=1, interval_bounds="fixed", restore="hold")
-    with torch.no_grad():  # aggregation = identity on x (no time features), output = identity
-        model.aggregators[0].proj.weight.zero_()
-        model.aggregators[0].proj.weight[:, :D] = torch.eye(D)
-        model.aggregators[0].proj.bias.zero_()
+    model = make(
+        0,
+        backbone,
+        causal=causal,
+        rates=(1.0,),
+        window=1,
+        interval_bounds="fixed",
+        restore="hold",
+        aggregate=aggregate,
+    )
+    if aggregate == "linear":  # the identity init keeps small time-feature weights: zero them
+        with torch.no_grad():
+            model.aggregators[0].proj.weight[:, D:] = 0.0
     x = randn(3, 37, D)
     mask = right_padding_mask([37, 20, 1], 37)
     with torch.no_grad():
@@ -347,6 +356,7 @@ def test_defaults_follow_the_mode():
     assert SeRpEntConfig(8).restore == "interp" and SeRpEntConfig(8).bidirectional is True
     assert SeRpEntConfig(8, causal=True).restore == "hold"
     assert SeRpEntConfig(8).rates == (0.5, 0.3, 0.2) and SeRpEntConfig(8).window == 3
+    assert SeRpEntConfig(8).aggregate == "cell"
 
 
 def test_step_needs_causal_mode():

@@ -7,10 +7,12 @@ Each branch ``r`` with compression rate ``κ_r``:
 2. times ``t = cumsum(Δ)`` (non-causal: rescaled so that each row has exactly ``ceil(κ_r n)``
    grid points; causal: ``floor(t_n)`` of them);
 3. grid point ``k`` selects ``l_k = min{l : t_l >= k}``;
-4. a window of ``K`` elements around ``l_k`` (causal: ``l_k`` and its ``K − 1`` predecessors;
-   non-causal: centred) is aggregated with the Gaussian RBF features of the offsets ``k − t_j``
-   (``aggregate="linear"``: one linear map of the concatenation; ``"kernel"``: a continuous
-   filter ``Σ_j g(φ(δ_kj)) ⊙ V x_j``);
+4. aggregation into the grid point: ``aggregate="cell"`` (default) pools every element into the
+   grid cells ``(k − 1, k]`` its interval overlaps, weighted by the overlap; ``"linear"`` (the
+   paper's figure) and ``"kernel"`` aggregate a window of ``K`` elements around ``l_k`` (causal:
+   ``l_k`` and its ``K − 1`` predecessors; non-causal: centred) with the Gaussian RBF features
+   of the offsets ``k − t_j`` (one linear map of the concatenation, or a continuous filter
+   ``Σ_j g(φ(δ_kj)) ⊙ V x_j``);
 5. the branch backbone runs on the compressed sequence (bidirectional by default when
    non-causal);
 6. the output is restored to length ``L`` (``"hold"``: causal default; ``"interp"``: linear in
@@ -55,9 +57,12 @@ class SeRpEntConfig:
         window: ``K`` elements aggregated per grid point [paper: 3].
         n_bases: ``M`` Gaussian bases of the time offsets [ours: 16].
         causal: causal (language modelling, streaming) or non-causal (classification).
-        aggregate: ``"linear"`` [paper's figure], ``"kernel"`` [ours] or ``"cell"`` [ours]: every
-            element pooled into the grid cells its interval overlaps, weighted by the overlap
-            (``ops.resample.cell_pool``; no element is dropped; ``window`` and ``n_bases`` unused).
+        aggregate: ``"cell"`` [ours, default]: every element pooled into the grid cells its
+            interval overlaps, weighted by the overlap (``ops.resample.cell_pool``; no element
+            is dropped; ``window`` and ``n_bases`` unused); ``"linear"`` [paper's figure]: one
+            linear map of the window of ``K`` elements and their RBF time features; ``"kernel"``
+            [ours]: a continuous filter over that window. ``"cell"`` is the default because it
+            learns where the figure's design does not (docs/design.md, learning parity).
         restore: ``"hold"``, ``"interp"`` or ``"scatter"``; None = ``"hold"`` when causal,
             ``"interp"`` otherwise. ``"interp"`` reads the next grid point, so it is refused in
             causal mode.
@@ -78,7 +83,7 @@ class SeRpEntConfig:
     window: int = 3
     n_bases: int = 16
     causal: bool = False
-    aggregate: str = "linear"
+    aggregate: str = "cell"
     restore: str | None = None
     interval_bounds: str = "ours"
     share_intervals: bool = True
@@ -225,7 +230,14 @@ class SeRpEnt(nn.Module):
         self, d_model: int, backbone: str | Callable[[], nn.Module] = "mamba", **options: Any
     ) -> None:
         super().__init__()
-        cfg = options.pop("config", None) or SeRpEntConfig(d_model=d_model, backbone=backbone, **options)
+        cfg = options.pop("config", None)
+        if cfg is None:
+            cfg = SeRpEntConfig(d_model=d_model, backbone=backbone, **options)
+        elif not isinstance(cfg, SeRpEntConfig) or cfg.d_model != d_model or options:
+            raise ValueError(
+                f"config: expected a SeRpEntConfig with d_model={d_model} and no other options, "
+                f"got {type(cfg).__name__} with extra options {sorted(options)}"
+            )
         self.config = cfg
         d = cfg.d_model
         self.d_model = d
