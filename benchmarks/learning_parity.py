@@ -30,7 +30,7 @@ VARIANTS = {
     # SeRpEnt's identity configuration: one branch, κ = 1, K = 1, Δ ≡ 1
     "serpent-identity": (
         "serpent-mamba",
-        {"rates": (1.0,), "window": 1, "interval_bounds": "fixed", "restore": "hold"},
+        {"rates": (1.0,), "window": 1, "interval_bounds": "fixed", "restore": "hold", "aggregate": "cell"},
     ),
     # SPEC §2 as drawn: window K = 3 aggregated by one linear map with RBF time features
     "serpent-linear": ("serpent-mamba", {"aggregate": "linear"}),

@@ -31,15 +31,34 @@ def randn(*shape, seed=0):
 # ----------------------------------------------------------------------------- causality
 @pytest.mark.parametrize("restore", ["hold", "scatter"])
 @given(length=st.integers(2, 60), cut=st.floats(0, 0.95), window=st.integers(1, 4), seed=st.integers(0, 999))
-def test_causality_is_exact(restore, length, cut, window, seed):
-    """Changing x_{l+1:} leaves y_{<=l} unchanged, bit for bit (Mamba backbone)."""
-    model = make(seed, causal=True, restore=restore, window=window, rates=(0.5, 0.3, 0.9))
+@pytest.mark.parametrize("aggregate", ["cell", "linear"])
+@pytest.mark.parametrize("trim", [False, True])
+def test_causality(restore, aggregate, trim, length, cut, window, seed):
+    """Changing x_{l+1:} leaves y_{<=l} unchanged (Mamba backbone).
+
+    With static buffers, bit for bit. With ``trim_buffer`` the buffer length depends on the
+    whole row, and the backbone's matrix products round differently for a different number of
+    rows, so the past is unchanged up to float round-off only (no information flows back).
+    """
+    model = make(
+        seed,
+        causal=True,
+        restore=restore,
+        window=window,
+        rates=(0.5, 0.3, 0.9),
+        aggregate=aggregate,
+        trim_buffer=trim,
+    )
     x = randn(2, length, D, seed=seed)
     l = int(cut * (length - 1))
     x2 = x.clone()
-    x2[:, l + 1 :] = randn(2, length - l - 1, D, seed=seed + 1)
+    x2[:, l + 1 :] = randn(2, length - l - 1, D, seed=seed + 1) * 3
     with torch.no_grad():
-        assert torch.equal(model(x)[:, : l + 1], model(x2)[:, : l + 1])
+        past, past2 = model(x)[:, : l + 1], model(x2)[:, : l + 1]
+    if trim:
+        assert_close(past, past2, 0, 1e-6, "past outputs")
+    else:
+        assert torch.equal(past, past2)
 
 
 def test_causality_with_s4d_backbone():

@@ -74,6 +74,10 @@ class SeRpEntConfig:
         init: ``"identity"`` (the aggregation passes the selected element through and the
             output averages the branches, so the mixer starts close to its backbone; SPEC §7)
             or ``"default"`` (PyTorch's default initialisation everywhere).
+        trim_buffer: cut each compressed buffer to the batch's largest count instead of its
+            static bound (``ceil(2κL)`` in causal mode, twice the usual count): the backbones
+            then process about ``Σκ·L`` elements instead of ``2Σκ·L``. Outputs are the same;
+            shapes become data-dependent (set False for static shapes, e.g. for export).
     """
 
     d_model: int
@@ -90,6 +94,7 @@ class SeRpEntConfig:
     include_full_branch: bool = False
     bidirectional: bool | None = None
     init: str = "identity"
+    trim_buffer: bool = True
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -121,8 +126,9 @@ class SeRpEntConfig:
             raise ValueError(f"window: expected an integer >= 1, got {self.window!r}")
         if not is_int(self.n_bases) or self.n_bases < 1:
             raise ValueError(f"n_bases: expected an integer >= 1, got {self.n_bases!r}")
-        if not isinstance(self.causal, bool):
-            raise ValueError(f"causal: expected True or False, got {self.causal!r}")
+        for flag in ("causal", "share_intervals", "include_full_branch", "trim_buffer"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag}: expected True or False, got {getattr(self, flag)!r}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(
                 f"aggregate: expected one of {', '.join(map(repr, AGGREGATES))}, got {self.aggregate!r}"
@@ -343,6 +349,8 @@ class SeRpEnt(nn.Module):
             t, counts = rs.intervals_to_times(delta, mask, rate, cfg.causal)
             buffer = rs.compressed_length(rate, length, cfg.causal, cfg.delta_max(rate))
             counts = counts.clamp(max=buffer)
+            if cfg.trim_buffer:  # slots past the batch's largest count are padding in every row
+                buffer = max(1, min(buffer, int(counts.max())))
             index, valid = rs.select_grid(t.detach(), counts, lengths, buffer)
             if cfg.aggregate == "cell":
                 xc = self.aggregators[i](rs.cell_pool(xm, t, counts, buffer, mask))
