@@ -15,3 +15,14 @@ def assert_close(
 ) -> None:
     """``torch.testing.assert_close`` with a label naming the compared quantity."""
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def run_steps(model, x: torch.Tensor) -> torch.Tensor:
+    """Feed ``x (B, L, D)`` through ``model.step`` one element at a time; outputs ``(B, L, D)``."""
+    with torch.no_grad():
+        state = model.allocate_state(x.shape[0])
+        outs = []
+        for t in range(x.shape[1]):
+            y_t, state = model.step(x[:, t], state)
+            outs.append(y_t)
+    return torch.stack(outs, 1)

@@ -9,7 +9,7 @@ import torch
 
 from serpent_ssm.modules import S4D, Block, Mamba
 
-from tests.helpers import assert_close, right_padding_mask
+from tests.helpers import assert_close, right_padding_mask, run_steps
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "s4d"])
@@ -21,12 +21,7 @@ def test_step_equals_forward(mixer, mlp_ratio):
     x = torch.randn(2, 12, 8)
     with torch.no_grad():
         y = block(x)
-        state = block.allocate_state(2)
-        outs = []
-        for t in range(12):
-            o, state = block.step(x[:, t], state)
-            outs.append(o)
-    assert_close(torch.stack(outs, 1), y, 1e-4, 1e-5, "step outputs")
+    assert_close(run_steps(block, x), y, 1e-4, 1e-5, "step outputs")
 
 
 def test_residual_structure():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from serpent_ssm.modules import Mamba
 
-from tests.helpers import assert_close, right_padding_mask
+from tests.helpers import assert_close, right_padding_mask, run_steps
 
 D_MODEL = 16
 
@@ -88,12 +88,7 @@ def test_step_equals_forward(backend, length, batch, seed):
     x = torch.randn(batch, length, D_MODEL, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = model(x)
-        state = model.allocate_state(batch)
-        steps = []
-        for t in range(length):
-            y_t, state = model.step(x[:, t], state)
-            steps.append(y_t)
-    assert_close(torch.stack(steps, 1), y, 1e-5, 1e-5, "step outputs")
+    assert_close(run_steps(model, x), y, 1e-5, 1e-5, "step outputs")
 
 
 @given(length=st.integers(2, 50), split=st.floats(0.0, 1.0), seed=st.integers(0, 1000))

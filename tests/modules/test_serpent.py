@@ -13,7 +13,7 @@ from torch import nn
 
 from serpent_ssm.modules import S4D, Bidirectional, Mamba, SeRpEnt, SeRpEntConfig
 
-from tests.helpers import assert_close, right_padding_mask
+from tests.helpers import assert_close, right_padding_mask, run_steps
 
 D = 8
 SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
@@ -184,12 +184,7 @@ def test_step_equals_forward(length, batch, rates, window, restore, aggregate, b
     x = randn(batch, length, D, seed=seed)
     with torch.no_grad():
         y = model(x)
-        state = model.allocate_state(batch)
-        outs = []
-        for t in range(length):
-            y_t, state = model.step(x[:, t], state)
-            outs.append(y_t)
-    assert_close(torch.stack(outs, 1), y, 1e-4, 1e-5, "step outputs")
+    assert_close(run_steps(model, x), y, 1e-4, 1e-5, "step outputs")
 
 
 def test_streaming_state_has_constant_size():
@@ -238,12 +233,7 @@ def test_user_supplied_mixer_works():
     mask = right_padding_mask([30, 17], 30)
     with torch.no_grad():
         y = model(x, mask=mask)
-        outs = []
-        state = model.allocate_state(1)
-        for t in range(17):
-            o, state = model.step(x[1:, t], state)
-            outs.append(o)
-    assert_close(torch.stack(outs, 1)[0], y[1, :17], 1e-5, 1e-6, "streamed row")
+    assert_close(run_steps(model, x[1:, :17])[0], y[1, :17], 1e-5, 1e-6, "streamed row")
 
 
 def test_non_causal_backbones_are_bidirectional_by_default():

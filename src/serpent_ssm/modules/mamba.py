@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serpent_ssm.modules._shared import empty_sequence_output
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
 from serpent_ssm.utils.validation import (
     check_float_tensor,
@@ -149,9 +150,8 @@ class Mamba(nn.Module):
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
-        if length == 0:  # nothing to mix; the state passes through unchanged
-            out = x.new_zeros(batch, 0, self.d_model)
-            return (out, state if state is not None else self.allocate_state(batch)) if return_state else out
+        if length == 0:
+            return empty_sequence_output(self, x, state, return_state)
         xz = self.in_proj(x)
         xs, z = xz.chunk(2, dim=-1)
         xs = xs.transpose(1, 2)  # (B, E, L)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serpent_ssm.modules._shared import empty_sequence_output
 from serpent_ssm.utils.validation import (
     check_float_tensor,
     check_mixer_input,
@@ -131,9 +132,8 @@ class S4D(nn.Module):
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
-        if length == 0:  # nothing to mix; the state passes through unchanged
-            out = x.new_zeros(batch, 0, self.d_model)
-            return (out, state if state is not None else self.allocate_state(batch)) if return_state else out
+        if length == 0:
+            return empty_sequence_output(self, x, state, return_state)
         u = x.transpose(1, 2).float()  # (B, H, L)
         if mask is not None:
             u = u * mask.unsqueeze(1)
