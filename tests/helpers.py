@@ -26,3 +26,34 @@ def run_steps(model, x: torch.Tensor) -> torch.Tensor:
             y_t, state = model.step(x[:, t], state)
             outs.append(y_t)
     return torch.stack(outs, 1)
+
+
+def _state_rows(state, b):
+    """Row ``b`` of a recurrent state (a tensor or a dict of tensors), as a dict of tensors."""
+    if isinstance(state, dict):
+        return {k: v[b] for k, v in state.items()}
+    return {"state": state[b]}
+
+
+def _mix(model, x, mask, with_state):
+    """``(y, state)``: the state only when ``with_state`` (else None)."""
+    return model(x, mask=mask, return_state=True) if with_state else (model(x, mask=mask), None)
+
+
+def assert_padding_invariant(model, x, lengths, rtol, atol, with_state=False):
+    """Rows of ``x (B, L, D)`` right-padded to ``lengths`` give their unpadded outputs (and final
+    states, with ``with_state``); outputs at padding are 0; an all-padding row keeps a zero state."""
+    with torch.no_grad():
+        y, state = _mix(model, x, right_padding_mask(lengths, x.shape[1]), with_state)
+        for b, n in enumerate(lengths):
+            assert torch.count_nonzero(y[b, n:]) == 0
+            if n == 0:
+                if with_state:
+                    assert all(torch.count_nonzero(v) == 0 for v in _state_rows(state, b).values())
+                continue
+            y_b, state_b = _mix(model, x[b : b + 1, :n], None, with_state)
+            assert_close(y[b, :n], y_b[0], rtol, atol, f"row {b} (n={n})")
+            if with_state:
+                want = _state_rows(state_b, 0)
+                for k, v in _state_rows(state, b).items():
+                    assert_close(v, want[k], rtol, atol, f"row {b} {k}")

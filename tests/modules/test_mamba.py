@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from serpent_ssm.modules import Mamba
 
-from tests.helpers import assert_close, right_padding_mask, run_steps
+from tests.helpers import assert_close, assert_padding_invariant, right_padding_mask, run_steps
 
 D_MODEL = 16
 
@@ -116,21 +116,10 @@ def test_forward_with_state_continues_a_split_sequence(length, split, seed):
 )
 def test_padding_invariance(lengths, extra, seed):
     """Each row padded to a common length (plus extra padding) gives its unpadded outputs."""
-    model = make_mamba(seed)
-    g = torch.Generator().manual_seed(seed)
-    total = max(lengths) + extra
-    x = torch.randn(len(lengths), total, D_MODEL, generator=g)
-    mask = right_padding_mask(lengths, total)
-    with torch.no_grad():
-        y, state = model(x, mask=mask, return_state=True)
-        for b, n in enumerate(lengths):
-            assert torch.count_nonzero(y[b, n:]) == 0
-            if n == 0:
-                continue
-            y_b, s_b = model(x[b : b + 1, :n], return_state=True)
-            assert_close(y[b, :n], y_b[0], 1e-5, 1e-5, f"row {b}")
-            for k in state:
-                assert_close(state[k][b], s_b[k][0], 1e-5, 1e-5, f"row {b} state {k}")
+    x = torch.randn(
+        len(lengths), max(lengths) + extra, D_MODEL, generator=torch.Generator().manual_seed(seed)
+    )
+    assert_padding_invariant(make_mamba(seed), x, lengths, 1e-5, 1e-5, with_state=True)
 
 
 def test_gradients_reach_every_parameter():
