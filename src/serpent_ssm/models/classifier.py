@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from serpent_ssm.modules import S4D, Bidirectional, Block, Mamba, SeRpEnt
+from serpent_ssm.modules.block import make_norm
 from serpent_ssm.utils.validation import check_positive_int
 
 __all__ = ["MODEL_NAMES", "SequenceClassifier", "make_mixer_factory"]
@@ -80,7 +81,7 @@ class SequenceClassifier(nn.Module):
             Block(d_model, make_mixer(), norm=norm, mlp_ratio=mlp_ratio, dropout=dropout)
             for _ in range(n_layers)
         )
-        self.norm = nn.RMSNorm(d_model) if norm == "rms" else nn.LayerNorm(d_model)
+        self.norm = make_norm(norm, d_model)
         self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -228,8 +228,9 @@ class SeRpEnt(nn.Module):
 
     ``forward(x, mask=None, return_info=False)``. Rows that are all padding give zero output.
     In causal mode, ``allocate_state(batch)`` and ``step(x_t, state)`` stream one element at a
-    time with constant memory: per branch the running time, the last ``K`` inputs and their
-    times, the backbone's recurrent state and the held output.
+    time with constant memory: per branch the running time, the backbone's recurrent state, the
+    held output, and either the open cell's pooled input (``aggregate="cell"``) or the last ``K``
+    inputs and their times (window aggregations).
     """
 
     def __init__(
@@ -268,11 +269,12 @@ class SeRpEnt(nn.Module):
         # in (-Δmax, 0]; a neighbour r places before it up to r·Δmax above, one r places after
         # it (non-causal) down to -(r + 1)·Δmax.
         before, after = -offsets[0], offsets[-1]
-        for i, rate in enumerate(cfg.rates):
+        self._rbf_sigmas: list[float] = []
+        for i, rate in enumerate(cfg.rates if cfg.aggregate != "cell" else ()):
             dmax = cfg.delta_max(rate)
             centers, sigma = rs.rbf_centers(cfg.n_bases, -(after + 1) * dmax, before * dmax)
             self.register_buffer(f"rbf_centers_{i}", centers, persistent=False)
-            setattr(self, f"_rbf_sigma_{i}", sigma)
+            self._rbf_sigmas.append(sigma)
 
     @classmethod
     def from_config(cls, config: SeRpEntConfig) -> SeRpEnt:
@@ -318,7 +320,7 @@ class SeRpEnt(nn.Module):
 
     def _rbf(self, offsets: torch.Tensor, branch: int) -> torch.Tensor:
         centers = getattr(self, f"rbf_centers_{branch}")
-        return rs.rbf_features(offsets, centers, getattr(self, f"_rbf_sigma_{branch}"))
+        return rs.rbf_features(offsets, centers, self._rbf_sigmas[branch])
 
     # ------------------------------------------------------------------ full sequence
     def forward(
@@ -344,9 +346,7 @@ class SeRpEnt(nn.Module):
         for i, rate in enumerate(cfg.rates):
             s = shared if shared is not None else self._score(xm, i)
             delta = self._intervals(s, rate)
-            if mask is not None:
-                delta = delta * mask.to(delta.dtype)
-            t, counts = rs.intervals_to_times(delta, mask, rate, cfg.causal)
+            t, counts = rs.intervals_to_times(delta, mask, rate, cfg.causal)  # masks Δ itself
             buffer = rs.compressed_length(rate, length, cfg.causal, cfg.delta_max(rate))
             counts = counts.clamp(max=buffer)
             if cfg.trim_buffer:  # slots past the batch's largest count are padding in every row
@@ -360,8 +360,10 @@ class SeRpEnt(nn.Module):
                 xc = self.aggregators[i](xw, phi.to(xw.dtype), ok)
             xc = xc * valid.unsqueeze(-1).to(xc.dtype)
             yc = self.backbones[i](xc, mask=valid)
-            outs.append(rs.restore(yc, t.to(torch.float64), counts, index, valid, mask, cfg.restore))
+            outs.append(rs.restore(yc, t, counts, index, valid, mask, cfg.restore))
             if return_info:
+                if mask is not None:
+                    delta = delta * mask.to(delta.dtype)
                 info["branches"].append(
                     {"rate": rate, "delta": delta, "t": t, "index": index, "valid": valid, "counts": counts}
                 )
@@ -387,17 +389,18 @@ class SeRpEnt(nn.Module):
         k, d = self.config.window, self.d_model
         branches = []
         for bb in self.backbones:
-            branches.append(
-                {
-                    "t": torch.zeros(batch, dtype=torch.float64, device=device),
-                    "seen": torch.zeros(batch, dtype=torch.long, device=device),
-                    "x": torch.zeros(batch, k, d, dtype=dtype, device=device),
-                    "times": torch.zeros(batch, k, dtype=torch.float64, device=device),
-                    "held": torch.zeros(batch, d, dtype=dtype, device=device),
-                    "acc": torch.zeros(batch, d, dtype=dtype, device=device),
-                    "backbone": bb.allocate_state(batch, device=device, dtype=dtype),
-                }
-            )
+            st = {
+                "t": torch.zeros(batch, dtype=torch.float64, device=device),  # running time
+                "held": torch.zeros(batch, d, dtype=dtype, device=device),  # latest backbone output
+                "backbone": bb.allocate_state(batch, device=device, dtype=dtype),
+            }
+            if self.config.aggregate == "cell":  # the open cell's pooled input so far
+                st["acc"] = torch.zeros(batch, d, dtype=dtype, device=device)
+            else:  # the last K inputs, their times, and how many inputs were seen (up to K matters)
+                st["seen"] = torch.zeros(batch, dtype=torch.long, device=device)
+                st["x"] = torch.zeros(batch, k, d, dtype=dtype, device=device)
+                st["times"] = torch.zeros(batch, k, dtype=torch.float64, device=device)
+            branches.append(st)
         state: dict[str, Any] = {"branches": branches}
         if self.full_backbone is not None:
             state["full"] = self.full_backbone.allocate_state(batch, device=device, dtype=dtype)
@@ -413,55 +416,48 @@ class SeRpEnt(nn.Module):
                 "state: expected the dict returned by allocate_state() or step(), got something else"
             )
         cfg = self.config
-        k_win = cfg.window
+        cell = cfg.aggregate == "cell"
         outs, new_branches = [], []
         shared = self._score(x_t, 0) if cfg.share_intervals else None
         for i, rate in enumerate(cfg.rates):
             st = state["branches"][i]
             s = shared if shared is not None else self._score(x_t, i)
-            delta = self._intervals(s, rate).double()
-            t_old, t_new = st["t"], st["t"] + delta
-            xbuf = torch.cat([st["x"][:, 1:], x_t.unsqueeze(1)], dim=1)
-            tbuf = torch.cat([st["times"][:, 1:], t_new.unsqueeze(1)], dim=1)
-            seen = st["seen"] + 1
-            ok = torch.arange(k_win, device=x_t.device).unsqueeze(0) >= (k_win - seen).unsqueeze(1)  # (B, K)
-            xw = (xbuf * ok.unsqueeze(-1).to(xbuf.dtype)).unsqueeze(1)  # (B, 1, K, D)
+            t_old = st["t"]
+            t_new = t_old + self._intervals(s, rate).double()
             k_old = torch.floor(t_old)
-            crossings = (torch.floor(t_new) - k_old).long()
+            crossings = (torch.floor(t_new) - k_old).long()  # grid points crossed by this element
+            new: dict[str, Any] = {"t": t_new}
+            if not cell:
+                k_win = cfg.window
+                xbuf = torch.cat([st["x"][:, 1:], x_t.unsqueeze(1)], dim=1)
+                tbuf = torch.cat([st["times"][:, 1:], t_new.unsqueeze(1)], dim=1)
+                seen = st["seen"] + 1
+                ok = torch.arange(k_win, device=x_t.device).unsqueeze(0) >= (k_win - seen).unsqueeze(1)
+                xw = (xbuf * ok.unsqueeze(-1).to(xbuf.dtype)).unsqueeze(1)  # (B, 1, K, D)
+                new.update(seen=seen, x=xbuf, times=tbuf)
             held, bstate = st["held"], st["backbone"]
             scattered = torch.zeros_like(held)
-            acc = st["acc"]
             for j in range(1, int(crossings.max().item()) + 1 if crossings.numel() else 1):
                 active = crossings >= j
-                if cfg.aggregate == "cell":  # close cell k_old + j with this element's share of it
+                if cell:  # close cell k_old + j with this element's share of it
                     c = k_old + j
                     share = (torch.minimum(t_new, c) - torch.maximum(t_old, c - 1)).clamp_min(0.0)
-                    pooled = share.to(x_t.dtype).unsqueeze(1) * x_t + (acc if j == 1 else 0.0)
+                    pooled = share.to(x_t.dtype).unsqueeze(1) * x_t + (st["acc"] if j == 1 else 0.0)
                     xk = self.aggregators[i](pooled)
                 else:
-                    offsets = (k_old + j).unsqueeze(1) - tbuf  # (B, K)
-                    offsets = torch.where(ok, offsets, torch.zeros_like(offsets))
+                    offsets = torch.where(ok, (k_old + j).unsqueeze(1) - tbuf, torch.zeros_like(tbuf))
                     phi = (self._rbf(offsets, i) * ok.unsqueeze(-1).to(xw.dtype)).unsqueeze(1)
                     xk = self.aggregators[i](xw, phi.to(xw.dtype), ok.unsqueeze(1))[:, 0]
                 yk, new_bstate = self.backbones[i].step(xk, bstate)
                 bstate = _where_state(active, new_bstate, bstate)
                 held = torch.where(active.unsqueeze(1), yk, held)
                 scattered = scattered + yk * active.unsqueeze(1).to(yk.dtype)
-            if cfg.aggregate == "cell":  # the open cell keeps what is left of this element's interval
+            if cell:  # the open cell keeps what is left of this element's interval
                 rest = (t_new - torch.maximum(t_old, torch.floor(t_new))).to(x_t.dtype).unsqueeze(1)
-                acc = torch.where((crossings > 0).unsqueeze(1), rest * x_t, acc + rest * x_t)
+                new["acc"] = torch.where((crossings > 0).unsqueeze(1), rest * x_t, st["acc"] + rest * x_t)
+            new.update(held=held, backbone=bstate)
             outs.append(held if cfg.restore == "hold" else scattered)
-            new_branches.append(
-                {
-                    "t": t_new,
-                    "seen": seen,
-                    "x": xbuf,
-                    "times": tbuf,
-                    "held": held,
-                    "acc": acc,
-                    "backbone": bstate,
-                }
-            )
+            new_branches.append(new)
         new_state: dict[str, Any] = {"branches": new_branches}
         if self.full_backbone is not None:
             y_full, new_state["full"] = self.full_backbone.step(x_t, state["full"])

@@ -45,14 +45,15 @@ def _fraction(rate: float) -> Fraction:
     return Fraction(str(rate)).limit_denominator(10**6)
 
 
-def ceil_rate(rate: float, n: torch.Tensor) -> torch.Tensor:
-    """Exact ``ceil(rate · n)`` for integer lengths ``n`` (any shape, int64).
+def ceil_rate(rate: float, n: torch.Tensor | int) -> torch.Tensor | int:
+    """Exact ``ceil(rate · n)`` for integer lengths ``n`` (an int, or a tensor of any shape).
 
     ``rate`` is read as the decimal it prints as (0.3 is 3/10), and the product is taken in
     integers: in float32, 0.3 × 90 is 27.000002 and its ceiling 28.
     """
     f = _fraction(rate)
-    n = n.long()
+    if isinstance(n, torch.Tensor):
+        n = n.long()
     return (n * f.numerator + f.denominator - 1) // f.denominator
 
 
@@ -67,7 +68,7 @@ def compressed_length(rate: float, length: int, causal: bool, delta_max: float) 
         return 0
     if causal:
         return max(1, math.ceil(delta_max * length - 1e-9))
-    return max(1, int(ceil_rate(rate, torch.tensor(length))))
+    return max(1, ceil_rate(rate, length))
 
 
 # ----------------------------------------------------------------------------- times
@@ -246,7 +247,7 @@ def cell_pool(
     if length == 0 or buffer == 0:
         return out
     t_prev = torch.cat([t.new_zeros(b, 1), t[:, :-1]], dim=1)
-    span = (t - t_prev).detach().max().item() if length else 0.0
+    span = (t - t_prev).detach().max().item()
     real = mask if mask is not None else torch.ones(b, length, dtype=torch.bool, device=x.device)
     first = torch.floor(t_prev.detach()) + 1  # first cell an element can reach
     for j in range(int(math.ceil(span)) + 1):  # an interval of length s touches <= ceil(s) + 1 cells

@@ -20,7 +20,6 @@ __all__ = [
     "check_positive_float",
     "check_positive_int",
     "check_shape",
-    "lengths_from_mask",
 ]
 
 
@@ -86,11 +85,6 @@ def check_mask(mask: object, batch: int, length: int, name: str = "mask") -> tor
                 f"got a real element after padding in row {row}"
             )
     return mask
-
-
-def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Real lengths ``(B,)`` int64 of a right-padding mask ``(B, L)``."""
-    return mask.sum(dim=1, dtype=torch.long)
 
 
 def check_positive_int(name: str, value: object) -> int:
