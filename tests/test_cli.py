@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from serpent_ssm.cli import main
+from serpent_ssm.ops.scan_cpu import cpu_kernel_available
 
 
 def test_demo_runs_every_model(capsys):
@@ -22,4 +23,8 @@ def test_bad_demo_argument(capsys):
 
 def test_backends(capsys):
     assert main(["backends"]) == 0
-    assert "cpu: torch, ref (auto -> torch)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    if cpu_kernel_available():
+        assert "cpu: cpu, torch, ref (auto -> cpu)\nfused CPU kernel: available\n" in out
+    else:
+        assert "cpu: torch, ref (auto -> torch)\nfused CPU kernel: " in out

@@ -20,6 +20,7 @@ from serpent_ssm import __version__
 from serpent_ssm.models import MODEL_NAMES, make_mixer_factory
 from serpent_ssm.modules import Block
 from serpent_ssm.ops import available_backends, resolve_backend
+from serpent_ssm.ops.scan_cpu import cpu_kernel_status
 
 
 def _build_stack(name: str, d_model: int, layers: int, bidirectional: bool) -> nn.ModuleList:
@@ -84,6 +85,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         names = available_backends(device)
         print(f"{device}: {', '.join(names)} (auto -> {resolve_backend('auto', device)})")
+    print(f"fused CPU kernel: {cpu_kernel_status()}")
     return 0
 
 

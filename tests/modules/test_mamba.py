@@ -147,7 +147,7 @@ def test_bad_constructor_arguments():
     _raises("d_state: expected a positive integer, got 2.5", lambda: Mamba(8, d_state=2.5))
     _raises("dt_max: expected dt_max >= dt_min=0.1, got 0.01", lambda: Mamba(8, dt_min=0.1, dt_max=0.01))
     _raises(
-        "backend: expected one of 'auto', 'ref', 'torch', 'cuda', got 'fast'",
+        "backend: expected one of 'auto', 'ref', 'torch', 'cpu', 'cuda', got 'fast'",
         lambda: Mamba(8, backend="fast"),
     )
     _raises("dt_init: expected 'random' or 'constant', got 'zeros'", lambda: Mamba(8, dt_init="zeros"))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
 from serpent_ssm.ops.scan_chunked import DEFAULT_CHUNK_SIZE
+from serpent_ssm.ops.scan_cpu import CHECKPOINT_INTERVAL, cpu_kernel_available
 
 from tests.helpers import assert_close, right_padding_mask
 
@@ -18,11 +19,16 @@ from tests.helpers import assert_close, right_padding_mask
 RTOL, ATOL = 2e-4, 2e-4
 FAST_BACKENDS = [b for b in available_backends("cpu") if b != "ref"]
 
-# lengths up to 2048, biased towards the chunk boundaries of the chunked scan
+# lengths up to 2048, biased towards the chunk boundaries of the chunked scan and the
+# checkpoint boundaries of the CPU kernel
+_BOUNDARIES = [DEFAULT_CHUNK_SIZE, CHECKPOINT_INTERVAL, 2 * CHECKPOINT_INTERVAL]
 LENGTHS = st.one_of(
     st.integers(1, 70),
-    st.sampled_from([DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_SIZE + 1, 257, 2048]),
+    st.sampled_from(sorted({b + k for b in _BOUNDARIES for k in (-1, 0, 1)} | {257, 2048})),
 )
+# state sizes: small ones, and those the CPU kernel specialises at compile time
+STATE_SIZES = st.one_of(st.integers(1, 6), st.sampled_from([8, 16, 32, 64]))
+needs_cpu_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="no C++ compiler for the CPU kernel")
 
 
 def make_inputs(
@@ -84,7 +90,7 @@ def run_scan(inputs, backend, **kwargs):
 @given(
     batch=st.integers(1, 3),
     d_groups=st.sampled_from([(1, 1), (4, 1), (6, 2), (8, 4)]),
-    n=st.integers(1, 6),
+    n=STATE_SIZES,
     length=LENGTHS,
     b_layout=st.sampled_from(["shared", "grouped", "time-invariant"]),
     use_mask=st.booleans(),
@@ -196,43 +202,100 @@ def test_return_last_state_is_mamba_ssm_spelling():
     assert y.shape == (1, 2, 5) and h.shape == (1, 2, 2)
 
 
-@pytest.mark.parametrize("length", [16384, 65536])
-def test_long_sequences_are_stable(length):
-    """Large Δ·A over long sequences: no overflow of cumulative decays, no NaN, equal to the loop."""
+def _long_inputs(length, dtype=torch.float32):
+    """Large Δ·A (up to 5 time units per step, |A| up to 3000) over a long sequence."""
     batch, d, n = 1, 2, 4
     g = torch.Generator().manual_seed(0)
-    u = torch.randn(batch, d, length, generator=g)
-    delta = torch.rand(batch, d, length, generator=g) * 5  # up to 5 time units per step
-    A = -torch.tensor([[0.01, 1.0, 50.0, 500.0], [1e-4, 3.0, 30.0, 3000.0]])
-    B, C = torch.randn(batch, n, length, generator=g), torch.randn(batch, n, length, generator=g)
-    y = selective_scan(u, delta, A, B, C, backend="torch")
-    assert torch.isfinite(y).all()
-    if length <= 16384:  # against the loop in float64; fp32 rounding grows with the state's size
-        y64 = selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double(), backend="ref")
-        scale = y64.abs().max().item()
-        assert_close(y.double(), y64, 0.0, 1e-5 * scale, "y")
+    return {
+        "u": torch.randn(batch, d, length, generator=g, dtype=dtype),
+        "delta": torch.rand(batch, d, length, generator=g, dtype=dtype) * 5,
+        "A": -torch.tensor([[0.01, 1.0, 50.0, 500.0], [1e-4, 3.0, 30.0, 3000.0]], dtype=dtype),
+        "B": torch.randn(batch, n, length, generator=g, dtype=dtype),
+        "C": torch.randn(batch, n, length, generator=g, dtype=dtype),
+    }
 
 
-def test_bf16_inputs_are_upcast():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("length", [16384, 65536])
+def test_long_sequences_are_stable(backend, length):
+    """No overflow of cumulative decays, no NaN, equal to an fp64 oracle (the loop up to 16K, the
+    chunked scan beyond, where the loop takes too long); gradients too."""
+    inputs = {k: v.requires_grad_(True) for k, v in _long_inputs(length).items()}
+    y, h = selective_scan(**inputs, return_final_state=True, backend=backend)
+    loss = (y * torch.linspace(-1, 1, length)).sum() + h.sum()
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    assert torch.isfinite(y).all() and all(torch.isfinite(gr).all() for gr in grads)
+    x64 = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    oracle = "ref" if length <= 16384 else "torch"
+    y64, h64 = selective_scan(**x64, return_final_state=True, backend=oracle)
+    scale = y64.abs().max().item()  # fp32 rounding grows with the size of the state
+    assert_close(y.double(), y64, 0.0, 1e-5 * scale, "y")
+    if backend == "cpu" or length <= 16384:  # the fp64 chunked backward at 64K is slow
+        loss64 = (y64 * torch.linspace(-1, 1, length, dtype=torch.float64)).sum() + h64.sum()
+        grads64 = torch.autograd.grad(loss64, list(x64.values()))
+        for name, got, want in zip(inputs, grads, grads64, strict=True):
+            assert_close(got.double(), want, 1e-4, 1e-4 * max(1.0, want.abs().max().item()), f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_bf16_inputs_are_upcast(backend):
     inputs = make_inputs(2, 4, 3, 33, requires_grad=False)
     low = {k: v.to(torch.bfloat16) for k, v in inputs.items()}
-    y_low = selective_scan(**low, delta_softplus=True, backend="torch")
+    y_low = selective_scan(**low, delta_softplus=True, backend=backend)
     y_ref = selective_scan(**{k: v.float() for k, v in low.items()}, delta_softplus=True, backend="ref")
     assert y_low.dtype == torch.bfloat16
     assert_close(y_low.float(), y_ref, 1e-2, 1e-2, "y")
 
 
-def test_float64_computes_in_float64():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_float64_computes_in_float64(backend):
     inputs = make_inputs(1, 3, 2, 40, dtype=torch.float64, requires_grad=False)
     y_ref = selective_scan(**inputs, delta_softplus=True, backend="ref")
-    y = selective_scan(**inputs, delta_softplus=True, backend="torch")
+    y = selective_scan(**inputs, delta_softplus=True, backend=backend)
     assert y.dtype == torch.float64
     assert_close(y, y_ref, 1e-12, 1e-12, "y")
 
 
-def test_auto_backend_resolution_on_cpu():
-    assert resolve_backend("auto", "cpu") == "torch"
-    assert available_backends("cpu") == ["torch", "ref"]
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradcheck_in_float64(backend):
+    """Analytic gradients against finite differences, every input, mask and initial state."""
+    inputs = make_inputs(2, 4, 3, 70, b_layout="grouped", groups=2, dtype=torch.float64)
+    h0 = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    mask = right_padding_mask([70, 66], 70)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+    def fn(*xs):
+        kw = dict(zip(names, xs[:-1], strict=True))
+        kw.update(initial_state=xs[-1], mask=mask, delta_softplus=True, return_final_state=True)
+        return selective_scan(**kw, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, [inputs[k] for k in names] + [h0], eps=1e-6, atol=1e-6)
+
+
+@needs_cpu_kernel
+def test_auto_backend_is_the_cpu_kernel_on_cpu():
+    assert resolve_backend("auto", "cpu") == "cpu"
+    assert available_backends("cpu") == ["cpu", "torch", "ref"]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("b_layout", ["shared", "grouped", "time-invariant"])
+def test_cpu_kernel_does_not_depend_on_the_thread_count(b_layout):
+    """Tasks are whole channels, so outputs are bitwise equal for any thread count; gradients of
+    shared B and C are summed over per-thread copies, so equal up to rounding."""
+    inputs = make_inputs(3, 8, 16, 200, b_layout=b_layout, groups=2)
+    kw = {"delta_softplus": True, "mask": right_padding_mask([200, 130, 64], 200)}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, _, g1 = run_scan(inputs, "cpu", **kw)
+        torch.set_num_threads(2)
+        y2, _, g2 = run_scan(inputs, "cpu", **kw)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(y1, y2)
+    for name, a, b in zip(inputs, g1, g2, strict=True):
+        assert_close(a, b, 1e-6, 1e-6, f"grad {name}")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -303,7 +366,7 @@ def test_nan_in_parameters():
 
 
 def test_unknown_backend():
-    _raises("backend: expected one of 'auto', 'ref', 'torch', 'cuda', got 'triton'", backend="triton")
+    _raises("backend: expected one of 'auto', 'ref', 'torch', 'cpu', 'cuda', got 'triton'", backend="triton")
 
 
 def test_cuda_backend_needs_cuda_tensors():

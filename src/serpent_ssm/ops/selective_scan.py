@@ -13,7 +13,9 @@ It computes, per batch ``b``, channel ``d`` and state ``n``::
     y_t    *= silu(z_t)                               (when z is given)
 
 Backends: ``"ref"`` (a plain loop over time: the oracle), ``"torch"`` (chunked parallel scan,
-any device, see ``scan_chunked``), ``"cuda"`` (mamba_ssm's kernel) and ``"auto"``.
+any device, see ``scan_chunked``), ``"cpu"`` (the fused C++ kernel, compiled on first use, see
+``scan_cpu``), ``"cuda"`` (mamba_ssm's kernel) and ``"auto"`` (``"cuda"`` on a GPU with
+mamba_ssm, ``"cpu"`` on the CPU, else ``"torch"``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from serpent_ssm.ops.scan_chunked import chunked_scan
+from serpent_ssm.ops.scan_cpu import cpu_kernel_available, cpu_scan, warn_fallback_once
 from serpent_ssm.ops.scan_cuda import cuda_kernel_available, cuda_scan
 from serpent_ssm.utils.validation import check_finite, check_float_tensor, check_mask, check_shape
 
@@ -34,7 +37,7 @@ __all__ = [
     "selective_scan_ref",
 ]
 
-BACKENDS = ("auto", "ref", "torch", "cuda")
+BACKENDS = ("auto", "ref", "torch", "cpu", "cuda")
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -43,6 +46,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     names = []
     if device.type == "cuda" and cuda_kernel_available():
         names.append("cuda")
+    if device.type == "cpu" and cpu_kernel_available():
+        names.append("cpu")
     names += ["torch", "ref"]
     return names
 
@@ -56,13 +61,27 @@ def check_backend(backend: object) -> str:
 
 
 def resolve_backend(backend: str, device: torch.device | str, needs_initial_state: bool = False) -> str:
-    """Map ``backend`` (possibly ``"auto"``) to the concrete backend that will run."""
+    """Map ``backend`` (possibly ``"auto"``) to the concrete backend that will run.
+
+    ``"cpu"`` and ``"auto"`` on the CPU run ``"torch"`` when the fused kernel cannot be built
+    (no compiler), with one warning per process.
+    """
     check_backend(backend)
     device = torch.device(device)
     if backend == "auto":
         if device.type == "cuda" and cuda_kernel_available() and not needs_initial_state:
             return "cuda"
+        if device.type == "cpu":
+            if cpu_kernel_available():
+                return "cpu"
+            warn_fallback_once()
         return "torch"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend: 'cpu' needs tensors on the CPU, got device {device}")
+        if not cpu_kernel_available():
+            warn_fallback_once()
+            return "torch"
     if backend == "cuda":
         if device.type != "cuda":
             raise ValueError(f"backend: 'cuda' needs tensors on a CUDA device, got device {device}")
@@ -178,7 +197,7 @@ def selective_scan(
         return_final_state: also return the state after the last element ``(Bt, D, N)``
             (with a mask: after the last *real* element). ``return_last_state`` is accepted as
             mamba_ssm's name for the same flag.
-        backend: ``"auto"`` | ``"ref"`` | ``"torch"`` | ``"cuda"``.
+        backend: ``"auto"`` | ``"ref"`` | ``"torch"`` | ``"cpu"`` | ``"cuda"``.
 
     Returns:
         ``y (Bt, D, L)`` in ``u``'s dtype, and the final state ``(Bt, D, N)`` float32 when
@@ -191,6 +210,10 @@ def selective_scan(
     name = resolve_backend(backend, u.device, needs_initial_state=initial_state is not None)
     if name == "cuda":
         return cuda_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, return_final_state)
+    if name == "cpu":
+        return cpu_scan(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, initial_state, return_final_state
+        )
 
     bt, d, length = u.shape
     out_dtype = u.dtype

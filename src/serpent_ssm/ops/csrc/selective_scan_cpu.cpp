@@ -1,0 +1,341 @@
+// Fused selective scan (S6) for CPUs: the "cpu" backend of serpent_ssm.ops.selective_scan.
+//
+// Plain C++17 with a C interface, loaded with ctypes (no Python headers, no torch headers, no
+// ninja): any C++ compiler builds it in seconds. Shapes and semantics are those of
+// selective_scan (see selective_scan.py); the Python side (scan_cpu.py) lays the inputs out:
+//
+//   u, delta, z, y, du, ddelta, dz   (Bt, D, L) contiguous
+//   A                                 (D, N) contiguous
+//   B, C                              element (b, g, l, n) at  b*s_b + g*s_g + l*s_l + n
+//                                     (n contiguous; s_l = 0 for time-invariant, s_b = 0 when
+//                                     shared over the batch); channel d reads group d / (D/G)
+//   dB, dC                            the same, plus t*s_t for the thread t that accumulates
+//                                     (s_t = 0 when no two tasks write the same element)
+//   h0, h_final, dh0, dhT, dA_part    (Bt, D, N)
+//   dD_part, dbias_part               (Bt, D)
+//   ckpt                              (Bt, D, ceil(L/T), N): the state before steps 0, T, 2T...
+//   lengths                           (Bt,) int64 real elements per row (right padding)
+//
+// One task is one (batch row, channel): the whole recurrence of that channel runs with the
+// state in registers (vectorised over N), fusing softplus/bias, discretisation, the update,
+// the C contraction, the D skip and the z gate. Tasks are split over threads. The forward pass
+// writes the state every T steps; the backward pass walks the chunks backwards, recomputes the
+// T states of a chunk from its checkpoint into a small buffer (in L1), and runs the adjoint
+// recurrence over it. Nothing of size (Bt, D, L, N) is ever stored.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if defined(_MSC_VER)
+#define SS_EXPORT extern "C" __declspec(dllexport)
+#define SS_RESTRICT __restrict
+#else
+#define SS_EXPORT extern "C" __attribute__((visibility("default")))
+#define SS_RESTRICT __restrict__
+#endif
+
+// "omp simd" (built with -fopenmp-simd: no OpenMP runtime) lets the compiler vectorise the
+// sums over the state without -ffast-math, which would change rounding elsewhere too.
+#define SS_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#define SS_SIMD SS_PRAGMA(omp simd)
+#define SS_SIMD_SUM(...) SS_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+
+namespace {
+
+constexpr int kAbiVersion = 1;
+
+struct ScanArgs {
+  int64_t batch, dim, length, dstate;
+  int64_t groups_b, groups_c;  // channel d reads group d / (dim / groups)
+  int64_t chunk;               // checkpoint interval T
+  int64_t n_threads;
+  int64_t softplus, has_D, has_z, has_bias, has_h0, has_lengths, has_dhT;
+  int64_t sb_b, sb_g, sb_l, sc_b, sc_g, sc_l;            // B, C strides
+  int64_t gb_t, gb_b, gb_g, gb_l, gc_t, gc_b, gc_g, gc_l;  // dB, dC strides
+  const void *u, *delta, *A, *B, *C, *D, *z, *bias, *h0;
+  const int64_t* lengths;
+  void *y, *h_final, *ckpt;
+  const void *dy, *dhT;
+  void *du, *ddelta, *dz, *dA_part, *dB, *dC, *dD_part, *dbias_part, *dh0;
+};
+
+// exp for float, written so that compilers vectorise it (no libm call in the inner loop):
+// exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln2 / 2, exp(r) by its Taylor polynomial of
+// degree 6 (relative error < 2e-7, about 1 ulp). Inputs below -87 give exp(-87) ~ 1.6e-38
+// instead of a denormal; above 88 they saturate at exp(88).
+inline float exp_fast(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - k * 0.693145751953125f;  // ln 2, high part (exact in float)
+  r = r - k * 1.42860682030941723e-6f;   // ln 2, low part
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double exp_fast(double x) { return std::exp(x); }
+
+// softplus as torch computes it (threshold 20), and its derivative
+template <typename T>
+inline T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+inline T time_step(const ScanArgs& a, T raw) {
+  return a.softplus ? softplus(raw) : raw;
+}
+
+// NS > 0: the state size is a compile-time constant (fully vectorised); NS == 0: any size.
+template <typename T, int NS>
+struct Scan {
+  const ScanArgs& a;
+  const int64_t N;
+  explicit Scan(const ScanArgs& args) : a(args), N(NS > 0 ? NS : args.dstate) {}
+
+  int64_t row_length(int64_t b) const { return a.has_lengths ? a.lengths[b] : a.length; }
+  int64_t n_chunks() const { return (a.length + a.chunk - 1) / a.chunk; }
+
+  void forward(int64_t task) const {
+    const int64_t n_state = NS > 0 ? NS : N;
+    const int64_t L = a.length, Dm = a.dim;
+    const int64_t b = task / Dm, d = task % Dm;
+    const int64_t Lb = row_length(b);
+    const T* SS_RESTRICT u = static_cast<const T*>(a.u) + task * L;
+    const T* SS_RESTRICT delta = static_cast<const T*>(a.delta) + task * L;
+    const T* SS_RESTRICT z = a.has_z ? static_cast<const T*>(a.z) + task * L : nullptr;
+    const T* SS_RESTRICT A = static_cast<const T*>(a.A) + d * n_state;
+    const T* SS_RESTRICT Bp = static_cast<const T*>(a.B) + b * a.sb_b + d / (Dm / a.groups_b) * a.sb_g;
+    const T* SS_RESTRICT Cp = static_cast<const T*>(a.C) + b * a.sc_b + d / (Dm / a.groups_c) * a.sc_g;
+    T* SS_RESTRICT y = static_cast<T*>(a.y) + task * L;
+    T* SS_RESTRICT ckpt = static_cast<T*>(a.ckpt) + task * n_chunks() * n_state;
+    const T bias = a.has_bias ? static_cast<const T*>(a.bias)[d] : T(0);
+    const T Dd = a.has_D ? static_cast<const T*>(a.D)[d] : T(0);
+
+    T h[NS > 0 ? NS : 1];
+    std::vector<T> h_dyn(NS > 0 ? 0 : n_state);
+    T* SS_RESTRICT hp = NS > 0 ? h : h_dyn.data();
+    const T* h0 = a.has_h0 ? static_cast<const T*>(a.h0) + task * n_state : nullptr;
+    SS_SIMD for (int64_t n = 0; n < n_state; ++n) hp[n] = h0 ? h0[n] : T(0);
+
+    for (int64_t l0 = 0; l0 < Lb; l0 += a.chunk) {
+      std::memcpy(ckpt + (l0 / a.chunk) * n_state, hp, n_state * sizeof(T));
+      const int64_t l1 = std::min(l0 + a.chunk, Lb);
+      for (int64_t l = l0; l < l1; ++l) {
+        const T dt = time_step(a, delta[l] + bias);
+        const T uu = u[l];
+        const T dtu = dt * uu;
+        const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
+        const T* SS_RESTRICT Cl = Cp + l * a.sc_l;
+        T acc = T(0);
+        SS_SIMD_SUM(acc)
+        for (int64_t n = 0; n < n_state; ++n) {
+          const T hn = exp_fast(dt * A[n]) * hp[n] + dtu * Bl[n];
+          hp[n] = hn;
+          acc += hn * Cl[n];
+        }
+        T out = acc + Dd * uu;
+        if (z) out *= z[l] * sigmoid(z[l]);
+        y[l] = out;
+      }
+    }
+    for (int64_t l = Lb; l < L; ++l) y[l] = T(0);
+    std::memcpy(static_cast<T*>(a.h_final) + task * n_state, hp, n_state * sizeof(T));
+  }
+
+  // Scratch of one thread for the backward pass: the states and decays of one chunk.
+  struct Scratch {
+    std::vector<T> hs, decay, dt, sig, dh;
+    Scratch(int64_t chunk, int64_t n) : hs((chunk + 1) * n), decay(chunk * n), dt(chunk), sig(chunk), dh(n) {}
+  };
+
+  void backward(int64_t task, int64_t thread, Scratch& s) const {
+    const int64_t n_state = NS > 0 ? NS : N;
+    const int64_t L = a.length, Dm = a.dim;
+    const int64_t b = task / Dm, d = task % Dm;
+    const int64_t Lb = row_length(b);
+    const int64_t gb = d / (Dm / a.groups_b), gc = d / (Dm / a.groups_c);
+    const T* SS_RESTRICT u = static_cast<const T*>(a.u) + task * L;
+    const T* SS_RESTRICT delta = static_cast<const T*>(a.delta) + task * L;
+    const T* SS_RESTRICT z = a.has_z ? static_cast<const T*>(a.z) + task * L : nullptr;
+    const T* SS_RESTRICT A = static_cast<const T*>(a.A) + d * n_state;
+    const T* SS_RESTRICT Bp = static_cast<const T*>(a.B) + b * a.sb_b + gb * a.sb_g;
+    const T* SS_RESTRICT Cp = static_cast<const T*>(a.C) + b * a.sc_b + gc * a.sc_g;
+    const T* SS_RESTRICT ckpt = static_cast<const T*>(a.ckpt) + task * n_chunks() * n_state;
+    const T* SS_RESTRICT dy = static_cast<const T*>(a.dy) + task * L;
+    T* SS_RESTRICT du = static_cast<T*>(a.du) + task * L;
+    T* SS_RESTRICT ddelta = static_cast<T*>(a.ddelta) + task * L;
+    T* SS_RESTRICT dz = a.has_z ? static_cast<T*>(a.dz) + task * L : nullptr;
+    T* SS_RESTRICT dBp = static_cast<T*>(a.dB) + thread * a.gb_t + b * a.gb_b + gb * a.gb_g;
+    T* SS_RESTRICT dCp = static_cast<T*>(a.dC) + thread * a.gc_t + b * a.gc_b + gc * a.gc_g;
+    const T bias = a.has_bias ? static_cast<const T*>(a.bias)[d] : T(0);
+    const T Dd = a.has_D ? static_cast<const T*>(a.D)[d] : T(0);
+
+    T* SS_RESTRICT dh = s.dh.data();
+    T* SS_RESTRICT hs = s.hs.data();
+    T* SS_RESTRICT decay = s.decay.data();
+    T dA_loc[NS > 0 ? NS : 1];
+    std::vector<T> dA_dyn(NS > 0 ? 0 : n_state);
+    T* SS_RESTRICT dA = NS > 0 ? dA_loc : dA_dyn.data();
+    const T* dhT = a.has_dhT ? static_cast<const T*>(a.dhT) + task * n_state : nullptr;
+    SS_SIMD for (int64_t n = 0; n < n_state; ++n) {
+      dh[n] = dhT ? dhT[n] : T(0);
+      dA[n] = T(0);
+    }
+    T dD = T(0), dbias = T(0);
+
+    for (int64_t l = Lb; l < L; ++l) {
+      du[l] = T(0);
+      ddelta[l] = T(0);
+      if (dz) dz[l] = T(0);
+    }
+    const int64_t chunks_b = (Lb + a.chunk - 1) / a.chunk;
+    for (int64_t c = chunks_b - 1; c >= 0; --c) {
+      const int64_t l0 = c * a.chunk, steps = std::min(a.chunk, Lb - l0);
+      // recompute the states of this chunk from its checkpoint
+      std::memcpy(hs, ckpt + c * n_state, n_state * sizeof(T));
+      for (int64_t i = 0; i < steps; ++i) {
+        const int64_t l = l0 + i;
+        const T raw = delta[l] + bias;
+        const T dt = time_step(a, raw);
+        s.dt[i] = dt;
+        s.sig[i] = a.softplus ? (raw > T(20) ? T(1) : sigmoid(raw)) : T(1);
+        const T dtu = dt * u[l];
+        const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
+        const T* SS_RESTRICT hprev = hs + i * n_state;
+        T* SS_RESTRICT hnext = hs + (i + 1) * n_state;
+        T* SS_RESTRICT dec = decay + i * n_state;
+        SS_SIMD for (int64_t n = 0; n < n_state; ++n) {
+          const T e = exp_fast(dt * A[n]);
+          dec[n] = e;
+          hnext[n] = e * hprev[n] + dtu * Bl[n];
+        }
+      }
+      // adjoint recurrence over the chunk, last step first
+      for (int64_t i = steps - 1; i >= 0; --i) {
+        const int64_t l = l0 + i;
+        const T dt = s.dt[i], uu = u[l];
+        const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
+        const T* SS_RESTRICT Cl = Cp + l * a.sc_l;
+        T* SS_RESTRICT dBl = dBp + l * a.gb_l;
+        T* SS_RESTRICT dCl = dCp + l * a.gc_l;
+        const T* SS_RESTRICT hcur = hs + (i + 1) * n_state;
+        const T* SS_RESTRICT hprev = hs + i * n_state;
+        const T* SS_RESTRICT dec = decay + i * n_state;
+        T g = dy[l];
+        if (z) {
+          T ypre = T(0);
+          SS_SIMD_SUM(ypre)
+          for (int64_t n = 0; n < n_state; ++n) ypre += hcur[n] * Cl[n];
+          ypre += Dd * uu;
+          const T zz = z[l], sz = sigmoid(zz);
+          dz[l] = g * ypre * sz * (T(1) + zz * (T(1) - sz));
+          g *= zz * sz;
+        }
+        dD += g * uu;
+        const T dtu = dt * uu;
+        T sum_b = T(0), sum_a = T(0);
+        SS_SIMD_SUM(sum_b, sum_a)
+        for (int64_t n = 0; n < n_state; ++n) {
+          dCl[n] += g * hcur[n];
+          const T dhn = dh[n] + g * Cl[n];
+          dBl[n] += dhn * dtu;
+          sum_b += dhn * Bl[n];
+          const T w = dhn * hprev[n] * dec[n];  // d loss / d (dt * A[n])
+          sum_a += w * A[n];
+          dA[n] += w * dt;
+          dh[n] = dhn * dec[n];
+        }
+        du[l] = g * Dd + sum_b * dt;
+        const T ddt = (sum_b * uu + sum_a) * s.sig[i];
+        ddelta[l] = ddt;
+        dbias += ddt;
+      }
+    }
+    const int64_t o = task * n_state;
+    std::memcpy(static_cast<T*>(a.dh0) + o, dh, n_state * sizeof(T));
+    std::memcpy(static_cast<T*>(a.dA_part) + o, dA, n_state * sizeof(T));
+    static_cast<T*>(a.dD_part)[task] = dD;
+    static_cast<T*>(a.dbias_part)[task] = dbias;
+  }
+};
+
+// Split tasks [0, n_tasks) into contiguous ranges, one per thread; run fn(begin, end, thread).
+template <typename F>
+void parallel_ranges(int64_t n_tasks, int64_t n_threads, F fn) {
+  n_threads = std::max<int64_t>(1, std::min(n_threads, n_tasks));
+  if (n_threads == 1) {
+    fn(0, n_tasks, 0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(n_threads - 1);
+  for (int64_t t = 1; t < n_threads; ++t) {
+    pool.emplace_back([=] { fn(n_tasks * t / n_threads, n_tasks * (t + 1) / n_threads, t); });
+  }
+  fn(0, n_tasks / n_threads, 0);
+  for (auto& th : pool) th.join();
+}
+
+template <typename T, int NS>
+void run_forward(const ScanArgs& a) {
+  const Scan<T, NS> scan(a);
+  parallel_ranges(a.batch * a.dim, a.n_threads, [&](int64_t begin, int64_t end, int64_t) {
+    for (int64_t task = begin; task < end; ++task) scan.forward(task);
+  });
+}
+
+template <typename T, int NS>
+void run_backward(const ScanArgs& a) {
+  const Scan<T, NS> scan(a);
+  parallel_ranges(a.batch * a.dim, a.n_threads, [&](int64_t begin, int64_t end, int64_t thread) {
+    typename Scan<T, NS>::Scratch scratch(a.chunk, scan.N);
+    for (int64_t task = begin; task < end; ++task) scan.backward(task, thread, scratch);
+  });
+}
+
+template <typename T, bool Forward>
+int dispatch(const ScanArgs* a) {
+  if (a == nullptr || a->dstate < 1 || a->chunk < 1 || a->batch < 0 || a->dim < 1) return 1;
+  switch (a->dstate) {
+#define SS_CASE(n)                                               \
+  case n:                                                        \
+    Forward ? run_forward<T, n>(*a) : run_backward<T, n>(*a); \
+    return 0;
+    SS_CASE(1)
+    SS_CASE(2)
+    SS_CASE(4)
+    SS_CASE(8)
+    SS_CASE(16)
+    SS_CASE(32)
+    SS_CASE(64)
+#undef SS_CASE
+    default:
+      Forward ? run_forward<T, 0>(*a) : run_backward<T, 0>(*a);
+      return 0;
+  }
+}
+
+}  // namespace
+
+SS_EXPORT int ss_abi_version() { return kAbiVersion; }
+SS_EXPORT int64_t ss_args_size() { return static_cast<int64_t>(sizeof(ScanArgs)); }
+SS_EXPORT int ss_forward_f32(const ScanArgs* a) { return dispatch<float, true>(a); }
+SS_EXPORT int ss_forward_f64(const ScanArgs* a) { return dispatch<double, true>(a); }
+SS_EXPORT int ss_backward_f32(const ScanArgs* a) { return dispatch<float, false>(a); }
+SS_EXPORT int ss_backward_f64(const ScanArgs* a) { return dispatch<double, false>(a); }
