@@ -63,15 +63,26 @@ struct ScanArgs {
   void *du, *ddelta, *dz, *dA_part, *dB, *dC, *dD_part, *dbias_part, *dh0;
 };
 
-// exp for float, written so that compilers vectorise it (no libm call in the inner loop):
+// Elementwise functions written so that compilers vectorise them (no libm call in a loop).
+//
 // exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln2 / 2, exp(r) by its Taylor polynomial of
 // degree 6 (relative error < 2e-7, about 1 ulp). Inputs below -87 give exp(-87) ~ 1.6e-38
-// instead of a denormal; above 88 they saturate at exp(88).
+// instead of a denormal; above 88 they saturate at exp(88). The reduction x - k ln2 is done in
+// two parts (Cody-Waite) with fused multiply-adds where the target has them, so that the build
+// flag -fassociative-math (used for the sums over the state) cannot merge the two parts.
+inline float fma_or_plain(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 inline float exp_fast(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - k * 0.693145751953125f;  // ln 2, high part (exact in float)
-  r = r - k * 1.42860682030941723e-6f;   // ln 2, low part
+  float r = fma_or_plain(-k, 0.693145751953125f, x);  // ln 2, high part (exact in float)
+  r = fma_or_plain(-k, 1.42860682030941723e-6f, r);   // ln 2, low part
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -84,21 +95,36 @@ inline float exp_fast(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
-inline double exp_fast(double x) { return std::exp(x); }
 
-// softplus as torch computes it (threshold 20), and its derivative
+// log1p(t) for t in [0, 1]: log(1 + t) = 2 atanh(s), s = t / (2 + t) in [0, 1/3], by the odd
+// series of atanh to s^15 (relative error < 1e-8; exact as t -> 0).
+inline float log1p_unit(float t) {
+  const float s = t / (2.0f + t), q = s * s;
+  float p = 1.0f / 15.0f;
+  p = p * q + 1.0f / 13.0f;
+  p = p * q + 1.0f / 11.0f;
+  p = p * q + 1.0f / 9.0f;
+  p = p * q + 1.0f / 7.0f;
+  p = p * q + 1.0f / 5.0f;
+  p = p * q + 1.0f / 3.0f;
+  p = p * q + 1.0f;
+  return 2.0f * s * p;
+}
+
+inline double exp_fast(double x) { return std::exp(x); }
+inline double log1p_unit(double t) { return std::log1p(t); }
+
+// softplus as torch computes it (x above the threshold 20 passes through), its derivative
+// (the sigmoid), and silu; all through t = exp(-|x|) in (0, 1], which cannot overflow.
 template <typename T>
 inline T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
+  const T t = exp_fast(-std::abs(x));
+  return x > T(20) ? x : std::max(x, T(0)) + log1p_unit(t);
 }
 template <typename T>
 inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
-template <typename T>
-inline T time_step(const ScanArgs& a, T raw) {
-  return a.softplus ? softplus(raw) : raw;
+  const T t = exp_fast(-std::abs(x));
+  return (x >= T(0) ? T(1) : t) / (T(1) + t);
 }
 
 // NS > 0: the state size is a compile-time constant (fully vectorised); NS == 0: any size.
@@ -111,7 +137,40 @@ struct Scan {
   int64_t row_length(int64_t b) const { return a.has_lengths ? a.lengths[b] : a.length; }
   int64_t n_chunks() const { return (a.length + a.chunk - 1) / a.chunk; }
 
-  void forward(int64_t task) const {
+  // Per-thread scratch: the state, and per chunk the time steps, states and decays.
+  struct Scratch {
+    std::vector<T> h, dh, dA, dt, dtu, sig, g, ysum, sum_b, sum_a, hs, decay;
+    Scratch(int64_t chunk, int64_t n)
+        : h(n), dh(n), dA(n), dt(chunk), dtu(chunk), sig(chunk), g(chunk), ysum(chunk), sum_b(chunk),
+          sum_a(chunk), hs((chunk + 1) * n), decay(chunk * n) {}
+  };
+
+  // Δ = softplus(delta + bias) (or delta + bias) and Δ·u for the steps [l0, l0 + steps);
+  // with `sig`, also dΔ/d(delta) (the sigmoid, or 1).
+  void time_steps(const T* SS_RESTRICT delta, const T* SS_RESTRICT u, T bias, int64_t steps,
+                  T* SS_RESTRICT dt, T* SS_RESTRICT dtu, T* SS_RESTRICT sig) const {
+    if (a.softplus) {
+      SS_SIMD for (int64_t i = 0; i < steps; ++i) {
+        const T raw = delta[i] + bias;
+        dt[i] = softplus(raw);
+        dtu[i] = dt[i] * u[i];
+      }
+      if (sig) {
+        SS_SIMD for (int64_t i = 0; i < steps; ++i) {
+          const T raw = delta[i] + bias;
+          sig[i] = raw > T(20) ? T(1) : sigmoid(raw);
+        }
+      }
+    } else {
+      SS_SIMD for (int64_t i = 0; i < steps; ++i) {
+        dt[i] = delta[i] + bias;
+        dtu[i] = dt[i] * u[i];
+        if (sig) sig[i] = T(1);
+      }
+    }
+  }
+
+  void forward(int64_t task, Scratch& s) const {
     const int64_t n_state = NS > 0 ? NS : N;
     const int64_t L = a.length, Dm = a.dim;
     const int64_t b = task / Dm, d = task % Dm;
@@ -126,43 +185,44 @@ struct Scan {
     T* SS_RESTRICT ckpt = static_cast<T*>(a.ckpt) + task * n_chunks() * n_state;
     const T bias = a.has_bias ? static_cast<const T*>(a.bias)[d] : T(0);
     const T Dd = a.has_D ? static_cast<const T*>(a.D)[d] : T(0);
+    T* SS_RESTRICT dt = s.dt.data();
+    T* SS_RESTRICT dtu = s.dtu.data();
+    T* SS_RESTRICT ysum = s.ysum.data();
 
     T h[NS > 0 ? NS : 1];
-    std::vector<T> h_dyn(NS > 0 ? 0 : n_state);
-    T* SS_RESTRICT hp = NS > 0 ? h : h_dyn.data();
+    T* SS_RESTRICT hp = NS > 0 ? h : s.h.data();
     const T* h0 = a.has_h0 ? static_cast<const T*>(a.h0) + task * n_state : nullptr;
     SS_SIMD for (int64_t n = 0; n < n_state; ++n) hp[n] = h0 ? h0[n] : T(0);
 
     for (int64_t l0 = 0; l0 < Lb; l0 += a.chunk) {
+      const int64_t steps = std::min(a.chunk, Lb - l0);
       std::memcpy(ckpt + (l0 / a.chunk) * n_state, hp, n_state * sizeof(T));
-      const int64_t l1 = std::min(l0 + a.chunk, Lb);
-      for (int64_t l = l0; l < l1; ++l) {
-        const T dt = time_step(a, delta[l] + bias);
-        const T uu = u[l];
-        const T dtu = dt * uu;
-        const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
-        const T* SS_RESTRICT Cl = Cp + l * a.sc_l;
+      time_steps(delta + l0, u + l0, bias, steps, dt, dtu, nullptr);
+      for (int64_t i = 0; i < steps; ++i) {
+        const T dti = dt[i], dtui = dtu[i];
+        const T* SS_RESTRICT Bl = Bp + (l0 + i) * a.sb_l;
+        const T* SS_RESTRICT Cl = Cp + (l0 + i) * a.sc_l;
         T acc = T(0);
         SS_SIMD_SUM(acc)
         for (int64_t n = 0; n < n_state; ++n) {
-          const T hn = exp_fast(dt * A[n]) * hp[n] + dtu * Bl[n];
+          const T hn = exp_fast(dti * A[n]) * hp[n] + dtui * Bl[n];
           hp[n] = hn;
           acc += hn * Cl[n];
         }
-        T out = acc + Dd * uu;
-        if (z) out *= z[l] * sigmoid(z[l]);
-        y[l] = out;
+        ysum[i] = acc;
+      }
+      if (z) {
+        SS_SIMD for (int64_t i = 0; i < steps; ++i) {
+          const T zz = z[l0 + i];
+          y[l0 + i] = (ysum[i] + Dd * u[l0 + i]) * zz * sigmoid(zz);
+        }
+      } else {
+        SS_SIMD for (int64_t i = 0; i < steps; ++i) y[l0 + i] = ysum[i] + Dd * u[l0 + i];
       }
     }
     for (int64_t l = Lb; l < L; ++l) y[l] = T(0);
     std::memcpy(static_cast<T*>(a.h_final) + task * n_state, hp, n_state * sizeof(T));
   }
-
-  // Scratch of one thread for the backward pass: the states and decays of one chunk.
-  struct Scratch {
-    std::vector<T> hs, decay, dt, sig, dh;
-    Scratch(int64_t chunk, int64_t n) : hs((chunk + 1) * n), decay(chunk * n), dt(chunk), sig(chunk), dh(n) {}
-  };
 
   void backward(int64_t task, int64_t thread, Scratch& s) const {
     const int64_t n_state = NS > 0 ? NS : N;
@@ -185,13 +245,19 @@ struct Scan {
     T* SS_RESTRICT dCp = static_cast<T*>(a.dC) + thread * a.gc_t + b * a.gc_b + gc * a.gc_g;
     const T bias = a.has_bias ? static_cast<const T*>(a.bias)[d] : T(0);
     const T Dd = a.has_D ? static_cast<const T*>(a.D)[d] : T(0);
-
-    T* SS_RESTRICT dh = s.dh.data();
+    T* SS_RESTRICT dt = s.dt.data();
+    T* SS_RESTRICT dtu = s.dtu.data();
+    T* SS_RESTRICT sig = s.sig.data();
+    T* SS_RESTRICT g = s.g.data();
+    T* SS_RESTRICT ysum = s.ysum.data();
+    T* SS_RESTRICT sum_b = s.sum_b.data();
+    T* SS_RESTRICT sum_a = s.sum_a.data();
     T* SS_RESTRICT hs = s.hs.data();
     T* SS_RESTRICT decay = s.decay.data();
-    T dA_loc[NS > 0 ? NS : 1];
-    std::vector<T> dA_dyn(NS > 0 ? 0 : n_state);
-    T* SS_RESTRICT dA = NS > 0 ? dA_loc : dA_dyn.data();
+
+    T dh_loc[NS > 0 ? NS : 1], dA_loc[NS > 0 ? NS : 1];
+    T* SS_RESTRICT dh = NS > 0 ? dh_loc : s.dh.data();
+    T* SS_RESTRICT dA = NS > 0 ? dA_loc : s.dA.data();
     const T* dhT = a.has_dhT ? static_cast<const T*>(a.dhT) + task * n_state : nullptr;
     SS_SIMD for (int64_t n = 0; n < n_state; ++n) {
       dh[n] = dhT ? dhT[n] : T(0);
@@ -207,29 +273,48 @@ struct Scan {
     const int64_t chunks_b = (Lb + a.chunk - 1) / a.chunk;
     for (int64_t c = chunks_b - 1; c >= 0; --c) {
       const int64_t l0 = c * a.chunk, steps = std::min(a.chunk, Lb - l0);
-      // recompute the states of this chunk from its checkpoint
+      time_steps(delta + l0, u + l0, bias, steps, dt, dtu, sig);
+      // recompute the states of this chunk from its checkpoint (and the output before the gate)
       std::memcpy(hs, ckpt + c * n_state, n_state * sizeof(T));
       for (int64_t i = 0; i < steps; ++i) {
-        const int64_t l = l0 + i;
-        const T raw = delta[l] + bias;
-        const T dt = time_step(a, raw);
-        s.dt[i] = dt;
-        s.sig[i] = a.softplus ? (raw > T(20) ? T(1) : sigmoid(raw)) : T(1);
-        const T dtu = dt * u[l];
-        const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
+        const T dti = dt[i], dtui = dtu[i];
+        const T* SS_RESTRICT Bl = Bp + (l0 + i) * a.sb_l;
+        const T* SS_RESTRICT Cl = Cp + (l0 + i) * a.sc_l;
         const T* SS_RESTRICT hprev = hs + i * n_state;
         T* SS_RESTRICT hnext = hs + (i + 1) * n_state;
         T* SS_RESTRICT dec = decay + i * n_state;
-        SS_SIMD for (int64_t n = 0; n < n_state; ++n) {
-          const T e = exp_fast(dt * A[n]);
-          dec[n] = e;
-          hnext[n] = e * hprev[n] + dtu * Bl[n];
+        if (z) {
+          T acc = T(0);
+          SS_SIMD_SUM(acc)
+          for (int64_t n = 0; n < n_state; ++n) {
+            const T e = exp_fast(dti * A[n]);
+            dec[n] = e;
+            hnext[n] = e * hprev[n] + dtui * Bl[n];
+            acc += hnext[n] * Cl[n];
+          }
+          ysum[i] = acc;
+        } else {
+          SS_SIMD for (int64_t n = 0; n < n_state; ++n) {
+            const T e = exp_fast(dti * A[n]);
+            dec[n] = e;
+            hnext[n] = e * hprev[n] + dtui * Bl[n];
+          }
         }
+      }
+      // gradient at the output before the gate; dz and dD
+      if (z) {
+        SS_SIMD for (int64_t i = 0; i < steps; ++i) {
+          const T zz = z[l0 + i], sz = sigmoid(zz), gi = dy[l0 + i];
+          dz[l0 + i] = gi * (ysum[i] + Dd * u[l0 + i]) * sz * (T(1) + zz * (T(1) - sz));
+          g[i] = gi * zz * sz;
+        }
+      } else {
+        SS_SIMD for (int64_t i = 0; i < steps; ++i) g[i] = dy[l0 + i];
       }
       // adjoint recurrence over the chunk, last step first
       for (int64_t i = steps - 1; i >= 0; --i) {
         const int64_t l = l0 + i;
-        const T dt = s.dt[i], uu = u[l];
+        const T gi = g[i], dti = dt[i], dtui = dtu[i];
         const T* SS_RESTRICT Bl = Bp + l * a.sb_l;
         const T* SS_RESTRICT Cl = Cp + l * a.sc_l;
         T* SS_RESTRICT dBl = dBp + l * a.gb_l;
@@ -237,35 +322,34 @@ struct Scan {
         const T* SS_RESTRICT hcur = hs + (i + 1) * n_state;
         const T* SS_RESTRICT hprev = hs + i * n_state;
         const T* SS_RESTRICT dec = decay + i * n_state;
-        T g = dy[l];
-        if (z) {
-          T ypre = T(0);
-          SS_SIMD_SUM(ypre)
-          for (int64_t n = 0; n < n_state; ++n) ypre += hcur[n] * Cl[n];
-          ypre += Dd * uu;
-          const T zz = z[l], sz = sigmoid(zz);
-          dz[l] = g * ypre * sz * (T(1) + zz * (T(1) - sz));
-          g *= zz * sz;
-        }
-        dD += g * uu;
-        const T dtu = dt * uu;
-        T sum_b = T(0), sum_a = T(0);
-        SS_SIMD_SUM(sum_b, sum_a)
+        T sb = T(0), sa = T(0);
+        SS_SIMD_SUM(sb, sa)
         for (int64_t n = 0; n < n_state; ++n) {
-          dCl[n] += g * hcur[n];
-          const T dhn = dh[n] + g * Cl[n];
-          dBl[n] += dhn * dtu;
-          sum_b += dhn * Bl[n];
-          const T w = dhn * hprev[n] * dec[n];  // d loss / d (dt * A[n])
-          sum_a += w * A[n];
-          dA[n] += w * dt;
+          dCl[n] += gi * hcur[n];
+          const T dhn = dh[n] + gi * Cl[n];
+          dBl[n] += dhn * dtui;
+          sb += dhn * Bl[n];
+          const T w = dhn * hprev[n] * dec[n];  // d loss / d (Δ A[n])
+          sa += w * A[n];
+          dA[n] += w * dti;
           dh[n] = dhn * dec[n];
         }
-        du[l] = g * Dd + sum_b * dt;
-        const T ddt = (sum_b * uu + sum_a) * s.sig[i];
-        ddelta[l] = ddt;
-        dbias += ddt;
+        sum_b[i] = sb;
+        sum_a[i] = sa;
       }
+      // gradients of u and delta; sums for D and the bias
+      T dD_c = T(0), dbias_c = T(0);
+      SS_SIMD_SUM(dD_c, dbias_c)
+      for (int64_t i = 0; i < steps; ++i) {
+        const T uu = u[l0 + i];
+        du[l0 + i] = g[i] * Dd + sum_b[i] * dt[i];
+        const T ddt = (sum_b[i] * uu + sum_a[i]) * sig[i];
+        ddelta[l0 + i] = ddt;
+        dD_c += g[i] * uu;
+        dbias_c += ddt;
+      }
+      dD += dD_c;
+      dbias += dbias_c;
     }
     const int64_t o = task * n_state;
     std::memcpy(static_cast<T*>(a.dh0) + o, dh, n_state * sizeof(T));
@@ -296,7 +380,8 @@ template <typename T, int NS>
 void run_forward(const ScanArgs& a) {
   const Scan<T, NS> scan(a);
   parallel_ranges(a.batch * a.dim, a.n_threads, [&](int64_t begin, int64_t end, int64_t) {
-    for (int64_t task = begin; task < end; ++task) scan.forward(task);
+    typename Scan<T, NS>::Scratch scratch(a.chunk, scan.N);
+    for (int64_t task = begin; task < end; ++task) scan.forward(task, scratch);
   });
 }
 
