@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fetch clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[train]"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
@@ -30,6 +30,12 @@ demo: $(VENV)/.core
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+## fetch: the real data the tests use (Debian packages, seconds; DATA.md section 3)
+fetch: $(VENV)/.dev
+	$(BIN)/serpent data fetch fashion-mnist
+	$(BIN)/serpent data fetch austen
+	$(BIN)/serpent data fetch python-docs
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -65,6 +65,8 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
+    from serpent_ssm.ops import resolve_backend
+
     args.threads = args.threads or torch.get_num_threads()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -72,7 +74,8 @@ def main() -> None:
     mode = "non-causal (bidirectional backbones)" if args.non_causal else "causal"
     print(
         f"# mixer forward+backward, B={args.batch}, d_model={args.d_model}, {mode}, scan backend "
-        f"{args.backend}, {args.threads} threads, torch {torch.__version__}, best of {args.repeats}\n"
+        f"{args.backend} ({resolve_backend(args.backend, 'cpu')}), {args.threads} threads, "
+        f"torch {torch.__version__}, best of {args.repeats}\n"
     )
     print("| L | mixer | params | fwd+bwd s | peak extra MB | time vs mamba | memory vs mamba |")
     print("|---|---|---|---|---|---|---|")

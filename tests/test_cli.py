@@ -6,8 +6,8 @@ from serpent_ssm.cli import main
 from serpent_ssm.ops.scan_cpu import cpu_kernel_available
 
 
-def test_demo_runs_every_model(capsys):
-    assert main(["demo", "--length", "64", "--d-model", "16", "--layers", "1", "--batch", "2"]) == 0
+def test_check_runs_every_model(capsys):
+    assert main(["check", "--length", "64", "--d-model", "16", "--layers", "1", "--batch", "2"]) == 0
     out = capsys.readouterr().out
     for name in ("mamba", "s4d", "serpent-mamba", "serpent-s4d"):
         assert f"\n{name} " in out
@@ -16,8 +16,8 @@ def test_demo_runs_every_model(capsys):
     assert len(diffs) == 4 and max(diffs) < 1e-4
 
 
-def test_bad_demo_argument(capsys):
-    assert main(["demo", "--length", "0"]) == 2
+def test_bad_check_argument(capsys):
+    assert main(["check", "--length", "0"]) == 2
     assert "--length: expected a positive integer, got 0" in capsys.readouterr().err
 
 
@@ -28,3 +28,44 @@ def test_backends(capsys):
         assert "cpu: cpu, torch, ref (auto -> cpu)\nfused CPU kernel: available\n" in out
     else:
         assert "cpu: torch, ref (auto -> torch)\nfused CPU kernel: " in out
+
+
+def test_demo_main_job_trains_both_models_and_prints_the_table(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), "--max-steps", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("| task | model |") :].splitlines()
+    assert len(table) == 4 and "| listops | mamba |" in table[2] and "| listops | serpent-mamba |" in table[3]
+    assert main(args) == 0  # the generated data is cached: no "generating" the second time
+    assert "generating ListOps" not in capsys.readouterr().out
+
+
+def test_train_eval_report_commands(tmp_path, capsys):
+    from serpent_ssm.data.listops import generate_listops
+
+    generate_listops(tmp_path / "data", n_train=40, n_val=8, n_test=8, min_len=5, max_len=20)
+    common = ["--data-dir", str(tmp_path / "data"), "--max-steps", "2", "--set", "data.batch_size=8"]
+    assert main(["train", *common, "--set", "model.d_model=8", "--out", str(tmp_path / "run")]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0
+    assert "on val: accuracy" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert "| listops | mamba |" in capsys.readouterr().out
+    assert main(["train", *common, "--set", "model.d_modle=8"]) == 2
+    assert "model.d_modle: unknown key" in capsys.readouterr().err
+
+
+def test_plot_writes_pngs(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from serpent_ssm.data.listops import generate_listops
+
+    generate_listops(tmp_path / "data", n_train=40, n_val=8, n_test=8, min_len=5, max_len=20)
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--max-steps", "4", "--set", "data.batch_size=8"]
+    assert (
+        main([*args, "--set", "train.log_every=2", "--set", "model.d_model=8", "--out", str(tmp_path / "r")])
+        == 0
+    )
+    assert main(["plot", str(tmp_path / "r")]) == 0
+    for name in ("loss.png", "accuracy.png"):
+        assert (tmp_path / "r" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

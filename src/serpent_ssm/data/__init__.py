@@ -6,23 +6,31 @@ by the functions that need them.
 """
 
 from serpent_ssm.data.collate import pad_collate, pad_sequences
+from serpent_ssm.data.corpus import LMWindows, load_english_corpus
 from serpent_ssm.data.errors import DataFormatError
+from serpent_ssm.data.fetch import FETCHABLE
 from serpent_ssm.data.images import Cifar10Dataset, FashionMnistDataset
 from serpent_ssm.data.listops import ListOpsDataset, generate_listops
+from serpent_ssm.data.pathfinder import PathfinderDataset, generate_pathfinder
 from serpent_ssm.data.text import AanDataset, ImdbDataset, read_wikitext103
 from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB, Vocab
 
 __all__ = [
     "BYTE_VOCAB",
+    "FETCHABLE",
     "LISTOPS_VOCAB",
     "AanDataset",
     "Cifar10Dataset",
     "DataFormatError",
     "FashionMnistDataset",
     "ImdbDataset",
+    "LMWindows",
     "ListOpsDataset",
+    "PathfinderDataset",
     "Vocab",
     "generate_listops",
+    "generate_pathfinder",
+    "load_english_corpus",
     "pad_collate",
     "pad_sequences",
     "read_wikitext103",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
-__all__ = ["DataFormatError", "require_file"]
+__all__ = ["DataFormatError", "maybe_gunzip", "require_file"]
 
 
 class DataFormatError(ValueError):
@@ -29,3 +30,14 @@ def require_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise DataFormatError(path, f"missing: expected {what}")
     return path
+
+
+def maybe_gunzip(raw: bytes, path: str | Path) -> bytes:
+    """``raw`` decompressed when it starts with the gzip magic, else unchanged; a corrupt stream
+    raises a DataFormatError naming ``path``."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DataFormatError(path, f"corrupt gzip stream: {exc}") from None

@@ -15,7 +15,6 @@ Samples are ``(pixels (L,) float32 in [0, 1], label)`` in raster order.
 
 from __future__ import annotations
 
-import gzip
 import io
 import pickle
 import struct
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from serpent_ssm.data.errors import DataFormatError, require_file
+from serpent_ssm.data.errors import DataFormatError, maybe_gunzip, require_file
 
 __all__ = ["Cifar10Dataset", "FashionMnistDataset", "read_idx"]
 
@@ -110,12 +109,7 @@ class Cifar10Dataset(Dataset):
 def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (optionally gzipped): magic ``0 0 dtype ndim``, big-endian int32 sizes, data."""
     path = Path(path)
-    raw = require_file(path, "an IDX file").read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataFormatError(path, f"corrupt gzip stream: {exc}") from None
+    raw = maybe_gunzip(require_file(path, "an IDX file").read_bytes(), path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataFormatError(
             path, f"expected the IDX magic 00 00 08 <ndim> (unsigned bytes), got {raw[:4].hex(' ')}"

@@ -12,7 +12,13 @@ from serpent_ssm.modules import S4D, Bidirectional, Block, Mamba, SeRpEnt
 from serpent_ssm.modules.block import make_norm
 from serpent_ssm.utils.validation import check_positive_int
 
-__all__ = ["MODEL_NAMES", "SequenceClassifier", "make_mixer_factory"]
+__all__ = [
+    "MODEL_NAMES",
+    "RetrievalClassifier",
+    "SequenceClassifier",
+    "SequenceEncoder",
+    "make_mixer_factory",
+]
 
 MODEL_NAMES = ("mamba", "s4d", "serpent-mamba", "serpent-s4d")
 
@@ -43,13 +49,12 @@ def make_mixer_factory(
     return lambda: Bidirectional(lambda: cls(d_model, **bkw), d_model)
 
 
-class SequenceClassifier(nn.Module):
-    """Classify right-padded sequences.
+class SequenceEncoder(nn.Module):
+    """Right-padded sequences -> one vector each.
 
     ``tokens (B, L)`` int (with ``vocab_size``) or ``features (B, L, d_input)`` float (with
-    ``d_input``) -> logits ``(B, n_classes)``. Encoder (embedding or linear) -> ``n_layers``
-    pre-norm residual blocks around ``make_mixer()`` -> final norm -> masked mean pooling ->
-    linear head.
+    ``d_input``) -> ``(B, d_model)``: encoder (embedding or linear) -> ``n_layers`` pre-norm
+    residual blocks around ``make_mixer()`` -> final norm -> masked mean pooling.
     """
 
     def __init__(
@@ -57,7 +62,6 @@ class SequenceClassifier(nn.Module):
         make_mixer: Callable[[], nn.Module],
         d_model: int,
         n_layers: int,
-        n_classes: int,
         vocab_size: int | None = None,
         d_input: int | None = None,
         norm: str = "rms",
@@ -67,7 +71,6 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("n_layers", n_layers)
-        check_positive_int("n_classes", n_classes)
         if (vocab_size is None) == (d_input is None):
             raise ValueError(
                 "vocab_size, d_input: expected exactly one of them, "
@@ -77,20 +80,65 @@ class SequenceClassifier(nn.Module):
             self.encoder: nn.Module = nn.Embedding(check_positive_int("vocab_size", vocab_size), d_model)
         else:
             self.encoder = nn.Linear(check_positive_int("d_input", d_input), d_model)
+        self.d_input = d_input
         self.blocks = nn.ModuleList(
             Block(d_model, make_mixer(), norm=norm, mlp_ratio=mlp_ratio, dropout=dropout)
             for _ in range(n_layers)
         )
         self.norm = make_norm(norm, d_model)
-        self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``inputs (B, L)`` or ``(B, L, d_input)``, ``mask (B, L)`` -> logits ``(B, n_classes)``."""
+        """``inputs (B, L)`` or ``(B, L, d_input)``, ``mask (B, L)`` -> ``(B, d_model)``."""
+        if self.d_input is not None and inputs.dim() == 2:
+            inputs = inputs.unsqueeze(-1)  # (B, L) pixels -> (B, L, 1)
         h = self.encoder(inputs)
         for block in self.blocks:
             h = block(h, mask=mask)
         h = self.norm(h)
         if mask is None:
-            return self.head(h.mean(1))
+            return h.mean(1)
         m = mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """``SequenceEncoder`` -> linear head: ``inputs (B, L[, d_input])``, ``mask (B, L)`` ->
+    logits ``(B, n_classes)``. Arguments as ``SequenceEncoder``, plus ``n_classes``."""
+
+    def __init__(
+        self, make_mixer: Callable[[], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
+    ):
+        super().__init__()
+        check_positive_int("n_classes", n_classes)
+        self.encoder = SequenceEncoder(make_mixer, d_model, n_layers, **kwargs)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(inputs, mask))
+
+
+class RetrievalClassifier(nn.Module):
+    """Two-tower matching (LRA Retrieval, SPEC.md §5): one shared ``SequenceEncoder`` gives
+    ``u``, ``v`` for the two documents; an MLP on ``[u, v, u*v, u-v]`` gives logits
+    ``(B, n_classes)``."""
+
+    def __init__(
+        self, make_mixer: Callable[[], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
+    ):
+        super().__init__()
+        check_positive_int("n_classes", n_classes)
+        self.encoder = SequenceEncoder(make_mixer, d_model, n_layers, **kwargs)
+        self.head = nn.Sequential(nn.Linear(4 * d_model, d_model), nn.GELU(), nn.Linear(d_model, n_classes))
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        inputs2: torch.Tensor | None = None,
+        mask2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Documents ``inputs (B, L1)``, ``inputs2 (B, L2)`` with masks -> logits ``(B, n_classes)``."""
+        if inputs2 is None:
+            raise ValueError("inputs2: expected the second document of each pair, got None")
+        u, v = self.encoder(inputs, mask), self.encoder(inputs2, mask2)
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))

@@ -1,0 +1,97 @@
+"""``serpent eval``, ``serpent report`` and ``serpent plot`` over finished run directories.
+
+A run directory (written by ``train``) holds ``config.json``, ``metrics.jsonl``,
+``summary.json``, ``best/`` and ``final/`` (``config.json`` + ``model.safetensors``), and after
+``serpent eval``, ``eval_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from serpent_ssm.models.config import from_pretrained
+from serpent_ssm.train.config import RunConfig
+from serpent_ssm.train.tasks import load_task
+
+__all__ = ["evaluate_run", "plot_run", "read_metrics", "report_table"]
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing: expected {what} (is this a finished run directory?)")
+    return path
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = _need(Path(run_dir) / "metrics.jsonl", "the run's metrics.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
+    """Evaluate the run's ``best`` (or ``final``) model on ``split``; writes ``eval_<split>.json``."""
+    from serpent_ssm.train.loop import evaluate
+
+    run = Path(run_dir)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split: expected one of train, val, test, got {split!r}")
+    cfg = RunConfig.from_dict(json.loads(_need(run / "config.json", "the run's config.json").read_text()))
+    model = from_pretrained(run / which)
+    task = load_task(cfg.data)
+    metrics = evaluate(model, getattr(task, split), cfg.data.eval_batch_size)
+    result = {"split": split, "model": which, **metrics}
+    (run / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def report_table(run_dirs: list[str | Path]) -> str:
+    """A markdown table, one row per run: task, model, parameters, accuracies, speed, memory, time."""
+    rows = [
+        "| task | model | parameters | steps | best val acc | test acc | tokens/s | peak MB | wall s | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in map(Path, run_dirs):
+        s = json.loads(_need(run / "summary.json", "the run's summary.json").read_text())
+        test = run / "eval_test.json"
+        test_acc = f"{json.loads(test.read_text())['accuracy']:.3f}" if test.is_file() else "–"
+        speed = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "–"
+        rows.append(
+            f"| {s['task']} | {s['model']} | {s['parameters']:,} | {s['steps']} "
+            f"| {s['best_val_accuracy']:.3f} | {test_acc} | {speed} | {s['peak_memory_mb']:.0f} "
+            f"| {s['wall_time_s']:.0f} | {run} |"
+        )
+    return "\n".join(rows)
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Loss and accuracy curves (train and val) as ``loss.png`` and ``accuracy.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ModuleNotFoundError("plots need matplotlib: pip install 'serpent-ssm[plots]'") from None
+    run = Path(run_dir)
+    records = read_metrics(run)
+    out = Path(out) if out else run
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric in ("loss", "accuracy"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for split, style in (("train", "-"), ("val", "o-")):
+            pts = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=split)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{run.name}: {metric}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = out / f"{metric}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,182 @@
+"""The training loop: every model learns, resume is exact, checkpoints survive corruption, DDP
+equals one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from serpent_ssm.models import MODEL_NAMES
+from serpent_ssm.models.config import from_pretrained
+from serpent_ssm.train.config import load_run_config
+from serpent_ssm.train.loop import batch_indices, train
+from serpent_ssm.train.report import evaluate_run, report_table
+
+
+@pytest.fixture(scope="module")
+def listops_dir(tmp_path_factory):
+    from serpent_ssm.data.listops import generate_listops
+
+    root = tmp_path_factory.mktemp("data")
+    generate_listops(root, n_train=64, n_val=16, n_test=16, min_len=5, max_len=30, seed=0)
+    return root
+
+
+def _cfg(data_dir, *extra):
+    return load_run_config(
+        None,
+        [
+            f"data.data_dir={data_dir}",
+            "data.batch_size=16",
+            "data.eval_batch_size=16",
+            "model.d_model=16",
+            "model.n_layers=1",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=2",
+            "train.max_steps=20",
+            "train.log_every=5",
+            "train.eval_every=10",
+            "train.checkpoint_every=5",
+            *extra,
+        ],
+    )
+
+
+def _train_losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_learns_in_20_steps(listops_dir, tmp_path, name):
+    cfg = _cfg(listops_dir, f"model.name={name}", "data.limit_train=32", "optim.lr=1e-2")
+    losses = []
+    summary = train(cfg, tmp_path / name, on_step=lambda step, loss, model: losses.append(loss), quiet=True)
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses
+    assert summary["model"] == name and summary["parameters"] > 0
+    for part in ("best", "final"):
+        assert (tmp_path / name / part / "model.safetensors").is_file()
+
+
+def test_same_seed_same_run(listops_dir, tmp_path):
+    cfg = _cfg(listops_dir, "train.max_steps=10")
+    train(cfg, tmp_path / "a", quiet=True)
+    train(cfg, tmp_path / "b", quiet=True)
+    assert _train_losses(tmp_path / "a") == _train_losses(tmp_path / "b")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(n):
+    def hook(step, loss, model):
+        if step == n:
+            raise _Crash
+
+    return hook
+
+
+def test_resume_continues_exactly(listops_dir, tmp_path):
+    cfg = _cfg(listops_dir, "model.name=serpent-mamba", "model.dropout=0.1", "train.max_steps=30")
+    train(cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(_Crash):  # killed at step 17; the last checkpoint is step 15
+        train(cfg, tmp_path / "cut", on_step=_crash_at(17), quiet=True)
+    train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+    full = from_pretrained(tmp_path / "full/final").state_dict()
+    cut = from_pretrained(tmp_path / "cut/final").state_dict()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous(listops_dir, tmp_path):
+    cfg = _cfg(listops_dir)
+    with pytest.raises(_Crash):
+        train(cfg, tmp_path / "run", on_step=_crash_at(12), quiet=True)  # checkpoints at 5 and 10
+    last = tmp_path / "run/checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.warns(UserWarning, match=r"skipped a bad checkpoint, resuming from .*prev\.pt \(step 5\)"):
+        train(cfg, tmp_path / "run", resume=True, quiet=True)
+    train(cfg, tmp_path / "ref", quiet=True)
+    assert _train_losses(tmp_path / "run") == _train_losses(tmp_path / "ref")
+
+
+def test_resume_refuses_another_config_and_fresh_run_refuses_old_dir(listops_dir, tmp_path):
+    train(_cfg(listops_dir, "train.max_steps=5"), tmp_path / "run", quiet=True)
+    with pytest.raises(ValueError, match="holds a run already; pass --resume"):
+        train(_cfg(listops_dir, "train.max_steps=5"), tmp_path / "run", quiet=True)
+    with pytest.raises(ValueError, match="the checkpoint was written by another config"):
+        train(_cfg(listops_dir, "optim.lr=1e-2"), tmp_path / "run", resume=True, quiet=True)
+
+
+def test_eval_and_report(listops_dir, tmp_path):
+    for name in ("mamba", "serpent-mamba"):
+        train(_cfg(listops_dir, f"model.name={name}", "train.max_steps=5"), tmp_path / name, quiet=True)
+    result = evaluate_run(tmp_path / "mamba", "test")
+    assert result["n"] == 16 and 0 <= result["accuracy"] <= 1
+    table = report_table([tmp_path / "mamba", tmp_path / "serpent-mamba"]).splitlines()
+    assert table[0].startswith("| task | model | parameters |") and len(table) == 4
+    assert "| listops | mamba |" in table[2] and f"| {result['accuracy']:.3f} |" in table[2]
+    assert "| listops | serpent-mamba |" in table[3] and "| – |" in table[3]  # not evaluated on test
+
+
+def test_missing_data_fails_before_training(tmp_path):
+    cfg = load_run_config(None, [f"data.data_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"listops: missing: expected basic_\{train,val,test\}\.tsv"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_batches_split_evenly_over_ranks():
+    single = batch_indices(40, 8, seed=1, start_step=0)
+    ranks = [batch_indices(40, 8, seed=1, start_step=0, rank=r, world=2) for r in range(2)]
+    for _ in range(12):  # across epoch boundaries
+        assert next(single) == next(ranks[0]) + next(ranks[1])
+
+
+# ----------------------------------------------------------------------------- DDP (gloo)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, data_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    cfg = _cfg(data_dir, "train.max_steps=6", "train.eval_every=6", "model.name=serpent-mamba")
+
+    def save(step, loss, model):
+        if step == 6:
+            torch.save({k: v.clone() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.pt")
+
+    try:
+        train(cfg, f"{out}/run", on_step=save, quiet=True)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one_process(listops_dir, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(listops_dir), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    single = {}
+
+    def keep(step, loss, model):
+        single.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    train(
+        _cfg(listops_dir, "train.max_steps=6", "train.eval_every=6", "model.name=serpent-mamba"),
+        tmp_path / "single",
+        on_step=keep,
+        quiet=True,
+    )
+    for k in r0:
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
