@@ -121,8 +121,9 @@ def test_eval_and_report(listops_dir, tmp_path):
     result = evaluate_run(tmp_path / "mamba", "test")
     assert result["n"] == 16 and 0 <= result["accuracy"] <= 1
     table = report_table([tmp_path / "mamba", tmp_path / "serpent-mamba"]).splitlines()
-    assert table[0].startswith("| task | model | parameters |") and len(table) == 4
-    assert "| listops | mamba |" in table[2] and f"| {result['accuracy']:.3f} |" in table[2]
+    assert table[0].startswith("| task | model | parameters | steps | metric |") and len(table) == 4
+    assert "| listops | mamba | " in table[2] and "| accuracy | " in table[2]
+    assert f"| {result['accuracy']:.3f} |" in table[2]
     assert "| listops | serpent-mamba |" in table[3] and "| – |" in table[3]  # not evaluated on test
 
 

@@ -35,7 +35,7 @@ __all__ = [
     "save_pretrained",
 ]
 
-HEADS = ("classify", "retrieval")
+HEADS = ("classify", "retrieval", "lm")
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 _SERPENT_FIELDS = {f.name for f in dataclasses.fields(SeRpEntConfig)} - {
     "d_model",
@@ -48,11 +48,13 @@ _SERPENT_FIELDS = {f.name for f in dataclasses.fields(SeRpEntConfig)} - {
 class ModelConfig:
     """Everything that defines a model's architecture (not its training).
 
-    ``name``: mamba, s4d, serpent-mamba, serpent-s4d. ``head``: ``classify`` (SequenceClassifier)
-    or ``retrieval`` (two towers). Inputs: ``vocab_size`` for token ids, or ``d_input`` for float
-    features (1 for pixels). ``backbone``: keyword arguments of the Mamba/S4D mixer (``d_state``,
-    ``expand``, ...). ``serpent``: fields of ``SeRpEntConfig`` (``rates``, ``window``, ...), for
-    the serpent-* names only. ``causal=False`` makes the backbones bidirectional.
+    ``name``: mamba, s4d, serpent-mamba, serpent-s4d. ``head``: ``classify`` (SequenceClassifier),
+    ``retrieval`` (two towers) or ``lm`` (CausalLM; always causal). Inputs: ``vocab_size`` for
+    token ids, or ``d_input`` for float features (1 for pixels). ``backbone``: keyword arguments
+    of the Mamba/S4D mixer (``d_state``, ``expand``, ...). ``serpent``: fields of
+    ``SeRpEntConfig`` (``rates``, ``window``, ...), for the serpent-* names only.
+    ``causal=False`` makes the backbones bidirectional. ``norm_eps`` and ``tie_embeddings``
+    apply to the language model (``head="lm"``).
     """
 
     name: str = "mamba"
@@ -63,6 +65,8 @@ class ModelConfig:
     vocab_size: int | None = None
     d_input: int | None = None
     norm: str = "rms"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
     mlp_ratio: float = 0.0
     dropout: float = 0.0
     causal: bool = False
@@ -100,6 +104,26 @@ def build_model(config: ModelConfig) -> nn.Module:
     serpent = dict(config.serpent)
     if "rates" in serpent:
         serpent["rates"] = tuple(serpent["rates"])
+    if config.head == "lm":
+        from serpent_ssm.models.lm import CausalLM
+
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size: expected the vocabulary size of the language model, got None")
+        model = CausalLM(
+            config.name,
+            config.vocab_size,
+            config.d_model,
+            config.n_layers,
+            norm=config.norm,
+            norm_eps=config.norm_eps,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+            backbone=config.backbone,
+            serpent=serpent,
+            tie_embeddings=config.tie_embeddings,
+        )
+        model.config = config
+        return model
     factory = make_mixer_factory(
         config.name,
         config.d_model,
@@ -157,7 +181,12 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     st = _safetensors()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:  # a tied weight (the LM head): stored once, re-tied on load
+            continue
+        seen.add(v.data_ptr())
+        state[k] = v.detach().contiguous()
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: st.save_file(state, tmp, metadata={"format": "pt"}))
     text = json.dumps(config.to_dict(), indent=1) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
@@ -193,6 +222,11 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """``model.load_state_dict(state)`` with one error naming ``source`` and the first mismatch."""
     own = model.state_dict()
+    state = dict(state)
+    by_ptr = {own[k].data_ptr(): k for k in own if k in state}
+    for k in set(own) - set(state):  # tied weights are saved once
+        if own[k].data_ptr() in by_ptr:
+            state[k] = state[by_ptr[own[k].data_ptr()]]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

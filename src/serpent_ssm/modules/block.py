@@ -75,12 +75,32 @@ class Block(nn.Module):
         self.norm2 = make_norm(norm, d_model, norm_eps) if hidden > 0 else None
         self.mlp = _MLP(d_model, hidden) if hidden > 0 else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)``."""
-        y = x + self.dropout(self.mixer(self.norm(x), mask=mask))
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: Any = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)``.
+
+        ``state`` / ``return_state``: passed to mixers whose ``forward`` carries a recurrent
+        state across calls (Mamba, S4D), for processing a long sequence in chunks.
+        """
+        if state is None and not return_state:
+            m = self.mixer(self.norm(x), mask=mask)
+        else:
+            try:
+                m, state = self.mixer(self.norm(x), mask=mask, state=state, return_state=True)
+            except TypeError:
+                raise ValueError(
+                    f"state: {type(self.mixer).__name__}.forward carries no state across calls; "
+                    "use step() for streaming"
+                ) from None
+        y = x + self.dropout(m)
         if self.mlp is not None:
             y = y + self.dropout(self.mlp(self.norm2(y)))
-        return y
+        return (y, state) if return_state else y
 
     def allocate_state(self, batch: int, device=None, dtype=None) -> Any:
         """The mixer's recurrent state (the block itself keeps none)."""

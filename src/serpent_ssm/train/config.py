@@ -21,14 +21,17 @@ from serpent_ssm.models.config import ModelConfig
 
 __all__ = ["DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_run_config", "parse_override"]
 
-TASKS = ("listops", "pathfinder", "fashion-mnist", "imdb", "aan", "cifar")
+TASKS = ("listops", "pathfinder", "fashion-mnist", "imdb", "aan", "cifar", "english", "wikitext103")
+LM_TASKS = ("english", "wikitext103")
 
 
 @dataclass
 class DataConfig:
     """Which task and how to batch it. ``data_dir``: the root of the official layouts (also
     where generated sets are cached). ``generate``: for listops/pathfinder, generator arguments
-    used when the files are absent (e.g. ``{n_train: 2000, min_len: 100, max_len: 500}``)."""
+    used when the files are absent (e.g. ``{n_train: 2000, min_len: 100, max_len: 500}``).
+    Language modelling (english, wikitext103): ``seq_len`` bytes per training window;
+    ``limit_eval`` caps the bytes of the validation/test text that are scored."""
 
     task: str = "listops"
     data_dir: str = "data"
@@ -38,6 +41,7 @@ class DataConfig:
     size: int = 32
     difficulty: str = "hard"
     pad_to: int | None = None
+    seq_len: int = 512
     limit_train: int | None = None
     limit_eval: int | None = None
     generate: dict[str, Any] = field(default_factory=dict)

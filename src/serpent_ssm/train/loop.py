@@ -8,7 +8,8 @@
   function of (seed, epoch) only, so it can be restarted at any step.
 - Logs: ``metrics.jsonl`` (one JSON object per log or evaluation), a progress bar (tqdm when
   installed), ``summary.json`` at the end. Evaluation on the validation split every
-  ``eval_every`` steps; the best model (validation accuracy) is saved in ``best/`` and the
+  ``eval_every`` steps; the best model (validation accuracy, or bits per byte for language
+  modelling) is saved in ``best/`` and the
   final one in ``final/`` (``config.json`` + ``model.safetensors``).
 - Checkpoints every ``checkpoint_every`` steps (``checkpoint.py``: atomic, hashed, previous
   kept); ``resume=True`` continues exactly: model, optimiser, schedule, RNG and data position
@@ -119,6 +120,43 @@ def _forward(model: nn.Module, batch: dict) -> torch.Tensor:
 def _tokens(batch: dict) -> int:
     n = int(batch["mask"].sum())
     return n + (int(batch["mask2"].sum()) if "mask2" in batch else 0)
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int, device="cpu") -> dict:
+    """Next-byte loss, bits per byte and accuracy over a whole byte stream ``(T,)`` uint8.
+
+    The stream is cut into ``batch_size`` contiguous rows scored in parallel, window by window,
+    with the recurrent state carried from each window to the next (through ``forward(state=)``
+    for Mamba/S4D, through ``step()`` for SeRpEnt): every byte is predicted from all the bytes
+    before it in its row. At most ``batch_size - 1`` bytes at the end are not scored.
+    """
+    model.eval()
+    ids = stream.to(torch.int64) + 3  # BYTE_VOCAB ids
+    rows = max(1, min(batch_size, len(ids) - 1))
+    per = (len(ids) - 1) // rows
+    if per < 1:
+        raise ValueError(f"stream: expected at least 2 bytes to score, got {len(ids)}")
+    x = ids[: rows * per].view(rows, per).to(device)
+    y = ids[1 : rows * per + 1].view(rows, per).to(device)
+    carry = getattr(model, "carries_state_in_forward", True)
+    state = None if carry else model.allocate_state(rows)
+    nll, correct = 0.0, 0
+    for start in range(0, per, seq_len):
+        xi, yi = x[:, start : start + seq_len], y[:, start : start + seq_len]
+        if carry:
+            logits, state = model(xi, state=state, return_state=True)
+        else:
+            outs = []
+            for t in range(xi.shape[1]):
+                out_t, state = model.step(xi[:, t], state)
+                outs.append(out_t)
+            logits = torch.stack(outs, 1)
+        nll += float(F.cross_entropy(logits.flatten(0, 1).float(), yi.flatten(), reduction="sum"))
+        correct += int((logits.argmax(-1) == yi).sum())
+    model.train()
+    n = rows * per
+    return {"loss": nll / n, "bits_per_byte": nll / n / math.log(2), "accuracy": correct / n, "n": n}
 
 
 @torch.no_grad()
@@ -239,7 +277,9 @@ def train(
     optimizer = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
-    start_step, best_acc, elapsed_before = 0, -1.0, 0.0
+    is_lm = task.head == "lm"
+    metric = "bits_per_byte" if is_lm else "accuracy"  # lower is better for bits per byte
+    start_step, best_acc, elapsed_before = 0, (math.inf if is_lm else -1.0), 0.0
     window = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, samples, tokens since the last log line
     ckpt_dir = out / "checkpoints"
     if resume:
@@ -290,12 +330,22 @@ def train(
     t_window = time.perf_counter()
     model.train()
     for step in range(start_step, cfg.train.max_steps):
-        batch = _to(pad_collate([task.train[i] for i in next(indices)]), device)
+        samples = [task.train[i] for i in next(indices)]
+        if is_lm:
+            batch = _to(
+                {
+                    "inputs": torch.stack([s[0] for s in samples]),
+                    "labels": torch.stack([s[1] for s in samples]),
+                },
+                device,
+            )
+        else:
+            batch = _to(pad_collate(samples), device)
         for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
             g["lr"] = base * lr_factor(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = _forward(net, batch)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+            logits = net(batch["inputs"]) if is_lm else _forward(net, batch)
+        loss = F.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:
@@ -303,10 +353,11 @@ def train(
         optimizer.step()
         done = step + 1
         loss_value = loss.item()
-        window_loss += loss_value * len(batch["labels"])
+        n_scored = batch["labels"].numel()  # samples, or predicted bytes for a language model
+        window_loss += loss_value * n_scored
         window_correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        window_n += len(batch["labels"])
-        window_tokens += _tokens(batch) * world
+        window_n += n_scored
+        window_tokens += (n_scored if is_lm else _tokens(batch)) * world
         if on_step is not None:
             on_step(done, loss_value, model)
         if bar is not None:
@@ -332,10 +383,14 @@ def train(
             t_window = time.perf_counter()
         if done % cfg.train.eval_every == 0 or done == cfg.train.max_steps:
             if main:
-                metrics = evaluate(model, task.val, cfg.data.eval_batch_size, device)
+                if is_lm:
+                    metrics = evaluate_lm(model, task.val, cfg.data.seq_len, cfg.data.eval_batch_size, device)
+                else:
+                    metrics = evaluate(model, task.val, cfg.data.eval_batch_size, device)
                 log.write({"step": done, "split": "val", **metrics})
-                if metrics["accuracy"] > best_acc:
-                    best_acc = metrics["accuracy"]
+                value = metrics[metric]
+                if (value < best_acc) if is_lm else (value > best_acc):
+                    best_acc = value
                     save_pretrained(model, out / "best")
             if distributed:
                 dist.barrier()
@@ -372,7 +427,8 @@ def train(
         "model": mcfg.name,
         "parameters": n_params,
         "steps": cfg.train.max_steps,
-        "best_val_accuracy": best_acc,
+        "metric": metric,
+        "best_val": best_acc,
         "tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
         "peak_memory_mb": peak_memory_mb(device),
         "wall_time_s": wall,

@@ -31,7 +31,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
     """Evaluate the run's ``best`` (or ``final``) model on ``split``; writes ``eval_<split>.json``."""
-    from serpent_ssm.train.loop import evaluate
+    from serpent_ssm.train.loop import evaluate, evaluate_lm
 
     run = Path(run_dir)
     if split not in ("train", "val", "test"):
@@ -39,26 +39,33 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     cfg = RunConfig.from_dict(json.loads(_need(run / "config.json", "the run's config.json").read_text()))
     model = from_pretrained(run / which)
     task = load_task(cfg.data)
-    metrics = evaluate(model, getattr(task, split), cfg.data.eval_batch_size)
+    data = getattr(task, split)
+    if task.head == "lm":
+        metrics = evaluate_lm(model, data, cfg.data.seq_len, cfg.data.eval_batch_size)
+    else:
+        metrics = evaluate(model, data, cfg.data.eval_batch_size)
     result = {"split": split, "model": which, **metrics}
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 def report_table(run_dirs: list[str | Path]) -> str:
-    """A markdown table, one row per run: task, model, parameters, accuracies, speed, memory, time."""
+    """A markdown table, one row per run: task, model, parameters, the metric (accuracy, or bits
+    per byte for language models) on val (best) and test, speed, memory, time."""
     rows = [
-        "| task | model | parameters | steps | best val acc | test acc | tokens/s | peak MB | wall s | run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | model | parameters | steps | metric | best val | test | tokens/s | peak MB | wall s "
+        "| run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in map(Path, run_dirs):
         s = json.loads(_need(run / "summary.json", "the run's summary.json").read_text())
         test = run / "eval_test.json"
-        test_acc = f"{json.loads(test.read_text())['accuracy']:.3f}" if test.is_file() else "–"
+        metric = s.get("metric", "accuracy")
+        test_acc = f"{json.loads(test.read_text())[metric]:.3f}" if test.is_file() else "–"
         speed = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "–"
         rows.append(
-            f"| {s['task']} | {s['model']} | {s['parameters']:,} | {s['steps']} "
-            f"| {s['best_val_accuracy']:.3f} | {test_acc} | {speed} | {s['peak_memory_mb']:.0f} "
+            f"| {s['task']} | {s['model']} | {s['parameters']:,} | {s['steps']} | {metric} "
+            f"| {s['best_val']:.3f} | {test_acc} | {speed} | {s['peak_memory_mb']:.0f} "
             f"| {s['wall_time_s']:.0f} | {run} |"
         )
     return "\n".join(rows)

@@ -20,7 +20,8 @@ __all__ = ["TaskData", "load_task"]
 
 @dataclass
 class TaskData:
-    """Datasets of a task and the model facts they imply."""
+    """Datasets of a task and the model facts they imply (for language modelling, ``train`` is
+    a dataset of windows and ``val``/``test`` are whole byte streams, ``(T,)`` uint8)."""
 
     train: Dataset
     val: Dataset
@@ -144,6 +145,31 @@ def load_task(cfg: DataConfig) -> TaskData:
         splits = [AanDataset(cfg.data_dir, s, max_len=cfg.max_len or 4000) for s in ("train", "val", "test")]
         info = {"n_classes": 2, "vocab_size": AanDataset.vocab.size, "d_input": None, "head": "retrieval"}
         vocab = AanDataset.vocab.to_dict()
+    elif task in ("english", "wikitext103"):
+        from serpent_ssm.data.corpus import LMWindows
+        from serpent_ssm.data.vocab import BYTE_VOCAB
+
+        if task == "english":
+            from serpent_ssm.data.corpus import load_english_corpus
+
+            corpus = load_english_corpus()
+            streams = [corpus["train"], corpus["valid"], corpus["test"]]
+        else:
+            from serpent_ssm.data.text import read_wikitext103
+
+            streams = [read_wikitext103(cfg.data_dir, s) for s in ("train", "valid", "test")]
+        cut = cfg.limit_eval
+        train = _limit(LMWindows(streams[0], cfg.seq_len), cfg.limit_train)
+        return TaskData(
+            train=train,
+            val=streams[1][:cut] if cut else streams[1],
+            test=streams[2][:cut] if cut else streams[2],
+            n_classes=BYTE_VOCAB.size,
+            vocab_size=BYTE_VOCAB.size,
+            d_input=None,
+            head="lm",
+            vocab=BYTE_VOCAB.to_dict(),
+        )
     else:  # unreachable: DataConfig checks the name
         raise ValueError(f"data.task: unknown task {task!r}")
     train, val, test = splits

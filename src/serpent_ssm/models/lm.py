@@ -1,0 +1,207 @@
+"""Causal language model (SPEC.md §5): embedding -> causal pre-norm blocks -> norm -> tied head.
+
+Byte level by default (``BYTE_VOCAB``: 259 ids = 3 specials + 256 bytes); any vocabulary size
+when a tokenizer is used. Every model name works: ``mamba``, ``s4d``, ``serpent-mamba``,
+``serpent-s4d`` (causal mixers throughout).
+
+``generate`` decodes with the mixers' ``step()``: the recurrent state has a fixed size, so
+memory does not grow with the number of generated tokens, and the result equals greedy decoding
+by repeated full forward passes (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from serpent_ssm.models.classifier import make_mixer_factory
+from serpent_ssm.modules import Block
+from serpent_ssm.modules.block import make_norm
+from serpent_ssm.utils.validation import check_positive_int
+
+__all__ = ["CausalLM", "from_mamba_checkpoint", "serpent_from_mamba"]
+
+
+def from_mamba_checkpoint(path_or_dir, map_location="cpu") -> CausalLM:
+    """Our ``mamba`` LM from a transformers or mamba_ssm checkpoint (see ``models.pretrained``)."""
+    from serpent_ssm.models.pretrained import from_mamba_checkpoint as load
+
+    return load(path_or_dir, map_location=map_location)
+
+
+def serpent_from_mamba(path_or_dir, serpent=None, map_location="cpu") -> CausalLM:
+    """A ``serpent-mamba`` LM whose branch backbones start from a pretrained Mamba LM's mixers."""
+    from serpent_ssm.models.pretrained import serpent_from_mamba as load
+
+    return load(path_or_dir, serpent=serpent, map_location=map_location)
+
+
+class CausalLM(nn.Module):
+    """``ids (B, L)`` int64 -> next-token logits ``(B, L, vocab_size)``.
+
+    Args:
+        name: mamba, s4d, serpent-mamba or serpent-s4d.
+        vocab_size: number of token ids (259 for bytes).
+        d_model, n_layers, norm, mlp_ratio, dropout: as ``SequenceClassifier``; ``norm_eps`` the
+            epsilon of every norm.
+        backbone: keyword arguments of the Mamba/S4D mixer; serpent: of ``SeRpEntConfig``.
+        tie_embeddings: the output head shares the embedding matrix (default).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        norm: str = "rms",
+        norm_eps: float = 1e-5,
+        mlp_ratio: float = 0.0,
+        dropout: float = 0.0,
+        backbone: dict[str, Any] | None = None,
+        serpent: dict[str, Any] | None = None,
+        tie_embeddings: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        check_positive_int("n_layers", n_layers)
+        make_mixer = make_mixer_factory(
+            name, d_model, causal=True, backbone_kwargs=backbone, serpent_kwargs=serpent
+        )
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(
+            self.embedding.weight, std=0.02
+        )  # as GPT-2 and Mamba's LMs: a tied head starts near uniform
+        self.blocks = nn.ModuleList(
+            Block(d_model, make_mixer(), norm=norm, norm_eps=norm_eps, mlp_ratio=mlp_ratio, dropout=dropout)
+            for _ in range(n_layers)
+        )
+        self.norm = make_norm(norm, d_model, norm_eps)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_embeddings:
+            self.head.weight = self.embedding.weight
+
+    def _check_ids(self, ids: torch.Tensor, name: str = "ids") -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"{name}: expected an int64 tensor of token ids, got {getattr(ids, 'dtype', type(ids))}"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.vocab_size)][0].item()
+            raise ValueError(f"{name}: expected ids in [0, {self.vocab_size}), got {bad}")
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: list[Any] | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[Any]]:
+        """``ids (B, L)`` (right-padded with ``mask (B, L)``) -> logits ``(B, L, vocab_size)``.
+
+        ``state``/``return_state`` carry the recurrent state from one call to the next, so a
+        long text can be processed window by window (Mamba and S4D backbones; a SeRpEnt model
+        streams through ``step()`` instead).
+        """
+        self._check_ids(ids)
+        h = self.embedding(ids)
+        if state is None and not return_state:
+            for block in self.blocks:
+                h = block(h, mask=mask)
+            return self.head(self.norm(h))
+        states = state if state is not None else [None] * len(self.blocks)
+        new_state = []
+        for block, st in zip(self.blocks, states, strict=True):
+            h, st = block(h, mask=mask, state=st, return_state=True)
+            new_state.append(st)
+        return self.head(self.norm(h)), new_state
+
+    @property
+    def carries_state_in_forward(self) -> bool:
+        """True when ``forward(state=...)`` works (no SeRpEnt mixers)."""
+        from serpent_ssm.modules import SeRpEnt
+
+        return not any(isinstance(b.mixer, SeRpEnt) for b in self.blocks)
+
+    def allocate_state(self, batch: int, device=None, dtype=None) -> list[Any]:
+        """One recurrent state per block (fixed size: it does not grow with the tokens seen)."""
+        device = device if device is not None else self.embedding.weight.device
+        return [blk.allocate_state(batch, device=device, dtype=dtype) for blk in self.blocks]
+
+    def step(self, ids_t: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        """One token per row: ``ids_t (B,)`` -> logits ``(B, vocab_size)`` and the new state."""
+        h = self.embedding(ids_t)
+        new_state = []
+        for blk, st in zip(self.blocks, state, strict=True):
+            h, st = blk.step(h, st)
+            new_state.append(st)
+        return self.head(self.norm(h)), new_state
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue ``prompt_ids (L,)`` or ``(B, L)``; returns prompt + continuation, same rank.
+
+        ``temperature=0`` is greedy decoding; otherwise sampling from the softmax at
+        ``temperature``, restricted to the ``top_k`` most likely ids and/or the smallest set
+        whose probability reaches ``top_p``, with a generator seeded by ``seed``.
+        """
+        squeeze = prompt_ids.dim() == 1
+        ids = prompt_ids[None] if squeeze else prompt_ids
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError(
+                f"prompt_ids: expected a non-empty (L,) or (B, L) tensor, got shape {tuple(prompt_ids.shape)}"
+            )
+        self._check_ids(ids, "prompt_ids")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected a non-negative integer, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature: expected a number >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k: expected a positive integer, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p: expected a probability in (0, 1], got {top_p}")
+        was_training = self.training
+        self.eval()
+        gen = torch.Generator(device=ids.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        state = self.allocate_state(ids.shape[0])
+        for t in range(ids.shape[1]):  # the prompt, through the same recurrence
+            logits, state = self.step(ids[:, t], state)
+        out = [ids]
+        for _ in range(max_new_tokens):
+            nxt = _choose(logits, temperature, top_k, top_p, gen)
+            out.append(nxt[:, None])
+            logits, state = self.step(nxt, state)
+        self.train(was_training)
+        result = torch.cat(out, dim=1)
+        return result[0] if squeeze else result
+
+
+def _choose(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, gen
+) -> torch.Tensor:
+    """Next ids ``(B,)`` from ``logits (B, V)``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
