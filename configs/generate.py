@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from serpent_ssm.models.config import ModelConfig, build_model, count_parameters
@@ -84,6 +85,20 @@ TASKS = {
         "paper": (256, 6, 50000),
         "paper_data": {"batch_size": 32, "max_len": 4000},
     },
+    "english": {
+        "data": {"task": "english", "batch_size": 16, "eval_batch_size": 16, "seq_len": 512, "limit_eval": 200000},
+        "inputs": {"vocab_size": 259, "n_classes": 259, "head": "lm", "causal": True},
+        "cpu": (128, 4, 2000),
+        "paper": (768, 24, 100000),
+        "paper_data": {"batch_size": 32, "seq_len": 2048, "limit_eval": None},
+    },
+    "wikitext103": {
+        "data": {"task": "wikitext103", "batch_size": 16, "eval_batch_size": 16, "seq_len": 512, "limit_eval": 200000},
+        "inputs": {"vocab_size": 259, "n_classes": 259, "head": "lm", "causal": True},
+        "cpu": (128, 4, 2000),
+        "paper": (768, 24, 100000),
+        "paper_data": {"batch_size": 32, "seq_len": 2048, "limit_eval": None},
+    },
     "cifar": {
         "data": {"task": "cifar", "batch_size": 32},
         "inputs": {"d_input": 1, "n_classes": 10},
@@ -96,9 +111,9 @@ TASKS = {
 
 def _params(name: str, d_model: int, layers: int, inputs: dict) -> int:
     mlp = 2.0 if name.endswith("s4d") else 0.0
-    return count_parameters(
-        build_model(ModelConfig(name=name, d_model=d_model, n_layers=layers, mlp_ratio=mlp, **inputs))
-    )
+    config = ModelConfig(name=name, d_model=d_model, n_layers=layers, mlp_ratio=mlp, **inputs)
+    with torch.device("meta"):  # count without allocating (paper-size models are large)
+        return count_parameters(build_model(config))
 
 
 def matched_width(name: str, d_backbone: int, layers: int, inputs: dict) -> int:
@@ -126,6 +141,7 @@ def main() -> None:
                 d_cpu = matched_width(name, d_cpu, layers_cpu, spec["inputs"])
                 d_paper = matched_width(name, d_paper, layers_paper, spec["inputs"])
             model = {
+                **({"causal": True} if spec["inputs"].get("head") == "lm" else {}),
                 "name": name,
                 "d_model": d_cpu,
                 "n_layers": layers_cpu,

@@ -5,6 +5,7 @@
     serpent backends        which selective-scan backends this machine can run
     serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
     serpent eval RUN_DIR [--split test]    evaluate a run's best model
+    serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
     serpent report RUN_DIR...              one markdown table over finished runs
     serpent plot RUN_DIR                   loss and accuracy curves as PNG
     serpent data generate listops|pathfinder ...   write a generated task in the official layout
@@ -185,6 +186,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from serpent_ssm.data.vocab import BYTE_VOCAB
+    from serpent_ssm.models.config import from_pretrained
+
+    model = from_pretrained(Path(args.run_dir) / args.which)
+    if getattr(model.config, "head", None) != "lm":
+        raise ValueError(f"run_dir: expected a language-model run, got a {model.config.head!r} model")
+    prompt = args.prompt.encode("utf-8")
+    if not prompt:
+        raise ValueError("--prompt: expected at least one character, got an empty prompt")
+    t0 = time.perf_counter()
+    out = model.generate(
+        BYTE_VOCAB.encode_bytes(prompt),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    dt = time.perf_counter() - t0
+    text = BYTE_VOCAB.decode_bytes(out[len(prompt) :]).decode("utf-8", errors="replace")
+    print(args.prompt + text)
+    print(
+        f"({args.max_new_tokens} bytes in {dt:.1f} s, {args.max_new_tokens / max(dt, 1e-9):.0f} bytes/s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from serpent_ssm.train.report import report_table
 
@@ -217,6 +247,16 @@ def _add_run_parsers(sub) -> None:
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--which", default="best", choices=["best", "final"])
     ev.set_defaults(func=cmd_eval)
+    gen = sub.add_parser("generate", help="continue a prompt with a trained language model")
+    gen.add_argument("run_dir")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--which", default="best", choices=["best", "final"])
+    gen.set_defaults(func=cmd_generate)
     rep = sub.add_parser("report", help="markdown table over finished runs")
     rep.add_argument("run_dirs", nargs="+")
     rep.set_defaults(func=cmd_report)

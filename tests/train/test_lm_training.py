@@ -67,3 +67,20 @@ def test_evaluation_does_not_depend_on_the_window(name):
     pieces = evaluate_lm(lm, stream, seq_len=37, batch_size=2)
     assert whole["n"] == pieces["n"] == 300
     assert pieces["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_generate_command(wikitext_dir, tmp_path, capsys):
+    from serpent_ssm.cli import main
+
+    args = ["train", "--set", "data.task=wikitext103", "--data-dir", str(wikitext_dir), "--max-steps", "3"]
+    args += ["--set", "data.seq_len=32", "--set", "data.batch_size=4", "--set", "data.limit_eval=100"]
+    assert (
+        main([*args, "--set", "model.d_model=8", "--set", "model.causal=true", "--out", str(tmp_path / "r")])
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "r"), "--prompt", "the quick", "--max-new-tokens", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the quick") and len(out.encode()) >= len("the quick") + 1
+    assert main(["generate", str(tmp_path / "r"), "--prompt", ""]) == 2
+    assert "--prompt: expected at least one character, got an empty prompt" in capsys.readouterr().err

@@ -52,6 +52,8 @@ def model_config_for(cfg: RunConfig, task: TaskData) -> ModelConfig:
     """The run's model config with the task's facts (classes, inputs, head) filled in."""
     d = cfg.model.to_dict()
     d.update(n_classes=task.n_classes, vocab_size=task.vocab_size, d_input=task.d_input, head=task.head)
+    if task.head == "lm":
+        d["causal"] = True  # a language model's mixers are causal whatever the config says
     return ModelConfig.from_dict(d)
 
 
