@@ -18,6 +18,9 @@ from serpent_ssm.models.config import ModelConfig, build_model, count_parameters
 HERE = Path(__file__).parent
 MODELS = ("mamba", "s4d", "serpent-mamba", "serpent-s4d")
 
+# language modelling on the CPU: 16 windows of 512 bytes; score the first 200,000 bytes of val/test
+LM_DATA = {"batch_size": 16, "eval_batch_size": 16, "seq_len": 512, "limit_eval": 200000}
+
 # task -> data section, model inputs (for counting), CPU and paper (d_model, layers, steps)
 TASKS = {
     "listops": {
@@ -86,14 +89,14 @@ TASKS = {
         "paper_data": {"batch_size": 32, "max_len": 4000},
     },
     "english": {
-        "data": {"task": "english", "batch_size": 16, "eval_batch_size": 16, "seq_len": 512, "limit_eval": 200000},
+        "data": {"task": "english", **LM_DATA},
         "inputs": {"vocab_size": 259, "n_classes": 259, "head": "lm", "causal": True},
         "cpu": (128, 4, 2000),
         "paper": (768, 24, 100000),
         "paper_data": {"batch_size": 32, "seq_len": 2048, "limit_eval": None},
     },
     "wikitext103": {
-        "data": {"task": "wikitext103", "batch_size": 16, "eval_batch_size": 16, "seq_len": 512, "limit_eval": 200000},
+        "data": {"task": "wikitext103", **LM_DATA},
         "inputs": {"vocab_size": 259, "n_classes": 259, "head": "lm", "causal": True},
         "cpu": (128, 4, 2000),
         "paper": (768, 24, 100000),

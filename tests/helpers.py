@@ -28,6 +28,17 @@ def run_steps(model, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs, 1)
 
 
+def run_lm_steps(lm, ids: torch.Tensor) -> torch.Tensor:
+    """Feed token ids ``(B, L)`` through ``lm.step`` one position at a time; logits ``(B, L, V)``."""
+    with torch.no_grad():
+        state = lm.allocate_state(ids.shape[0])
+        outs = []
+        for t in range(ids.shape[1]):
+            logits, state = lm.step(ids[:, t], state)
+            outs.append(logits)
+    return torch.stack(outs, 1)
+
+
 def _state_rows(state, b):
     """Row ``b`` of a recurrent state (a tensor or a dict of tensors), as a dict of tensors."""
     if isinstance(state, dict):

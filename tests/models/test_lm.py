@@ -11,6 +11,8 @@ from serpent_ssm.models import MODEL_NAMES
 from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.train.loop import peak_memory_mb, reset_peak_memory
 
+from tests.helpers import run_lm_steps
+
 
 def _lm(name, vocab=50, d=16, layers=2, seed=0):
     torch.manual_seed(seed)
@@ -23,13 +25,8 @@ def test_step_equals_forward_and_head_is_tied(name):
     ids = torch.randint(0, 50, (2, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = lm(ids)
-        state = lm.allocate_state(2)
-        steps = []
-        for t in range(ids.shape[1]):
-            logits, state = lm.step(ids[:, t], state)
-            steps.append(logits)
     assert full.shape == (2, 30, 50)
-    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run_lm_steps(lm, ids), full, rtol=1e-4, atol=1e-4)
     assert lm.head.weight is lm.embedding.weight
 
 
