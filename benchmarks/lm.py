@@ -13,7 +13,9 @@ width and byte vocabulary, tied input/output embeddings):
                    printed)
   mambapy          ``mambapy.lm.LM(mambapy.mamba.MambaConfig(...))``, its parallel scan (pscan).
                    mambapy unties its head by default; we tie it to the embedding (same compute) so
-                   that its parameter count equals ours
+                   that its parameter count equals ours. ``mambapy.lm`` imports ``mambapy.mamba2``,
+                   which needs einops and mamba_ssm; without them an empty placeholder stands in
+                   for that module (Mamba-1 does not use it) and the output says so
   transformers     ``transformers.MambaForCausalLM(MambaConfig(...))`` without mamba_ssm, i.e. its
                    CPU slow path: a Python loop over time, whose backward materialises a full
                    (B, ED, L, N) gradient per time step, so a training step grows like L^2
@@ -23,15 +25,18 @@ width and byte vocabulary, tied input/output embeddings):
 Training: one step is forward, next-token cross-entropy over the whole context, backward, AdamW
 step, ``zero_grad``. Every (model, context) pair runs in fresh subprocesses (``_common.run_worker``):
 one for times, one for memory (``MALLOC_MMAP_THRESHOLD_=65536`` there, so that the resident size
-follows what is really allocated). Each first makes one warm-up step at a short context (loads
-kernels, allocates the optimiser state) and times a second one; from it the cost of the
-measurement is estimated (linear in L; quadratic for ``transformers``) and, when it exceeds
-``--max-minutes``, the pair is skipped and the estimate printed.
+follows what is really allocated). Each first makes one warm-up step at a 128-token context (loads
+kernels, allocates the optimiser state) and times a probe step (128 tokens; 256 for
+``transformers``, whose L^2 regime starts later); from it the cost of the measurement is
+estimated (linear in L; quadratic for ``transformers``, which makes 1 timed step instead of
+``--steps``) and, when it exceeds ``--max-minutes`` (default 5), the pair is skipped and the estimate printed.
+A process still running after ``--max-minutes`` (an estimate too low) is stopped the same way.
+Generation estimates from its warm-up and is bounded the same way.
 
 Training columns:
   params             parameters of the model (tied embeddings counted once)
   context            tokens per sequence L; every step sees batch x L tokens
-  tokens/s (train)   batch x L / the best of ``--steps`` timed steps
+  tokens/s (train)   batch x L / the best of ``--steps`` timed steps (1 for ``transformers``)
   step s             that best step time
   peak extra MB      peak resident set size during one step (sampled every ms) above the level
                      reached once the model, its optimiser state (after a warm-up step) and the
@@ -39,11 +44,12 @@ Training columns:
   mamba is faster by / uses less memory by   that model's step time / our mamba's, and peak extra
                      MB / our mamba's, at the same context (above 1: ours is better)
 
-Generation: ``generate`` with greedy decoding, batch 1, the prompt below, ``--gen-tokens`` new
-tokens, after a warm-up generation of 16 tokens; our models use ``CausalLM.generate`` (one
-``step()`` per token), transformers ``MambaForCausalLM.generate(max_new_tokens=..., do_sample=False)``
-(its recurrent cache path; EOS disabled so that it runs to the end), mambapy
-``LM.generate(sample=False, top_k=None)`` (its ``step()`` loop) through a byte tokenizer.
+Generation: greedy decoding, batch 1, the 20-byte prompt "The quick brown fox ", ``--gen-tokens``
+new tokens, timed after a warm-up generation of 16 tokens. Our models: ``CausalLM.generate(...,
+temperature=0)`` (one ``step()`` per token); transformers: ``MambaForCausalLM.generate(
+max_new_tokens=..., do_sample=False)`` (its recurrent cache path; EOS disabled so that it runs to
+the end); mambapy: ``LM.generate(sample=False, top_k=None)`` (its ``step()`` loop) through a
+minimal byte tokenizer.
   tokens/s (generate)   new tokens / the time of one generation, prompt included
   mamba is faster by    that model's time / our mamba's
 """
@@ -53,7 +59,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
+import threading
 import time
 import types
 
@@ -66,18 +74,21 @@ DEFAULT_MODELS = ["mamba", "serpent-mamba", "mambapy", "transformers"]
 QUADRATIC = {"transformers"}  # backward cost grows like L^2 (see the docstring)
 VOCAB = 259  # serpent_ssm.data.BYTE_VOCAB: <pad>, <bos>, <eos> + 256 bytes
 PROMPT = b"The quick brown fox "
-PROBE_LENGTH = 128  # the short context of the warm-up and the cost estimate
+PROBE_LENGTH = 128  # the short context of the warm-up and of the cost estimate
+PROBE_QUADRATIC = 256  # ... of the estimate for QUADRATIC models (shorter is not yet in the L^2 regime)
 GEN_WARMUP = 16
+_MAMBAPY_NOTE = ""  # set by import_mambapy_lm when it needs its placeholder
 
 
 def import_mambapy_lm():
     """``(mambapy.lm.LM, note)``. ``mambapy.lm`` imports ``mambapy.mamba2``, which needs einops and
     mamba_ssm (Triton) at import time; when they are missing, an empty module stands in for
     ``mambapy.mamba2`` (only Mamba-1 is used here) and the note says so."""
+    global _MAMBAPY_NOTE
     try:
         from mambapy.lm import LM
 
-        return LM, ""
+        return LM, _MAMBAPY_NOTE
     except ImportError as exc:
         stub = types.ModuleType("mambapy.mamba2")
         stub.Mamba2 = type("Mamba2Unavailable", (), {})
@@ -86,10 +97,11 @@ def import_mambapy_lm():
         sys.modules.pop("mambapy.lm", None)
         from mambapy.lm import LM
 
-        return LM, (
+        _MAMBAPY_NOTE = (
             f"mambapy.lm imports mambapy.mamba2, which fails here ({exc}); an empty placeholder "
             "stands in for mambapy.mamba2 (only Mamba-1 is used), mambapy.lm.LM itself is unchanged"
         )
+        return LM, _MAMBAPY_NOTE
 
 
 def build(model: str, args) -> object:
@@ -151,6 +163,24 @@ def logits_of(model: str, m, ids):
     return m(ids)
 
 
+def start_watchdog(args, result: dict, what: str, progress: list[str]) -> None:
+    """After ``--max-minutes``, print ``result`` marked skipped and end the process (a thread:
+    PyTorch releases the GIL inside its operators, so it fires even in the middle of a backward)."""
+
+    def fire() -> None:
+        result["skipped"] = f"{what} stopped after --max-minutes {args.max_minutes:g}, during {progress[-1]}"
+        print(json.dumps(result), flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(60 * args.max_minutes, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def timed_steps(model: str, args) -> int:
+    return 1 if model in QUADRATIC else args.steps
+
+
 def train_worker(model: str, args, length: int) -> dict:
     import torch
 
@@ -158,8 +188,12 @@ def train_worker(model: str, args, length: int) -> dict:
     m = build(model, args)
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    result = {"params": n_params(m)}
+    progress = ["the warm-up"]
+    start_watchdog(args, result, f"the {args.what} run", progress)
     g = torch.Generator().manual_seed(0)
-    probe_len = min(PROBE_LENGTH, length)
+    probe_len = min(PROBE_QUADRATIC if model in QUADRATIC else PROBE_LENGTH, length)
+    warm = torch.randint(3, VOCAB, (args.batch, min(PROBE_LENGTH, length)), generator=g)
     probe = torch.randint(3, VOCAB, (args.batch, probe_len), generator=g)
     ids = torch.randint(3, VOCAB, (args.batch, length), generator=g)
 
@@ -170,28 +204,31 @@ def train_worker(model: str, args, length: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step(probe)  # warm-up: kernels loaded, optimiser state allocated
+    step(warm)  # warm-up: kernels loaded, optimiser state allocated
+    progress.append(f"the {probe_len}-token probe step")
     t0 = time.perf_counter()
     step(probe)
     probe_s = time.perf_counter() - t0
     growth = (length / probe_len) ** (2 if model in QUADRATIC else 1)
-    n_steps = 1 if args.what == "memory" else args.steps
-    estimate = probe_s * growth * (args.steps + 1)  # the timed steps + the memory step
-    result = {"params": n_params(m), "estimate_s": estimate}
-    if estimate > 60 * args.max_minutes:
+    n_steps = timed_steps(model, args)
+    estimate = probe_s * growth * (n_steps + 1)  # the timed steps + the memory step
+    result["estimate_s"] = estimate
+    if args.what == "time" and estimate > 60 * args.max_minutes:  # the memory run follows suit
         result["skipped"] = (
-            f"estimated {estimate / 60:.0f} min from a {probe_len}-token step of {probe_s:.2f} s "
-            f"(x {growth:.0f}), over --max-minutes {args.max_minutes:g}"
+            f"estimated {estimate / 60:.0f} min ({n_steps + 1} steps) from a {probe_len}-token step "
+            f"of {probe_s:.2f} s (x {growth:.0f}), over --max-minutes {args.max_minutes:g}"
         )
         return result
     if args.what == "memory":
         gc.collect()
+        progress.append(f"the {length}-token step")
         with PeakRSS() as mon:
             step(ids)
         result["peak_mb"] = mon.extra / 2**20
     else:
         times = []
-        for _ in range(n_steps):
+        for i in range(n_steps):
+            progress.append(f"{length}-token step {i + 1} of {n_steps}")
             t0 = time.perf_counter()
             step(ids)
             times.append(time.perf_counter() - t0)
@@ -208,7 +245,10 @@ class _ByteTokenizer:
 
         return types.SimpleNamespace(input_ids=BYTE_VOCAB.encode_bytes(text.encode())[None])
 
+    last_length = 0
+
     def decode(self, ids: list[int]) -> str:
+        self.last_length = len(ids)  # prompt + generated ids, for the check of the count
         return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
 
 
@@ -232,27 +272,36 @@ def generate_worker(model: str, args) -> dict:
         tok = _ByteTokenizer()
 
         def gen(n: int) -> int:
-            text = m.generate(tok, PROMPT.decode(), num_tokens=n, sample=False, top_k=None)
-            return len(text.encode(errors="replace")) - len(PROMPT)  # approximate check only
+            m.generate(tok, PROMPT.decode(), num_tokens=n, sample=False, top_k=None)
+            return tok.last_length - len(PROMPT)
 
     else:
 
         def gen(n: int) -> int:
             with torch.no_grad():
-                out = m.generate(prompt[None], max_new_tokens=n, do_sample=False)
+                out = m.generate(
+                    prompt[None],
+                    attention_mask=torch.ones_like(prompt[None]),
+                    max_new_tokens=n,
+                    do_sample=False,
+                )
             return out.shape[1] - prompt.shape[0]
 
+    result = {"params": n_params(m)}
+    progress = [f"the {GEN_WARMUP}-token warm-up"]
+    start_watchdog(args, result, "the run", progress)
     t0 = time.perf_counter()
     gen(GEN_WARMUP)
     warm_s = time.perf_counter() - t0
     estimate = warm_s * args.gen_tokens / GEN_WARMUP
-    result = {"params": n_params(m), "estimate_s": estimate}
+    result["estimate_s"] = estimate
     if estimate > 60 * args.max_minutes:
         result["skipped"] = (
             f"estimated {estimate / 60:.0f} min from {GEN_WARMUP} tokens in {warm_s:.2f} s, "
             f"over --max-minutes {args.max_minutes:g}"
         )
         return result
+    progress.append(f"the {args.gen_tokens}-token generation")
     t0 = time.perf_counter()
     produced = gen(args.gen_tokens)
     result["gen_s"] = time.perf_counter() - t0
@@ -372,7 +421,8 @@ def main() -> None:
     from serpent_ssm.ops.scan_cpu import cpu_kernel_status
 
     torch.set_num_threads(args.threads)
-    if args.serpent_d_model == "match":
+    matched = args.serpent_d_model == "match"
+    if matched:
         args.serpent_d_model = match_width(args)
     t_start = time.perf_counter()
     params = {m: n_params(build(m, args)) for m in args.models}
@@ -390,7 +440,13 @@ def main() -> None:
         same = args.serpent_d_model == args.d_model
         print(
             f"# serpent-mamba: d_model={args.serpent_d_model}"
-            + (" (same width as mamba, hence more parameters)" if same else " (narrowed, --serpent-d-model)")
+            + (
+                " (same width as mamba, hence more parameters)"
+                if same
+                else " (--serpent-d-model match: the multiple of 8 closest to mamba's count)"
+                if matched
+                else " (--serpent-d-model)"
+            )
             + f": {params['serpent-mamba']:,} parameters vs {n_params(build('mamba', args)):,} for mamba"
         )
     if mambapy_note:
@@ -399,7 +455,12 @@ def main() -> None:
 
     skipped = []
     if not args.no_train:
-        print(f"Training: forward + backward + AdamW, best of {args.steps} steps\n")
+        slow = ", ".join(m for m in args.models if m in QUADRATIC)
+        print(
+            f"Training: forward + backward + AdamW, best of {args.steps} steps"
+            + (f" (1 for {slow})" if slow else "")
+            + "\n"
+        )
         print(
             "| model | params | context | tokens/s (train) | step s | peak extra MB "
             "| mamba is faster by | mamba uses less memory by |"
@@ -415,23 +476,27 @@ def main() -> None:
                     continue
                 if "skipped" in r:
                     skipped.append(f"{model}, training at L={length}: {r['skipped']}")
+                if "step_s" not in r:
                     print(f"| {model} | {params[model]:,} | {length} | skipped | | | | |", flush=True)
                     continue
-                base = rows.get("mamba")
-                ok = base is not None and "step_s" in base and model != "mamba"
+                base = rows.get("mamba") or {}
+                ours = model != "mamba"
+                speed = ratio(r["step_s"], base["step_s"]) if ours and "step_s" in base else ""
+                mem = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "skipped"
+                mem_ratio = (
+                    ratio(r["peak_mb"], max(base["peak_mb"], 1e-9))
+                    if ours and "peak_mb" in r and "peak_mb" in base
+                    else ""
+                )
                 print(
                     f"| {model} | {params[model]:,} | {length} | {args.batch * length / r['step_s']:,.0f} "
-                    f"| {r['step_s']:.3f} | {r['peak_mb']:.0f} "
-                    f"| {ratio(r['step_s'], base['step_s']) if ok else ''} "
-                    f"| {ratio(r['peak_mb'], max(base['peak_mb'], 1e-9)) if ok else ''} |",
+                    f"| {r['step_s']:.3f} | {mem} | {speed} | {mem_ratio} |",
                     flush=True,
                 )
         print()
 
     if not args.no_generate:
-        print(
-            f"Generation: greedy, batch 1, a {len(PROMPT)}-byte prompt, {args.gen_tokens} new tokens\n"
-        )
+        print(f"Generation: greedy, batch 1, a {len(PROMPT)}-byte prompt, {args.gen_tokens} new tokens\n")
         print("| model | params | new tokens | tokens/s (generate) | s | mamba is faster by |")
         print("|---|---|---|---|---|---|")
         base = None
