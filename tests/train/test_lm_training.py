@@ -53,6 +53,7 @@ def test_lm_learns_and_reports_bits_per_byte(wikitext_dir, tmp_path, name):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     result = evaluate_run(tmp_path / name, "test")
     assert result["bits_per_byte"] == pytest.approx(result["loss"] / math.log(2))
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert result["bits_per_byte"] < 8 * 0.7  # far below uniform over bytes
     assert result["n"] >= 600 - 4
 

@@ -126,7 +126,7 @@ def _tokens(batch: dict) -> int:
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int, device="cpu") -> dict:
-    """Next-byte loss, bits per byte and accuracy over a whole byte stream ``(T,)`` uint8.
+    """Next-byte loss, bits per byte, perplexity and accuracy over a byte stream ``(T,)`` uint8.
 
     The stream is cut into ``batch_size`` contiguous rows scored in parallel, window by window,
     with the recurrent state carried from each window to the next (through ``forward(state=)``
@@ -158,7 +158,15 @@ def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size
         correct += int((logits.argmax(-1) == yi).sum())
     model.train()
     n = rows * per
-    return {"loss": nll / n, "bits_per_byte": nll / n / math.log(2), "accuracy": correct / n, "n": n}
+    loss = nll / n
+    # ids are bytes here, so a token is a byte: perplexity per token = exp(loss)
+    return {
+        "loss": loss,
+        "bits_per_byte": loss / math.log(2),
+        "perplexity": math.exp(loss),
+        "accuracy": correct / n,
+        "n": n,
+    }
 
 
 @torch.no_grad()
