@@ -1,0 +1,1 @@
+"""Analysis: are selective intervals linear approximators of information? (issue 8; in progress)."""
