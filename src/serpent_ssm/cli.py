@@ -6,6 +6,7 @@
     serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
     serpent eval RUN_DIR [--split test]    evaluate a run's best model
     serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
+    serpent analyze intervals RUN_DIR --input FILE   intervals vs surprisal (correlations, JSON)
     serpent report RUN_DIR...              one markdown table over finished runs
     serpent plot RUN_DIR                   loss and accuracy curves as PNG
     serpent data generate listops|pathfinder ...   write a generated task in the official layout
@@ -215,6 +216,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_intervals(args: argparse.Namespace) -> int:
+    from serpent_ssm.analysis.report import analyze_run
+
+    text = Path(args.input).read_bytes()
+    train = Path(args.ngram_train).read_bytes() if args.ngram_train else text
+    path = analyze_run(args.run_dir, text, train, args.out, order=args.order, n_resamples=args.resamples)
+    result = json.loads(path.read_text())
+    for name, entry in result["intervals"].items():
+        for sig in [k for k in entry if k.endswith("surprisal")]:
+            r = entry[sig]
+            print(
+                f"{name:<16} vs {sig:<18} pearson {r['pearson']:+.3f} "
+                f"[{r['pearson_ci'][0]:+.3f}, {r['pearson_ci'][1]:+.3f}]  spearman {r['spearman']:+.3f}  "
+                f"R² {r['r2']:.3f}  (shuffled: spearman {entry[sig + '_shuffled']['spearman']:+.3f})"
+            )
+    print(path)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from serpent_ssm.train.report import report_table
 
@@ -257,6 +277,17 @@ def _add_run_parsers(sub) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--which", default="best", choices=["best", "final"])
     gen.set_defaults(func=cmd_generate)
+    analyze = sub.add_parser("analyze", help="analysis of trained models").add_subparsers(
+        dest="analyze_command", required=True
+    )
+    ai = analyze.add_parser("intervals", help="correlate a language model's intervals with surprisal")
+    ai.add_argument("run_dir")
+    ai.add_argument("--input", required=True, help="a text file to analyse")
+    ai.add_argument("--ngram-train", default=None, help="text to fit the n-gram on (default: the input)")
+    ai.add_argument("--order", type=int, default=3)
+    ai.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    ai.add_argument("--out", default=None, help="folder for intervals_analysis.json (default: the run)")
+    ai.set_defaults(func=cmd_analyze_intervals)
     rep = sub.add_parser("report", help="markdown table over finished runs")
     rep.add_argument("run_dirs", nargs="+")
     rep.set_defaults(func=cmd_report)
