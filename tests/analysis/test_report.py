@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -34,6 +35,9 @@ def test_run_directory_and_errors(tmp_path):
     save_pretrained(lm, tmp_path / "run" / "best")
     path = analyze_run(tmp_path / "run", TEXT, TEXT, n_resamples=20)
     assert "layer0" in json.loads(path.read_text())["intervals"]
+    if importlib.util.find_spec("matplotlib"):
+        for name in ("intervals_scatter.png", "intervals_along_text.png"):
+            assert (tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match=r"^text: expected at least 4 bytes, got 2$"):
         analyze_intervals(lm, b"ab", TEXT)
     clf = build_model(ModelConfig(name="mamba", d_model=8, n_layers=1, vocab_size=10))
