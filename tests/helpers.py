@@ -18,24 +18,14 @@ def assert_close(
 
 
 def run_steps(model, x: torch.Tensor) -> torch.Tensor:
-    """Feed ``x (B, L, D)`` through ``model.step`` one element at a time; outputs ``(B, L, D)``."""
+    """Feed ``x (B, L, ...)`` (features, or token ids ``(B, L)`` for a language model) through
+    ``model.step`` one position at a time; outputs stacked on dim 1."""
     with torch.no_grad():
         state = model.allocate_state(x.shape[0])
         outs = []
         for t in range(x.shape[1]):
             y_t, state = model.step(x[:, t], state)
             outs.append(y_t)
-    return torch.stack(outs, 1)
-
-
-def run_lm_steps(lm, ids: torch.Tensor) -> torch.Tensor:
-    """Feed token ids ``(B, L)`` through ``lm.step`` one position at a time; logits ``(B, L, V)``."""
-    with torch.no_grad():
-        state = lm.allocate_state(ids.shape[0])
-        outs = []
-        for t in range(ids.shape[1]):
-            logits, state = lm.step(ids[:, t], state)
-            outs.append(logits)
     return torch.stack(outs, 1)
 
 

@@ -11,7 +11,7 @@ from serpent_ssm.models import MODEL_NAMES
 from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.train.loop import peak_memory_mb, reset_peak_memory
 
-from tests.helpers import run_lm_steps
+from tests.helpers import run_steps
 
 
 def _lm(name, vocab=50, d=16, layers=2, seed=0):
@@ -26,7 +26,7 @@ def test_step_equals_forward_and_head_is_tied(name):
     with torch.no_grad():
         full = lm(ids)
     assert full.shape == (2, 30, 50)
-    torch.testing.assert_close(run_lm_steps(lm, ids), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run_steps(lm, ids), full, rtol=1e-4, atol=1e-4)
     assert lm.head.weight is lm.embedding.weight
 
 

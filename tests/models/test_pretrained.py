@@ -11,7 +11,7 @@ from torch import nn
 
 from serpent_ssm.models.pretrained import from_mamba_checkpoint, serpent_from_mamba
 
-from tests.helpers import run_lm_steps
+from tests.helpers import run_steps
 
 transformers = pytest.importorskip("transformers")
 
@@ -311,7 +311,7 @@ def test_serpent_step_equals_forward(hf_dir):
     ids = _ids()[:, :12]
     full = _logits(model, ids)
     assert full.shape == (2, 12, VOCAB) and torch.isfinite(full).all()
-    torch.testing.assert_close(run_lm_steps(model, ids), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run_steps(model, ids), full, rtol=1e-5, atol=1e-5)
 
 
 def test_serpent_full_rate_fixed_is_the_mamba_lm(hf_dir):

@@ -85,3 +85,20 @@ def test_generate_command(wikitext_dir, tmp_path, capsys):
     assert out.startswith("the quick") and len(out.encode()) >= len("the quick") + 1
     assert main(["generate", str(tmp_path / "r"), "--prompt", ""]) == 2
     assert "--prompt: expected at least one character, got an empty prompt" in capsys.readouterr().err
+
+
+def test_training_validation_of_serpent_runs_windows_in_parallel(monkeypatch):
+    """exact=False never steps one position at a time; with one window per row it is exact."""
+    torch.manual_seed(0)
+    lm = CausalLM("serpent-mamba", 259, 16, 1)
+    stream = torch.frombuffer(bytearray(TEXT[:301]), dtype=torch.uint8)
+    exact = evaluate_lm(lm, stream, seq_len=1000, batch_size=2)
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("step() called")
+
+    monkeypatch.setattr(lm, "step", no_step)
+    fast = evaluate_lm(lm, stream, seq_len=1000, batch_size=2, exact=False)
+    assert fast["n"] == exact["n"] and fast["loss"] == pytest.approx(exact["loss"], rel=1e-5)
+    windows = evaluate_lm(lm, stream, seq_len=37, batch_size=2, exact=False)  # 37..73 bytes of context
+    assert windows["n"] == 300 and math.isfinite(windows["loss"])

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pad_collate", "pad_sequences"]
+__all__ = ["lm_collate", "pad_collate", "pad_sequences"]
 
 
 def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,3 +37,10 @@ def pad_collate(batch: Sequence[tuple]) -> dict[str, torch.Tensor]:
     else:
         out["inputs"], out["mask"] = pad_sequences(list(xs))
     return out
+
+
+def lm_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collate ``(inputs (L,), targets (L,))`` windows (``LMWindows``) into ``{"inputs",
+    "labels"}``, both ``(B, L)`` int64; windows have equal lengths, so no padding."""
+    inputs, targets = zip(*batch, strict=True)
+    return {"inputs": torch.stack(inputs), "labels": torch.stack(targets)}

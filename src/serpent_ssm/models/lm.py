@@ -175,9 +175,13 @@ class CausalLM(nn.Module):
         gen = torch.Generator(device=ids.device)
         if seed is not None:
             gen.manual_seed(seed)
-        state = self.allocate_state(ids.shape[0])
-        for t in range(ids.shape[1]):  # the prompt, through the same recurrence
-            logits, state = self.step(ids[:, t], state)
+        if self.carries_state_in_forward:  # the prompt in one parallel pass
+            logits, state = self(ids, return_state=True)
+            logits = logits[:, -1]
+        else:  # SeRpEnt: its forward takes no state, so the prompt goes through the recurrence
+            state = self.allocate_state(ids.shape[0])
+            for t in range(ids.shape[1]):
+                logits, state = self.step(ids[:, t], state)
         out = [ids]
         for _ in range(max_new_tokens):
             nxt = _choose(logits, temperature, top_k, top_p, gen)

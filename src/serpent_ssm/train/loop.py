@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from serpent_ssm.data.collate import pad_collate
+from serpent_ssm.data.collate import lm_collate, pad_collate
 from serpent_ssm.models.config import ModelConfig, build_model, count_parameters, save_pretrained
 from serpent_ssm.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from serpent_ssm.train.config import RunConfig
@@ -125,13 +125,18 @@ def _tokens(batch: dict) -> int:
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int, device="cpu") -> dict:
+def evaluate_lm(
+    model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int, device="cpu", exact: bool = True
+) -> dict:
     """Next-byte loss, bits per byte, perplexity and accuracy over a byte stream ``(T,)`` uint8.
 
-    The stream is cut into ``batch_size`` contiguous rows scored in parallel, window by window,
-    with the recurrent state carried from each window to the next (through ``forward(state=)``
-    for Mamba/S4D, through ``step()`` for SeRpEnt): every byte is predicted from all the bytes
-    before it in its row. At most ``batch_size - 1`` bytes at the end are not scored.
+    The stream is cut into ``batch_size`` contiguous rows scored in parallel, window by window.
+    Models whose ``forward`` carries the recurrent state (Mamba, S4D) carry it from each window
+    to the next: every byte is predicted from all the bytes before it in its row. Other models
+    (SeRpEnt) carry it through ``step()`` with ``exact=True`` (one position at a time: slow,
+    for final evaluations); with ``exact=False`` (the training loop's validation) each window
+    is run in parallel after the previous window as left context, so every byte sees at least
+    ``seq_len`` bytes before it. At most ``batch_size - 1`` bytes at the end are not scored.
     """
     model.eval()
     ids = stream.to(torch.int64) + 3  # BYTE_VOCAB ids
@@ -142,18 +147,17 @@ def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size
     x = ids[: rows * per].view(rows, per).to(device)
     y = ids[1 : rows * per + 1].view(rows, per).to(device)
     carry = getattr(model, "carries_state_in_forward", True)
-    state = None if carry else model.allocate_state(rows)
+    state = None if carry or not exact else model.allocate_state(rows)
     nll, correct = 0.0, 0
     for start in range(0, per, seq_len):
         xi, yi = x[:, start : start + seq_len], y[:, start : start + seq_len]
         if carry:
             logits, state = model(xi, state=state, return_state=True)
+        elif exact:
+            logits = torch.stack([_step(model, xi[:, t], state) for t in range(xi.shape[1])], 1)
         else:
-            outs = []
-            for t in range(xi.shape[1]):
-                out_t, state = model.step(xi[:, t], state)
-                outs.append(out_t)
-            logits = torch.stack(outs, 1)
+            lo = max(0, start - seq_len)
+            logits = model(x[:, lo : start + xi.shape[1]])[:, start - lo :]
         nll += float(F.cross_entropy(logits.flatten(0, 1).float(), yi.flatten(), reduction="sum"))
         correct += int((logits.argmax(-1) == yi).sum())
     model.train()
@@ -184,6 +188,12 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device="cpu") 
         total += len(batch["labels"])
     model.train()
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1), "n": total}
+
+
+def _step(model: nn.Module, ids_t: torch.Tensor, state: list) -> torch.Tensor:
+    """``model.step`` that updates ``state`` (a list) in place and returns the logits."""
+    logits, state[:] = model.step(ids_t, state)
+    return logits
 
 
 def reset_peak_memory(device) -> None:
@@ -289,7 +299,7 @@ def train(
 
     is_lm = task.head == "lm"
     metric = "bits_per_byte" if is_lm else "accuracy"  # lower is better for bits per byte
-    start_step, best_acc, elapsed_before = 0, (math.inf if is_lm else -1.0), 0.0
+    start_step, best_val, elapsed_before = 0, (math.inf if is_lm else -1.0), 0.0
     window = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, samples, tokens since the last log line
     ckpt_dir = out / "checkpoints"
     if resume:
@@ -301,7 +311,7 @@ def train(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step, best_acc = int(state["step"]), float(state["best_accuracy"])
+        start_step, best_val = int(state["step"]), float(state["best_val"])
         elapsed_before = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
         window = [float(x) for x in state["window"].tolist()]
@@ -341,16 +351,7 @@ def train(
     model.train()
     for step in range(start_step, cfg.train.max_steps):
         samples = [task.train[i] for i in next(indices)]
-        if is_lm:
-            batch = _to(
-                {
-                    "inputs": torch.stack([s[0] for s in samples]),
-                    "labels": torch.stack([s[1] for s in samples]),
-                },
-                device,
-            )
-        else:
-            batch = _to(pad_collate(samples), device)
+        batch = _to(lm_collate(samples) if is_lm else pad_collate(samples), device)
         for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
             g["lr"] = base * lr_factor(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -394,13 +395,15 @@ def train(
         if done % cfg.train.eval_every == 0 or done == cfg.train.max_steps:
             if main:
                 if is_lm:
-                    metrics = evaluate_lm(model, task.val, cfg.data.seq_len, cfg.data.eval_batch_size, device)
+                    metrics = evaluate_lm(
+                        model, task.val, cfg.data.seq_len, cfg.data.eval_batch_size, device, exact=False
+                    )
                 else:
                     metrics = evaluate(model, task.val, cfg.data.eval_batch_size, device)
                 log.write({"step": done, "split": "val", **metrics})
                 value = metrics[metric]
-                if (value < best_acc) if is_lm else (value > best_acc):
-                    best_acc = value
+                if (value < best_val) if is_lm else (value > best_val):
+                    best_val = value
                     save_pretrained(model, out / "best")
             if distributed:
                 dist.barrier()
@@ -413,7 +416,7 @@ def train(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "step": done,
-                        "best_accuracy": best_acc,
+                        "best_val": best_val,
                         "elapsed": elapsed_before + time.perf_counter() - t_start,
                         "rng": torch.get_rng_state(),
                         "config": _config_key(cfg),
@@ -438,7 +441,7 @@ def train(
         "parameters": n_params,
         "steps": cfg.train.max_steps,
         "metric": metric,
-        "best_val": best_acc,
+        "best_val": best_val,
         "tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
         "peak_memory_mb": peak_memory_mb(device),
         "wall_time_s": wall,
