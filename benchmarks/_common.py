@@ -25,3 +25,17 @@ def run_worker(script: str, args: list[str], what: str) -> dict | None:
         print(f"# {' '.join(args)} ({what}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_time_and_memory(script: str, args: list[str]) -> dict | None:
+    """Times in one fresh process, memory in another; stops after the first when it reports
+    ``"skipped"`` (too slow to measure). None if a process failed."""
+    result: dict = {}
+    for what in ("time", "memory"):
+        r = run_worker(script, args, what)
+        if r is None:
+            return None
+        result.update(r)
+        if "skipped" in r:
+            break
+    return result

@@ -67,7 +67,7 @@ import types
 
 from serpent_ssm.utils.memory import PeakRSS
 
-from _common import run_worker
+from _common import run_time_and_memory, run_worker
 
 MODELS = ("mamba", "serpent-mamba", "mambapy", "transformers", "transformers-pscan")
 DEFAULT_MODELS = ["mamba", "serpent-mamba", "mambapy", "transformers"]
@@ -339,15 +339,7 @@ def common_args(args) -> list[str]:
 def run_train(model: str, args, length: int) -> dict | None:
     """Times in one subprocess, memory in another (skipped when the first says it is too slow)."""
     worker_args = ["--worker", f"train:{model}", "--contexts", str(length), *common_args(args)]
-    result = {}
-    for what in ("time", "memory"):
-        r = run_worker(__file__, worker_args, what)
-        if r is None:
-            return None
-        result.update(r)
-        if "skipped" in r:
-            break
-    return result
+    return run_time_and_memory(__file__, worker_args)
 
 
 def match_width(args) -> int:

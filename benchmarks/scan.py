@@ -38,7 +38,7 @@ import time
 
 from serpent_ssm.utils.memory import PeakRSS
 
-from _common import run_worker
+from _common import run_time_and_memory, run_worker
 
 SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
 FLOPS_FWD, FLOPS_BWD = 7, 20  # per (b, d, t, n); see the module docstring
@@ -164,13 +164,7 @@ def run_one(impl, args, length) -> dict | None:
         "--threads",
         str(args.threads),
     ]
-    result = {}
-    for what in ("time", "memory"):
-        r = run_worker(__file__, worker_args, what)
-        if r is None:
-            return None
-        result.update(r)
-    return result
+    return run_time_and_memory(__file__, worker_args)
 
 
 def main() -> None:

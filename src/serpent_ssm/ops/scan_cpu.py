@@ -244,6 +244,14 @@ def _grad_buffer(kind: str, bt: int, groups: int, length: int, n: int, d: int, t
     return buf, (bt * groups * length * n if copies > 1 else 0, groups * length * n, length * n, n)
 
 
+def _run(fn, args: _ScanArgs, **tensors: torch.Tensor | None) -> None:
+    """Point ``args`` at ``tensors`` (None -> null) and call the kernel entry point ``fn``."""
+    for name, t in tensors.items():
+        setattr(args, name, _ptr(t))
+    if fn(ctypes.byref(args)) != 0:
+        raise RuntimeError("serpent_ssm: the CPU scan kernel rejected its arguments (a bug)")
+
+
 class _CpuScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, Bk, Ck, D, z, delta_bias, h0, lengths, softplus, b_layout, c_layout):
@@ -279,23 +287,10 @@ class _CpuScan(torch.autograd.Function):
             sc_b=c_layout[2][0],
             sc_g=c_layout[2][1],
             sc_l=c_layout[2][2],
-            u=_ptr(u),
-            delta=_ptr(delta),
-            A=_ptr(A),
-            B=_ptr(Bk),
-            C=_ptr(Ck),
-            D=_ptr(D),
-            z=_ptr(z),
-            bias=_ptr(delta_bias),
-            h0=_ptr(h0),
-            lengths=_ptr(lengths),
-            y=_ptr(y),
-            h_final=_ptr(h_final),
-            ckpt=_ptr(ckpt),
         )
-        fn = lib.ss_forward_f64 if cdt == torch.float64 else lib.ss_forward_f32
-        if fn(ctypes.byref(args)) != 0:
-            raise RuntimeError("serpent_ssm: the CPU scan kernel rejected its arguments (a bug)")
+        _run(lib.ss_forward_f64 if cdt == torch.float64 else lib.ss_forward_f32, args,
+             u=u, delta=delta, A=A, B=Bk, C=Ck, D=D, z=z, bias=delta_bias, h0=h0, lengths=lengths,
+             y=y, h_final=h_final, ckpt=ckpt)  # fmt: skip
         ctx.args = args
         ctx.layouts = (b_layout, c_layout)
         ctx.save_for_backward(u, delta, A, Bk, Ck, D, z, delta_bias, lengths, ckpt)
@@ -327,16 +322,10 @@ class _CpuScan(torch.autograd.Function):
         args.has_dhT = dhT is not None
         args.gb_t, args.gb_b, args.gb_g, args.gb_l = gb
         args.gc_t, args.gc_b, args.gc_g, args.gc_l = gc
-        for name, t in (
-            ("u", u), ("delta", delta), ("A", A), ("B", Bk), ("C", Ck), ("D", D), ("z", z),
-            ("bias", delta_bias), ("lengths", lengths), ("ckpt", ckpt), ("dy", dy), ("dhT", dhT),
-            ("du", du), ("ddelta", ddelta), ("dz", dz), ("dA_part", dA_part), ("dB", dB), ("dC", dC),
-            ("dD_part", dD_part), ("dbias_part", dbias_part), ("dh0", dh0),
-        ):  # fmt: skip
-            setattr(args, name, _ptr(t))
-        fn = lib.ss_backward_f64 if cdt == torch.float64 else lib.ss_backward_f32
-        if fn(ctypes.byref(args)) != 0:
-            raise RuntimeError("serpent_ssm: the CPU scan kernel rejected its arguments (a bug)")
+        _run(lib.ss_backward_f64 if cdt == torch.float64 else lib.ss_backward_f32, args,
+             u=u, delta=delta, A=A, B=Bk, C=Ck, D=D, z=z, bias=delta_bias, lengths=lengths, ckpt=ckpt,
+             dy=dy, dhT=dhT, du=du, ddelta=ddelta, dz=dz, dA_part=dA_part, dB=dB, dC=dC,
+             dD_part=dD_part, dbias_part=dbias_part, dh0=dh0)  # fmt: skip
         grads = (
             du,
             ddelta,
