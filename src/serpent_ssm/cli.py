@@ -6,7 +6,8 @@
     serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
     serpent eval RUN_DIR [--split test]    evaluate a run's best model
     serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
-    serpent analyze intervals RUN_DIR --input FILE   intervals vs surprisal (correlations, JSON)
+    serpent analyze intervals RUN_DIR [--input FILE]    intervals vs information (correlations, JSON, PNG)
+    serpent analyze resampling RUN_DIR [--input FILE]   what SeRpEnt's resampler selects (PNG)
     serpent report RUN_DIR...              one markdown table over finished runs
     serpent plot RUN_DIR                   loss and accuracy curves as PNG
     serpent data generate listops|pathfinder ...   write a generated task in the official layout
@@ -219,19 +220,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_analyze_intervals(args: argparse.Namespace) -> int:
     from serpent_ssm.analysis.report import analyze_run
 
-    text = Path(args.input).read_bytes()
-    train = Path(args.ngram_train).read_bytes() if args.ngram_train else text
-    path = analyze_run(args.run_dir, text, train, args.out, order=args.order, n_resamples=args.resamples)
+    text = Path(args.input).read_bytes() if args.input else None
+    train = Path(args.ngram_train).read_bytes() if args.ngram_train else None
+    path = analyze_run(
+        args.run_dir,
+        text,
+        train,
+        args.out,
+        split=args.split,
+        n_samples=args.samples,
+        max_bytes=args.max_bytes,
+        order=args.order,
+        n_resamples=args.resamples,
+        reference=args.reference,
+    )
     result = json.loads(path.read_text())
+    print(f"{result['n_positions']} positions of {result['n_samples']} sample(s)")
     for name, entry in result["intervals"].items():
-        for sig in [k for k in entry if k.endswith("surprisal")]:
-            r = entry[sig]
+        for sig in result["signals"]:
+            r, sh = entry[sig], entry[sig + "_shuffled_text"]
             print(
                 f"{name:<16} vs {sig:<18} pearson {r['pearson']:+.3f} "
                 f"[{r['pearson_ci'][0]:+.3f}, {r['pearson_ci'][1]:+.3f}]  spearman {r['spearman']:+.3f}  "
-                f"R² {r['r2']:.3f}  (shuffled: spearman {entry[sig + '_shuffled']['spearman']:+.3f})"
+                f"R² {r['r2']:.3f}  (shuffled text: spearman {sh['spearman']:+.3f})"
             )
     print(path)
+    return 0
+
+
+def cmd_analyze_resampling(args: argparse.Namespace) -> int:
+    from serpent_ssm.analysis.resampling import analyze_resampling_run
+
+    text = Path(args.input).read_bytes() if args.input else None
+    for path in analyze_resampling_run(args.run_dir, text, args.split, args.index, args.layer, args.out):
+        print(path)
     return 0
 
 
@@ -280,14 +302,31 @@ def _add_run_parsers(sub) -> None:
     analyze = sub.add_parser("analyze", help="analysis of trained models").add_subparsers(
         dest="analyze_command", required=True
     )
-    ai = analyze.add_parser("intervals", help="correlate a language model's intervals with surprisal")
+    ai = analyze.add_parser("intervals", help="correlate a model's intervals with information (surprisal)")
     ai.add_argument("run_dir")
-    ai.add_argument("--input", required=True, help="a text file to analyse")
-    ai.add_argument("--ngram-train", default=None, help="text to fit the n-gram on (default: the input)")
-    ai.add_argument("--order", type=int, default=3)
+    ai.add_argument("--input", default=None, help="a text file to analyse (default: the run's --split)")
+    ai.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ai.add_argument("--samples", type=int, default=16, help="classifier runs: samples of the split")
+    ai.add_argument("--max-bytes", type=int, default=4096, help="LM runs: bytes of the split")
+    ai.add_argument("--ngram-train", default=None, help="n-gram training text (default: train split)")
+    ai.add_argument("--order", type=int, default=3, help="n-gram order")
+    ai.add_argument(
+        "--reference",
+        default="auto",
+        choices=("auto", "smollm2", "none"),
+        help="SmolLM2 surprisal: auto uses it when installed and fetched",
+    )
     ai.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     ai.add_argument("--out", default=None, help="folder for intervals_analysis.json (default: the run)")
     ai.set_defaults(func=cmd_analyze_intervals)
+    ar = analyze.add_parser("resampling", help="draw what a SeRpEnt model's resampler selects on a sample")
+    ar.add_argument("run_dir")
+    ar.add_argument("--input", default=None, help="a text file (default: sample --index of --split)")
+    ar.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ar.add_argument("--index", type=int, default=0, help="which sample (LM runs: which 480-byte chunk)")
+    ar.add_argument("--layer", type=int, default=None, help="SeRpEnt layer (default: the first)")
+    ar.add_argument("--out", default=None, help="folder for resampling.json and the PNGs (default: the run)")
+    ar.set_defaults(func=cmd_analyze_resampling)
     rep = sub.add_parser("report", help="markdown table over finished runs")
     rep.add_argument("run_dirs", nargs="+")
     rep.set_defaults(func=cmd_report)
@@ -393,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         return args.func(args)
-    except (ValueError, ModuleNotFoundError) as exc:  # bad arguments or data: one line, no traceback
+    except (ValueError, ModuleNotFoundError, FileNotFoundError) as exc:  # bad arguments or data: one line
         print(f"serpent: error: {exc}", file=sys.stderr)
         return 2
 

@@ -41,3 +41,12 @@ def test_uncovered_bytes_are_nan_and_bad_offsets_fail():
         spread_token_surprisal("abc", [(0, 1)], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"^fit: expected the model to be fitted first"):
         ByteNgram().surprisal(b"x")
+
+
+def test_overlapping_token_spans_add_up():
+    # a byte-level BPE cuts "🐍" (4 bytes) into two tokens that both report the whole character
+    text = "a🐍"
+    bits = spread_token_surprisal(text, [(0, 1), (1, 2), (1, 2)], [1.0, 8.0, 4.0])
+    assert bits.shape == (5,) and bits[0] == 1.0
+    np.testing.assert_allclose(bits[1:], 3.0)  # (8 + 4) / 4 bytes
+    assert bits.sum() == pytest.approx(13.0)  # nothing lost

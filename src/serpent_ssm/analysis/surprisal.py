@@ -71,8 +71,10 @@ def spread_token_surprisal(
 
     ``offsets[i] = (start, end)`` are character offsets of token ``i`` in ``text`` (what
     tokenizers return); ``token_surprisal[i]`` is its surprisal in bits. Returns ``(n_bytes,)``
-    bits per byte of ``text.encode("utf-8")``; bytes no token covers get NaN. The sum over a
-    token's bytes equals its surprisal.
+    bits per byte of ``text.encode("utf-8")``; bytes no token covers get NaN. Tokens whose spans
+    overlap (a byte-level tokenizer may cut one multi-byte character into several tokens, each
+    reporting the whole character) add up on the shared bytes, so the sum over all bytes equals
+    the sum over all tokens.
     """
     token_surprisal = np.asarray(token_surprisal, dtype=np.float64)
     if len(offsets) != len(token_surprisal):
@@ -89,5 +91,5 @@ def spread_token_surprisal(
             raise ValueError(f"offsets[{i}]: expected 0 <= start <= end <= {len(text)}, got ({start}, {end})")
         lo, hi = int(boundary[start]), int(boundary[end])
         if hi > lo:
-            out[lo:hi] = token_surprisal[i] / (hi - lo)
+            out[lo:hi] = np.nan_to_num(out[lo:hi]) + token_surprisal[i] / (hi - lo)
     return out
