@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce every training run behind results/README.md, one at a time, on the CPU.
 #   bash results/run.sh main 0        # the 16 main-table runs of seed 0 (task x model)
-#   bash results/run.sh ablations     # the SeRpEnt ablations (seed 0)
+#   bash results/run.sh ablations english   # the SeRpEnt ablations on a task (seed 0)
+#   bash results/run.sh scale         # step time/memory at 1K/4K/16K + one Path-X-size (16K) run
 # Each run trains into runs/results/<task>/<name>-seed<seed>, is scored on the test split, and its
 # config, JSONL log, summary and test score are copied to results/runs/<task>/<name>-seed<seed>/
 # (checkpoints stay in runs/, which git ignores). A run whose copy exists is skipped.
@@ -14,7 +15,7 @@ declare -A STEPS=([listops]=200 [pathfinder]=100 [fashion-mnist]=150 [english]=3
 
 run() {  # run TASK MODEL NAME SEED [--set key=value ...]
   local task=$1 model=$2 name=$3 seed=$4; shift 4
-  local steps=${STEPS[$task]} out=runs/results/$task/$name-seed$seed keep=results/runs/$task/$name-seed$seed
+  local steps=${RUN_STEPS:-${STEPS[$task]}} out=runs/results/$task/$name-seed$seed keep=results/runs/$task/$name-seed$seed
   [[ -f $keep/summary.json ]] && { echo "skip $keep"; return; }
   rm -rf "$out" && mkdir -p "$(dirname "$out")"
   echo "$(date +%T) train $task $name seed $seed"
@@ -32,28 +33,32 @@ main_table() {
   done
 }
 
-ablations() {
-  for task in listops english; do
-    local m=(serpent-mamba)
-    run $task "${m[@]}" abl-linear-k3 0 --set model.serpent.aggregate=linear
-    run $task "${m[@]}" abl-kernel-k3 0 --set model.serpent.aggregate=kernel
-    run $task "${m[@]}" abl-linear-k1 0 --set model.serpent.aggregate=linear --set model.serpent.window=1
-    run $task "${m[@]}" abl-linear-k5 0 --set model.serpent.aggregate=linear --set model.serpent.window=5
-    run $task "${m[@]}" abl-rates-0.5 0 --set "model.serpent.rates=[0.5]"
-    run $task "${m[@]}" abl-rates-1-0.5-0.25 0 --set "model.serpent.rates=[1.0, 0.5, 0.25]"
-    run $task "${m[@]}" abl-bounds-paper 0 --set model.serpent.interval_bounds=paper
-    run $task "${m[@]}" abl-full-branch 0 --set model.serpent.include_full_branch=true
-    if [[ $task == listops ]]; then  # restore: hold/scatter against the non-causal default interp
-      run $task "${m[@]}" abl-restore-hold 0 --set model.serpent.restore=hold
-      run $task "${m[@]}" abl-restore-scatter 0 --set model.serpent.restore=scatter
-    else  # causal: hold is the default, interp reads the future; scatter
-      run $task "${m[@]}" abl-restore-scatter 0 --set model.serpent.restore=scatter
-    fi
-  done
+ablations() {  # ablations TASK: one run per variant of serpent-mamba, seed 0
+  local task=$1 m=serpent-mamba
+  run "$task" $m abl-linear-k3 0 --set model.serpent.aggregate=linear
+  run "$task" $m abl-kernel-k3 0 --set model.serpent.aggregate=kernel
+  run "$task" $m abl-linear-k1 0 --set model.serpent.aggregate=linear --set model.serpent.window=1
+  run "$task" $m abl-linear-k5 0 --set model.serpent.aggregate=linear --set model.serpent.window=5
+  run "$task" $m abl-rates-0.5 0 --set "model.serpent.rates=[0.5]"
+  run "$task" $m abl-rates-1-0.5-0.25 0 --set "model.serpent.rates=[1.0, 0.5, 0.25]"
+  run "$task" $m abl-bounds-paper 0 --set model.serpent.interval_bounds=paper
+  run "$task" $m abl-full-branch 0 --set model.serpent.include_full_branch=true
+  if [[ $task == listops ]]; then  # restore: hold/scatter against the non-causal default interp
+    run "$task" $m abl-restore-hold 0 --set model.serpent.restore=hold
+  fi  # causal (english): hold is the default and interp would read the future
+  run "$task" $m abl-restore-scatter 0 --set model.serpent.restore=scatter
+}
+
+scale() {
+  [[ -f results/scale_benchmark.md ]] || .venv/bin/python benchmarks/scale.py > results/scale_benchmark.md
+  RUN_STEPS=150 run pathfinder serpent-mamba pathx128-serpent-mamba 0 --set data.size=128 \
+    --set data.batch_size=4 --set data.eval_batch_size=8 \
+    --set "data.generate={n_train: 2000, n_val: 200, n_test: 200}"
 }
 
 case ${1:-} in
   main) main_table "${2:?seed}" ;;
-  ablations) ablations ;;
-  *) echo "usage: $0 main SEED | ablations" >&2; exit 2 ;;
+  ablations) ablations "${2:?task}" ;;
+  scale) scale ;;
+  *) echo "usage: $0 main SEED | ablations TASK | scale" >&2; exit 2 ;;
 esac

@@ -39,8 +39,7 @@ def rankdata(a) -> np.ndarray:
     # boundaries of runs of equal values
     starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
     ends = np.r_[starts[1:], a.size]
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of the 1-based ranks s+1 .. e
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # mean of ranks s+1 .. e
     return ranks
 
 

@@ -1,0 +1,120 @@
+"""Turn the runs copied under results/runs/ into the markdown tables of results/README.md.
+
+    python results/summarize.py            # prints the tables (main, ablations, scale run)
+
+Every run found is reported; the main table averages the seeds present (mean ± sample std).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+TASKS = {
+    "listops": ("ListOps (generated, 100–500 tokens)", "test accuracy", "accuracy", True),
+    "pathfinder": ("Pathfinder-32 (generated, hard)", "test accuracy", "accuracy", True),
+    "fashion-mnist": ("Sequential Fashion-MNIST (784 pixels)", "test accuracy", "accuracy", True),
+    "english": ("Byte-level LM, offline English corpus", "test bits per byte", "bits_per_byte", False),
+}
+MODELS = ("mamba", "serpent-mamba", "s4d", "serpent-s4d")
+ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set flags)
+    "serpent-mamba": ("default: aggregate cell, rates (0.5, 0.3, 0.2), ours bounds, no full branch", ""),
+    "abl-linear-k3": ("aggregate linear (paper's figure), K = 3", "model.serpent.aggregate=linear"),
+    "abl-linear-k1": ("aggregate linear, K = 1", "model.serpent.aggregate=linear model.serpent.window=1"),
+    "abl-linear-k5": ("aggregate linear, K = 5", "model.serpent.aggregate=linear model.serpent.window=5"),
+    "abl-kernel-k3": ("aggregate kernel, K = 3", "model.serpent.aggregate=kernel"),
+    "abl-rates-0.5": ("rates (0.5,)", "model.serpent.rates=[0.5]"),
+    "abl-rates-1-0.5-0.25": ("rates (1.0, 0.5, 0.25)", "model.serpent.rates=[1.0, 0.5, 0.25]"),
+    "abl-restore-hold": ("restore hold", "model.serpent.restore=hold"),
+    "abl-restore-scatter": ("restore scatter", "model.serpent.restore=scatter"),
+    "abl-bounds-paper": ("interval bounds paper (Δ ∈ [κ, 1])", "model.serpent.interval_bounds=paper"),
+    "abl-full-branch": ("with the full (κ = 1) branch", "model.serpent.include_full_branch=true"),
+}
+
+
+def load(task: str, name: str, seed: int) -> dict | None:
+    folder = RUNS / task / f"{name}-seed{seed}"
+    if not (folder / "summary.json").is_file():
+        return None
+    summary = json.loads((folder / "summary.json").read_text())
+    test = json.loads((folder / "eval_test.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    return {"summary": summary, "test": test, "config": config}
+
+
+def fmt(values: list[float], pct: bool) -> str:
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    vals = [v * scale for v in values]
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f} (1 seed)"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def main_table(task: str) -> str:
+    title, metric_name, key, pct = TASKS[task]
+    lines = [
+        f"### {title}",
+        "",
+        f"| model | params | steps | {metric_name} | best val | per seed (test) | wall s | tokens/s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        runs = [r for r in (load(task, name, s) for s in range(3)) if r is not None]
+        if not runs:
+            lines.append(f"| {name} | not run | | | | | | | |")
+            continue
+        s0 = runs[0]["summary"]
+        tests = [r["test"][key] for r in runs]
+        vals = [r["summary"]["best_val"] for r in runs]
+        per_seed = ", ".join(f"{v * (100 if pct else 1):.{1 if pct else 3}f}" for v in tests)
+        wall = statistics.mean(r["summary"]["wall_time_s"] for r in runs)
+        tok = statistics.mean(r["summary"]["tokens_per_s"] for r in runs)
+        mem = max(r["summary"]["peak_memory_mb"] for r in runs)
+        lines.append(
+            f"| {name} | {s0['parameters']:,} | {s0['steps']} | {fmt(tests, pct)} | {fmt(vals, pct)} | "
+            f"{per_seed} | {wall:.0f} | {tok:,.0f} | {mem:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_table(task: str) -> str:
+    title, metric_name, key, pct = TASKS[task]
+    lines = [
+        f"### {title}: serpent-mamba ablations (seed 0, one run each)",
+        "",
+        f"| variant | differs from the default | params | {metric_name} | best val | wall s | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, (what, _) in ABLATIONS.items():
+        r = load(task, name, 0)
+        if r is None:
+            continue
+        s, t = r["summary"], r["test"]
+        scale, digits = (100.0, 1) if pct else (1.0, 3)
+        lines.append(
+            f"| {name} | {what} | {s['parameters']:,} | {t[key] * scale:.{digits}f} | "
+            f"{s['best_val'] * scale:.{digits}f} | {s['wall_time_s']:.0f} | {s['tokens_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for task in TASKS:
+        print(main_table(task), end="\n\n")
+    for task in ("listops", "english"):
+        print(ablation_table(task), end="\n\n")
+    r = load("pathfinder", "pathx128-serpent-mamba", 0)
+    if r is not None:
+        s = r["summary"]
+        print(
+            f"Path-X-size run (16,384 pixels): serpent-mamba {s['parameters']:,} parameters, {s['steps']} steps, "
+            f"best val accuracy {100 * s['best_val']:.1f} %, test {100 * r['test']['accuracy']:.1f} %, "
+            f"{s['wall_time_s']:.0f} s, {s['tokens_per_s']:,.0f} tokens/s, peak {s['peak_memory_mb']:,.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
