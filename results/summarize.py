@@ -1,6 +1,7 @@
 """Turn the runs copied under results/runs/ into the markdown tables of results/README.md.
 
     python results/summarize.py            # prints the tables (main, ablations, scale run)
+    python results/summarize.py --write    # puts them into results/README.md between the markers
 
 Every run found is reported; the main table averages the seeds present (mean ± sample std).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +60,8 @@ def main_table(task: str) -> str:
     lines = [
         f"### {title}",
         "",
-        f"| model | params | steps | {metric_name} | best val | per seed (test) | wall s | tokens/s | peak MB |",
+        f"| model | params | steps | {metric_name} | best val | per seed (test) | wall s | tokens/s "
+        "| peak MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
@@ -101,19 +104,32 @@ def ablation_table(task: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    for task in TASKS:
-        print(main_table(task), end="\n\n")
-    for task in ("listops", "english"):
-        print(ablation_table(task), end="\n\n")
+def tables() -> str:
+    parts = [main_table(task) for task in TASKS]
+    parts += [ablation_table(task) for task in ("listops", "english")]
     r = load("pathfinder", "pathx128-serpent-mamba", 0)
     if r is not None:
-        s = r["summary"]
-        print(
-            f"Path-X-size run (16,384 pixels): serpent-mamba {s['parameters']:,} parameters, {s['steps']} steps, "
-            f"best val accuracy {100 * s['best_val']:.1f} %, test {100 * r['test']['accuracy']:.1f} %, "
-            f"{s['wall_time_s']:.0f} s, {s['tokens_per_s']:,.0f} tokens/s, peak {s['peak_memory_mb']:,.0f} MB"
+        s, acc = r["summary"], r["test"]["accuracy"]
+        parts.append(
+            f"Path-X-size run (16,384 pixels): serpent-mamba, {s['parameters']:,} parameters, "
+            f"{s['steps']} steps, best val accuracy {100 * s['best_val']:.1f} %, test {100 * acc:.1f} %, "
+            f"{s['wall_time_s']:.0f} s, {s['tokens_per_s']:,.0f} tokens/s, "
+            f"peak {s['peak_memory_mb']:,.0f} MB."
         )
+    return "\n\n".join(parts) + "\n"
+
+
+def main() -> None:
+    text = tables()
+    if "--write" not in sys.argv[1:]:
+        print(text)
+        return
+    readme = HERE / "README.md"
+    start, end = "<!-- tables: python results/summarize.py --write -->", "<!-- end of tables -->"
+    body = readme.read_text()
+    head, rest = body.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n\n{text}\n{end}{tail}")
 
 
 if __name__ == "__main__":
