@@ -64,3 +64,21 @@ def test_bad_input():
         ValueError, match=r"^x: expected at least two distinct values for a line, got a constant$"
     ):
         linear_fit([1, 1, 1], [1, 2, 3])
+
+
+# integers in a small range: many ties, the case where rank averaging matters
+@given(
+    arrays(np.float64, st.integers(3, 60), elements=st.integers(-5, 5).map(float)),
+    arrays(np.float64, 60, elements=st.integers(-5, 5).map(float)),
+)
+def test_ranks_and_correlations_match_scipy(x, y_full):
+    stats = pytest.importorskip("scipy.stats")
+    y = y_full[: x.size]
+    np.testing.assert_array_equal(rankdata(x), stats.rankdata(x))
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return  # undefined for a constant input (both return nan)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    fit = stats.linregress(x, y)
+    slope, intercept, r2 = linear_fit(x, y)
+    assert (slope, intercept, r2) == pytest.approx((fit.slope, fit.intercept, fit.rvalue**2), abs=1e-12)
