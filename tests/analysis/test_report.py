@@ -202,3 +202,28 @@ def test_image_heat_map(tmp_path):
     paths = plot_resampling(view, sample, tmp_path)
     assert [p.name for p in paths] == ["resampling_curves.png", "resampling_image.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_lm_run_on_its_own_splits(tmp_path, monkeypatch):
+    """Without --input an LM run reads its validation stream and fits the n-gram on its training
+    stream (LMWindows, or a Subset of it under data.limit_train)."""
+    import types
+
+    import serpent_ssm.analysis.report as report
+    from serpent_ssm.analysis.resampling import analyze_resampling_run
+    from serpent_ssm.data.corpus import LMWindows
+
+    train = torch.frombuffer(bytearray(TEXT * 4), dtype=torch.uint8)
+    val = torch.frombuffer(bytearray(TEXT[::-1]), dtype=torch.uint8)
+    task = types.SimpleNamespace(train=LMWindows(train, 32), val=val, test=val)
+    assert report.lm_split_bytes(task, "train", 5, 9) == (TEXT * 4)[5:9]
+    assert report.lm_split_bytes(task, "val", 0, 3) == TEXT[::-1][:3]
+    subset = types.SimpleNamespace(train=torch.utils.data.Subset(task.train, [0]), val=val)
+    assert report.lm_split_bytes(subset, "train", 0, 4) == TEXT[:4]
+    monkeypatch.setattr(report, "_run_data", lambda run: (task, None))
+    save_pretrained(_lm("serpent-mamba", 8), tmp_path / "run" / "best")
+    path = analyze_run(tmp_path / "run", max_bytes=100, n_resamples=10)
+    assert json.loads(path.read_text())["n_positions"] == 99
+    paths = analyze_resampling_run(tmp_path / "run", split="train", index=1)
+    view = json.loads(paths[0].read_text())
+    assert view["n"] == 480 and paths[0].name == "resampling.json"

@@ -265,13 +265,12 @@ def analyze_run(
     if text is not None:
         samples = samples_from_text(text)
     elif head == "lm":
-        stream = getattr(task, split)
-        samples = samples_from_text(bytes(np.asarray(stream[:max_bytes], dtype=np.uint8).tobytes()))
+        samples = samples_from_text(lm_split_bytes(task, split, 0, max_bytes))
     else:
         samples = samples_from_dataset(getattr(task, split), n_samples, vocab)
     if ngram_train is None:
         if head == "lm":
-            ngram_train = _lm_train_bytes(task.train, ngram_bytes)
+            ngram_train = lm_split_bytes(task, "train", 0, ngram_bytes)
         else:
             ngram_train = _classifier_train_symbols(task.train, vocab, ngram_bytes)
     if all(s.text is not None for s in samples):  # the reference LM reads text only
@@ -293,12 +292,15 @@ def analyze_run(
     return path
 
 
-def _lm_train_bytes(windows, limit: int) -> bytes:
-    """The training stream behind ``LMWindows`` (its first ``limit`` bytes)."""
-    stream = getattr(windows, "data", None)
-    if stream is None:  # a Subset (data.limit_train) of LMWindows
-        stream = windows.dataset.data
-    return bytes(np.asarray(stream[:limit], dtype=np.uint8).tobytes())
+def lm_split_bytes(task, split: str, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of a language-modelling task's split (``val``/``test`` are byte
+    streams; ``train`` is ``LMWindows``, possibly inside a ``Subset``, over one)."""
+    stream = getattr(task, split)
+    if split == "train":
+        stream = getattr(stream, "data", None)
+        if stream is None:  # a Subset (data.limit_train) of LMWindows
+            stream = task.train.dataset.data
+    return bytes(np.asarray(stream[start:stop], dtype=np.uint8).tobytes())
 
 
 def _classifier_train_symbols(dataset, vocab, limit: int) -> bytes:

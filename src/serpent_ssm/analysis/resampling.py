@@ -176,7 +176,7 @@ def analyze_resampling_run(
     """The resampling view of a SeRpEnt run's best model on ``text`` or on sample ``index`` of the
     run's ``split`` (an LM: ``max_bytes`` bytes from byte ``index * max_bytes``). Writes
     ``resampling.json`` and the PNGs into ``out`` (default: the run directory)."""
-    from serpent_ssm.analysis.report import _run_data
+    from serpent_ssm.analysis.report import _run_data, lm_split_bytes
     from serpent_ssm.models.config import from_pretrained
 
     run = Path(run_dir)
@@ -188,8 +188,8 @@ def analyze_resampling_run(
         task, vocab = _run_data(run)
         data = getattr(task, split)
         if model.config.head == "lm":
-            chunk = np.asarray(data[index * max_bytes : (index + 1) * max_bytes], dtype=np.uint8)
-            sample = samples_from_text(chunk.tobytes())[0]
+            chunk = lm_split_bytes(task, split, index * max_bytes, (index + 1) * max_bytes)
+            sample = samples_from_text(chunk)[0]
         else:
             if not 0 <= index < len(data):
                 raise ValueError(f"--index: expected 0 <= index < {len(data)} ({split} samples), got {index}")
