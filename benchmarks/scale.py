@@ -79,7 +79,7 @@ def main() -> None:
         f"# one training step (fwd + loss + bwd + AdamW) of configs/pathfinder/<model>.yaml, batch "
         f"{args.batch}, {args.threads} threads, torch {torch.__version__}, best of {args.repeats}\n"
     )
-    print("| model | params | L | step s | ms per 1K pixels (vs 1K) | peak extra MB | MB per 1K pixels (vs 1K) |")
+    print("| model | params | L | step s | ms per 1K pixels (vs 1K) | peak extra MB | MB per 1K (vs 1K) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         first = None
@@ -92,9 +92,10 @@ def main() -> None:
                 continue
             per_k = (1000 * t["s"] / (length / 1024), m["peak_mb"] / (length / 1024))
             first = first or per_k
+            ratios = (per_k[0] / first[0], per_k[1] / first[1])
             print(
-                f"| {name} | {m['params']:,} | {length} | {t['s']:.3f} | {per_k[0]:.1f} "
-                f"({per_k[0] / first[0]:.2f}) | {m['peak_mb']:.0f} | {per_k[1]:.1f} ({per_k[1] / first[1]:.2f}) |",
+                f"| {name} | {m['params']:,} | {length} | {t['s']:.3f} | {per_k[0]:.1f} ({ratios[0]:.2f}) "
+                f"| {m['peak_mb']:.0f} | {per_k[1]:.1f} ({ratios[1]:.2f}) |",
                 flush=True,
             )
 
