@@ -2,6 +2,8 @@
 # Reproduce every training run behind results/README.md, one at a time, on the CPU.
 #   bash results/run.sh main 0        # the 16 main-table runs of seed 0 (task x model)
 #   bash results/run.sh ablations english   # the SeRpEnt ablations on a task (seed 0)
+#   bash results/run.sh ablations fashion-mnist abl-linear-k1 abl-full-branch   # only these variants
+#   bash results/run.sh one english serpent-mamba abl-gate 0 --set model.serpent.gate=true   # any one run
 #   bash results/run.sh scale         # step time/memory at 1K/4K/16K + one Path-X-size (16K) run
 # Each run trains into runs/results/<task>/<name>-seed<seed>, is scored on the test split, and its
 # config, JSONL log, summary and test score are copied to results/runs/<task>/<name>-seed<seed>/
@@ -33,20 +35,25 @@ main_table() {
   done
 }
 
-ablations() {  # ablations TASK: one run per variant of serpent-mamba, seed 0
-  local task=$1 m=serpent-mamba
-  run "$task" $m abl-linear-k3 0 --set model.serpent.aggregate=linear
-  run "$task" $m abl-kernel-k3 0 --set model.serpent.aggregate=kernel
-  run "$task" $m abl-linear-k1 0 --set model.serpent.aggregate=linear --set model.serpent.window=1
-  run "$task" $m abl-linear-k5 0 --set model.serpent.aggregate=linear --set model.serpent.window=5
-  run "$task" $m abl-rates-0.5 0 --set "model.serpent.rates=[0.5]"
-  run "$task" $m abl-rates-1-0.5-0.25 0 --set "model.serpent.rates=[1.0, 0.5, 0.25]"
-  run "$task" $m abl-bounds-paper 0 --set model.serpent.interval_bounds=paper
-  run "$task" $m abl-full-branch 0 --set model.serpent.include_full_branch=true
-  if [[ $task == listops ]]; then  # restore: hold/scatter against the non-causal default interp
-    run "$task" $m abl-restore-hold 0 --set model.serpent.restore=hold
+ablations() {  # ablations TASK [VARIANT ...]: one run per variant of serpent-mamba, seed 0 (all by default)
+  local task=$1; shift
+  local only=" $* "
+  abl() {  # abl NAME [--set ...]: run the variant unless a list of variants was given without it
+    local name=$1; shift
+    if [[ $only == "  " || $only == *" $name "* ]]; then run "$task" serpent-mamba "$name" 0 "$@"; fi
+  }
+  abl abl-linear-k3 --set model.serpent.aggregate=linear
+  abl abl-kernel-k3 --set model.serpent.aggregate=kernel
+  abl abl-linear-k1 --set model.serpent.aggregate=linear --set model.serpent.window=1
+  abl abl-linear-k5 --set model.serpent.aggregate=linear --set model.serpent.window=5
+  abl abl-rates-0.5 --set "model.serpent.rates=[0.5]"
+  abl abl-rates-1-0.5-0.25 --set "model.serpent.rates=[1.0, 0.5, 0.25]"
+  abl abl-bounds-paper --set model.serpent.interval_bounds=paper
+  abl abl-full-branch --set model.serpent.include_full_branch=true
+  if [[ $task != english ]]; then  # restore: hold/scatter against the non-causal default interp
+    abl abl-restore-hold --set model.serpent.restore=hold
   fi  # causal (english): hold is the default and interp would read the future
-  run "$task" $m abl-restore-scatter 0 --set model.serpent.restore=scatter
+  abl abl-restore-scatter --set model.serpent.restore=scatter
 }
 
 scale() {
@@ -58,7 +65,9 @@ scale() {
 
 case ${1:-} in
   main) main_table "${2:?seed}" ;;
-  ablations) ablations "${2:?task}" ;;
+  ablations) shift; ablations "${1:?task}" "${@:2}" ;;
   scale) scale ;;
-  *) echo "usage: $0 main SEED | ablations TASK | scale" >&2; exit 2 ;;
+  one) shift; run "$@" ;;
+  *) echo "usage: $0 main SEED | ablations TASK [VARIANT ...] | one TASK MODEL NAME SEED [--set k=v ...] | scale" >&2
+     exit 2 ;;
 esac

@@ -161,9 +161,10 @@ def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
     aggregate=st.sampled_from(["linear", "kernel", "cell"]),
     backbone=st.sampled_from(["mamba", "s4d"]),
     full=st.booleans(),
+    gate=st.booleans(),
     seed=st.integers(0, 999),
 )
-def test_step_equals_forward(length, batch, rates, window, restore, aggregate, backbone, full, seed):
+def test_step_equals_forward(length, batch, rates, window, restore, aggregate, backbone, full, gate, seed):
     model = make(
         seed,
         backbone,
@@ -173,6 +174,8 @@ def test_step_equals_forward(length, batch, rates, window, restore, aggregate, b
         restore=restore,
         aggregate=aggregate,
         include_full_branch=full,
+        gate=gate,
+        init="default",  # a gate that is not 1 everywhere
     )
     x = randn(batch, length, D, seed=seed)
     with torch.no_grad():
@@ -241,6 +244,32 @@ def test_full_branch_adds_a_plain_backbone():
     assert model.out_proj.in_features == 4 * D
     y = model(randn(2, 20, D))
     assert y.shape == (2, 20, D)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gate_starts_at_one_and_then_acts_per_position(causal):
+    x, mask = randn(2, 24, D), right_padding_mask([24, 15], 24)
+    plain, gated = make(3, causal=causal), make(3, causal=causal, gate=True)
+    assert gated.gate_proj is not None and plain.gate_proj is None
+    with torch.no_grad():  # identity init: the gate is exactly 1
+        assert_close(gated(x, mask=mask), plain(x, mask=mask), 0, 0, "output at init")
+        gated.gate_proj.weight.normal_()
+        y = gated(x, mask=mask)
+        # y_l = plain_l ⊙ 2σ(W_g x_l + b_g): the gate reads position l only
+        expected = plain(x, mask=mask) * 2 * torch.sigmoid(gated.gate_proj(x))
+    assert_close(y, expected * mask.unsqueeze(-1), 1e-6, 1e-6, "gated output")
+    assert not torch.allclose(y, plain(x, mask=mask))
+
+
+@given(length=st.integers(2, 40), cut=st.floats(0, 0.95), seed=st.integers(0, 999))
+def test_gated_causality(length, cut, seed):
+    model = make(seed, causal=True, gate=True, init="default", trim_buffer=False)
+    x = randn(2, length, D, seed=seed)
+    l = int(cut * (length - 1))
+    x2 = x.clone()
+    x2[:, l + 1 :] = randn(2, length - l - 1, D, seed=seed + 1) * 3
+    with torch.no_grad():
+        assert torch.equal(model(x)[:, : l + 1], model(x2)[:, : l + 1])
 
 
 # ----------------------------------------------------------------------------- edge cases
@@ -330,6 +359,7 @@ def test_config_errors():
         "rates: expected a non-empty sequence of rates in (0, 1], got ()", lambda: SeRpEntConfig(8, rates=())
     )
     _raises("window: expected an integer >= 1, got 0", lambda: SeRpEntConfig(8, window=0))
+    _raises("gate: expected True or False, got 1", lambda: SeRpEntConfig(8, gate=1))
     _raises("n_bases: expected an integer >= 1, got -2", lambda: SeRpEntConfig(8, n_bases=-2))
     _raises(
         "aggregate: expected one of 'linear', 'kernel', 'cell', got 'attention'",

@@ -18,7 +18,8 @@ Each branch ``r`` with compression rate ``κ_r``:
 6. the output is restored to length ``L`` (``"hold"``: causal default; ``"interp"``: linear in
    time, non-causal default; ``"scatter"``);
 
-and ``y = W_o · concat_r(ŷ^r)``. The surrounding residual block adds the skip connection.
+and ``y = W_o · concat_r(ŷ^r)``, optionally gated per position (``gate=True``:
+``y ⊙ 2σ(W_g x + b_g)``). The surrounding residual block adds the skip connection.
 """
 
 from __future__ import annotations
@@ -70,9 +71,14 @@ class SeRpEntConfig:
             ``"fixed"`` (``Δ ≡ κ``, no learned intervals; for ablations and the identity limit).
         share_intervals: one score network for all branches [ours] or one per branch.
         include_full_branch: add a ``κ = 1`` branch, the plain backbone on the full sequence.
+        gate: multiply the output by a per-position gate ``2σ(W_g x_l + b_g)`` [ours]: the only
+            path from an element to its own output in causal mode, where ``"hold"`` gives
+            position ``l`` the output of the latest grid point, computed before ``l`` unless
+            ``l`` crossed it (docs/design.md, "Ablations and defaults").
         bidirectional: wrap each backbone in ``Bidirectional``; None = ``not causal``.
         init: ``"identity"`` (the aggregation passes the selected element through and the
-            output averages the branches, so the mixer starts close to its backbone; SPEC §7)
+            output averages the branches and the gate starts at 1, so the mixer starts close to
+            its backbone; SPEC §7)
             or ``"default"`` (PyTorch's default initialisation everywhere).
         trim_buffer: cut each compressed buffer to the batch's largest count instead of its
             static bound (``ceil(2κL)`` in causal mode, twice the usual count): the backbones
@@ -92,6 +98,7 @@ class SeRpEntConfig:
     interval_bounds: str = "ours"
     share_intervals: bool = True
     include_full_branch: bool = False
+    gate: bool = False
     bidirectional: bool | None = None
     init: str = "identity"
     trim_buffer: bool = True
@@ -126,7 +133,7 @@ class SeRpEntConfig:
             raise ValueError(f"window: expected an integer >= 1, got {self.window!r}")
         if not is_int(self.n_bases) or self.n_bases < 1:
             raise ValueError(f"n_bases: expected an integer >= 1, got {self.n_bases!r}")
-        for flag in ("causal", "share_intervals", "include_full_branch", "trim_buffer"):
+        for flag in ("causal", "share_intervals", "include_full_branch", "gate", "trim_buffer"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag}: expected True or False, got {getattr(self, flag)!r}")
         if self.aggregate not in AGGREGATES:
@@ -265,6 +272,10 @@ class SeRpEnt(nn.Module):
             with torch.no_grad():
                 self.out_proj.weight.copy_(torch.eye(d).repeat(1, n_branches) / n_branches)
                 self.out_proj.bias.zero_()
+        self.gate_proj = nn.Linear(d, d) if cfg.gate else None
+        if self.gate_proj is not None and cfg.init == "identity":
+            nn.init.zeros_(self.gate_proj.weight)
+            nn.init.zeros_(self.gate_proj.bias)
         # RBF centres over the offsets δ = k - t_j a window can reach: the selected element lies
         # in (-Δmax, 0]; a neighbour r places before it up to r·Δmax above, one r places after
         # it (non-causal) down to -(r + 1)·Δmax.
@@ -301,7 +312,7 @@ class SeRpEnt(nn.Module):
         return (
             f"d_model={c.d_model}, rates={c.rates}, window={c.window}, n_bases={c.n_bases}, "
             f"causal={c.causal}, aggregate={c.aggregate!r}, restore={c.restore!r}, "
-            f"interval_bounds={c.interval_bounds!r}, full_branch={c.include_full_branch}"
+            f"interval_bounds={c.interval_bounds!r}, full_branch={c.include_full_branch}, gate={c.gate}"
         )
 
     # ------------------------------------------------------------------ intervals
@@ -317,6 +328,10 @@ class SeRpEnt(nn.Module):
         if bounds == "paper":
             return rate + (1.0 - rate) * torch.sigmoid(s)
         return torch.full_like(s, rate)
+
+    def _gated(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y ⊙ 2σ(W_g x + b_g)`` with ``gate=True``, else ``y``; shapes ``(..., D)``."""
+        return y if self.gate_proj is None else y * (2.0 * torch.sigmoid(self.gate_proj(x)))
 
     def _rbf(self, offsets: torch.Tensor, branch: int) -> torch.Tensor:
         centers = getattr(self, f"rbf_centers_{branch}")
@@ -369,7 +384,7 @@ class SeRpEnt(nn.Module):
                 )
         if self.full_backbone is not None:
             outs.append(self.full_backbone(xm, mask=mask))
-        y = self.out_proj(torch.cat(outs, dim=-1))
+        y = self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm)
         if mask is not None:
             y = y * mask.unsqueeze(-1).to(y.dtype)
         return (y, info) if return_info else y
@@ -462,4 +477,4 @@ class SeRpEnt(nn.Module):
         if self.full_backbone is not None:
             y_full, new_state["full"] = self.full_backbone.step(x_t, state["full"])
             outs.append(y_full)
-        return self.out_proj(torch.cat(outs, dim=-1)), new_state
+        return self._gated(self.out_proj(torch.cat(outs, dim=-1)), x_t), new_state
