@@ -37,10 +37,13 @@ main_table() {
 
 ablations() {  # ablations TASK [VARIANT ...]: one run per variant of serpent-mamba, seed 0 (all by default)
   local task=$1; shift
-  local only=" $* "
+  local only=" $* " base=()
+  if [[ $task == english ]]; then  # the English ablations vary the causal configuration they were
+    base=(--set model.d_model=64 --set model.serpent.include_full_branch=false)  # run on (issue 9)
+  fi
   abl() {  # abl NAME [--set ...]: run the variant unless a list of variants was given without it
     local name=$1; shift
-    if [[ $only == "  " || $only == *" $name "* ]]; then run "$task" serpent-mamba "$name" 0 "$@"; fi
+    if [[ $only == "  " || $only == *" $name "* ]]; then run "$task" serpent-mamba "$name" 0 "${base[@]}" "$@"; fi
   }
   abl abl-linear-k3 --set model.serpent.aggregate=linear
   abl abl-kernel-k3 --set model.serpent.aggregate=kernel

@@ -23,7 +23,11 @@ TASKS = {
 }
 MODELS = ("mamba", "serpent-mamba", "s4d", "serpent-s4d")
 ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set flags)
-    "serpent-mamba": ("default: aggregate cell, rates (0.5, 0.3, 0.2), ours bounds, no full branch", ""),
+    "serpent-mamba": (
+        "library defaults: aggregate cell, rates (0.5, 0.3, 0.2), ours bounds; the full branch when causal",
+        "",
+    ),
+    "abl-no-full-branch": ("no full branch: the causal default before these ablations", ""),
     "abl-linear-k3": ("aggregate linear (paper's figure), K = 3", "model.serpent.aggregate=linear"),
     "abl-linear-k1": ("aggregate linear, K = 1", "model.serpent.aggregate=linear model.serpent.window=1"),
     "abl-linear-k5": ("aggregate linear, K = 5", "model.serpent.aggregate=linear model.serpent.window=5"),
@@ -34,18 +38,34 @@ ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set
     "abl-restore-scatter": ("restore scatter", "model.serpent.restore=scatter"),
     "abl-bounds-paper": ("interval bounds paper (Δ ∈ [κ, 1])", "model.serpent.interval_bounds=paper"),
     "abl-full-branch": ("with the full (κ = 1) branch", "model.serpent.include_full_branch=true"),
+    "abl-full-branch-linear-k1": (
+        "full branch, aggregate linear, K = 1",
+        "model.serpent.include_full_branch=true model.serpent.aggregate=linear model.serpent.window=1",
+    ),
     "abl-gate": ("per-position output gate 2σ(W_g x)", "model.serpent.gate=true"),
     "abl-gate-linear-k1": (
         "gate, aggregate linear, K = 1",
         "model.serpent.gate=true model.serpent.aggregate=linear model.serpent.window=1",
     ),
     "abl-mlp2": ("an MLP (ratio 2) in every block", "model.mlp_ratio=2.0"),
+    "abl-s4d-no-full-branch": ("`serpent-s4d` without the full branch", ""),
     "abl-s4d-linear-k1": (
         "`serpent-s4d` with aggregate linear, K = 1",
         "model.serpent.aggregate=linear model.serpent.window=1",
     ),
     "ref-mamba-d64": ("reference: `mamba` alone at SeRpEnt's width (d_model 64)", "model.d_model=64"),
 }
+
+
+def flags_for(task: str, name: str, flags: str) -> str:
+    """The ``--set`` flags of an ablation; the English ones vary the causal configuration before
+    the full branch became its default (d_model 64, serpent-s4d 76, no full branch)."""
+    if task != "english" or not name.startswith("abl-"):
+        return flags
+    base = f"model.d_model={76 if 's4d' in name else 64}"
+    if "include_full_branch" not in flags:
+        base += " model.serpent.include_full_branch=false"
+    return f"{base} {flags}".strip()
 
 
 def load(task: str, name: str, seed: int) -> dict | None:
@@ -104,6 +124,7 @@ def ablation_table(task: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, (what, flags) in ABLATIONS.items():
+        flags = flags_for(task, name, flags)
         runs = [r for r in (load(task, name, seed) for seed in range(3)) if r is not None]
         if not runs:
             continue

@@ -42,6 +42,34 @@ def test_save_and_load_round_trip(tmp_path, name, head):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_saved_serpent_config_does_not_depend_on_library_defaults(tmp_path, monkeypatch, causal):
+    """config.json records every SeRpEnt option as resolved: a model saved under one set of
+    defaults loads unchanged after the defaults change (as include_full_branch did for causal mode)."""
+    from serpent_ssm.modules import serpent
+
+    cfg = ModelConfig(name="serpent-mamba", d_model=8, n_layers=1, vocab_size=9, causal=causal)
+    model = build_model(cfg).eval()
+    save_pretrained(model, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())["serpent"]
+    resolved = next(m for m in model.modules() if isinstance(m, serpent.SeRpEnt)).config
+    assert stored["include_full_branch"] == resolved.include_full_branch == causal
+    assert stored["aggregate"] == resolved.aggregate and stored["restore"] == resolved.restore
+    assert stored["rates"] == [0.5, 0.3, 0.2] and "causal" not in stored
+    original = serpent.SeRpEntConfig.__post_init__
+
+    def other_defaults(self):  # a future release with other defaults
+        self.restore = self.restore or "scatter"
+        if self.include_full_branch is None:
+            self.include_full_branch = not self.causal
+        original(self)
+
+    monkeypatch.setattr(serpent.SeRpEntConfig, "__post_init__", other_defaults)
+    x, mask = _inputs(cfg)
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(tmp_path).eval()(x, mask), model(x, mask))
+
+
 def test_pixel_inputs_accept_2d(tmp_path):
     model = build_model(ModelConfig(d_model=8, n_layers=1, d_input=1)).eval()
     x = torch.rand(2, 12)

@@ -141,6 +141,7 @@ def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
         interval_bounds="fixed",
         restore="hold",
         aggregate=aggregate,
+        include_full_branch=False,
     )
     if aggregate == "linear":  # the identity init keeps small time-feature weights: zero them
         with torch.no_grad():
@@ -388,7 +389,11 @@ def test_defaults_follow_the_mode():
     assert SeRpEntConfig(8).restore == "interp" and SeRpEntConfig(8).bidirectional is True
     assert SeRpEntConfig(8, causal=True).restore == "hold"
     assert SeRpEntConfig(8).rates == (0.5, 0.3, 0.2) and SeRpEntConfig(8).window == 3
-    assert SeRpEntConfig(8).aggregate == "cell"
+    assert SeRpEntConfig(8).aggregate == "cell" and SeRpEntConfig(8, causal=True).aggregate == "cell"
+    # the ablations of results/README.md: a causal LM needs the full branch, classifiers do not
+    assert SeRpEntConfig(8).include_full_branch is False
+    assert SeRpEntConfig(8, causal=True).include_full_branch is True
+    assert SeRpEntConfig(8, causal=True, include_full_branch=False).include_full_branch is False
 
 
 def test_step_needs_causal_mode():

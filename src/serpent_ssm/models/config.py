@@ -24,7 +24,7 @@ from serpent_ssm.models.classifier import (
     SequenceClassifier,
     make_mixer_factory,
 )
-from serpent_ssm.modules.serpent import SeRpEntConfig
+from serpent_ssm.modules.serpent import SeRpEnt, SeRpEntConfig
 
 __all__ = [
     "HEADS",
@@ -188,7 +188,13 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
         seen.add(v.data_ptr())
         state[k] = v.detach().contiguous()
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: st.save_file(state, tmp, metadata={"format": "pt"}))
-    text = json.dumps(config.to_dict(), indent=1) + "\n"
+    record = config.to_dict()
+    mixer = next((m for m in model.modules() if isinstance(m, SeRpEnt)), None)
+    if mixer is not None:  # every SeRpEnt option as resolved, so that a later default cannot change it
+        resolved = mixer.config.to_dict()
+        options = {k: resolved[k] for k in sorted(_SERPENT_FIELDS - {"causal"})}
+        record["serpent"] = options | record["serpent"]
+    text = json.dumps(record, indent=1) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return directory
 

@@ -18,7 +18,8 @@ Each branch ``r`` with compression rate ``κ_r``:
 6. the output is restored to length ``L`` (``"hold"``: causal default; ``"interp"``: linear in
    time, non-causal default; ``"scatter"``);
 
-and ``y = W_o · concat_r(ŷ^r)``, optionally gated per position (``gate=True``:
+and ``y = W_o · concat_r(ŷ^r)`` (with the plain backbone on the full sequence as one more branch
+when ``include_full_branch``, the causal default), optionally gated per position (``gate=True``:
 ``y ⊙ 2σ(W_g x + b_g)``). The surrounding residual block adds the skip connection.
 """
 
@@ -70,7 +71,11 @@ class SeRpEntConfig:
         interval_bounds: ``"ours"`` (``Δ ∈ (0, 2κ)``), ``"paper"`` (``Δ ∈ [κ, 1]``) or
             ``"fixed"`` (``Δ ≡ κ``, no learned intervals; for ablations and the identity limit).
         share_intervals: one score network for all branches [ours] or one per branch.
-        include_full_branch: add a ``κ = 1`` branch, the plain backbone on the full sequence.
+        include_full_branch: add a ``κ = 1`` branch, the plain backbone on the full sequence;
+            None = True when causal, False otherwise [ours, from the ablations: without it a
+            causal LM learns only what the current element alone predicts, because ``"hold"``
+            refreshes a position's branch outputs only when a grid point falls on it;
+            docs/design.md, "Ablations and defaults"].
         gate: multiply the output by a per-position gate ``2σ(W_g x_l + b_g)`` [ours]: the only
             path from an element to its own output in causal mode, where ``"hold"`` gives
             position ``l`` the output of the latest grid point, computed before ``l`` unless
@@ -97,7 +102,7 @@ class SeRpEntConfig:
     restore: str | None = None
     interval_bounds: str = "ours"
     share_intervals: bool = True
-    include_full_branch: bool = False
+    include_full_branch: bool | None = None
     gate: bool = False
     bidirectional: bool | None = None
     init: str = "identity"
@@ -133,6 +138,8 @@ class SeRpEntConfig:
             raise ValueError(f"window: expected an integer >= 1, got {self.window!r}")
         if not is_int(self.n_bases) or self.n_bases < 1:
             raise ValueError(f"n_bases: expected an integer >= 1, got {self.n_bases!r}")
+        if self.include_full_branch is None:
+            self.include_full_branch = self.causal is True
         for flag in ("causal", "share_intervals", "include_full_branch", "gate", "trim_buffer"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag}: expected True or False, got {getattr(self, flag)!r}")
