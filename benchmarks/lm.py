@@ -116,6 +116,7 @@ def build(model: str, args) -> object:
             d,
             args.n_layers,
             backbone={"d_state": args.n, "expand": args.expand, "d_conv": args.d_conv},
+            serpent={} if model == "mamba" else {"include_full_branch": args.serpent_full_branch == "on"},
         )
     if model == "mambapy":
         from mambapy.mamba import MambaConfig
@@ -315,6 +316,8 @@ def common_args(args) -> list[str]:
         str(args.d_model),
         "--serpent-d-model",
         str(args.serpent_d_model),
+        "--serpent-full-branch",
+        args.serpent_full_branch,
         "--n-layers",
         str(args.n_layers),
         "--n",
@@ -369,6 +372,13 @@ def main() -> None:
         default=None,
         help="d_model of serpent-mamba: an integer, or 'match' for mamba's parameter count "
         "(default: --d-model)",
+    )
+    p.add_argument(
+        "--serpent-full-branch",
+        choices=("on", "off"),
+        default="on",
+        help="serpent-mamba with the full (κ = 1) branch, the causal default (results/lm_benchmark.md "
+        "was measured with 'off', the default before issue 9)",
     )
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--n", type=int, default=16, help="SSM state size N (d_state)")
