@@ -76,10 +76,10 @@ class SeRpEntConfig:
             causal LM learns only what the current element alone predicts, because ``"hold"``
             refreshes a position's branch outputs only when a grid point falls on it;
             docs/design.md, "Ablations and defaults"].
-        gate: multiply the output by a per-position gate ``2σ(W_g x_l + b_g)`` [ours]: the only
-            path from an element to its own output in causal mode, where ``"hold"`` gives
-            position ``l`` the output of the latest grid point, computed before ``l`` unless
-            ``l`` crossed it (docs/design.md, "Ablations and defaults").
+        gate: multiply the output by a per-position gate ``2σ(W_g x_l + b_g)`` [ours]: a path
+            from each element to its own output that does not wait for a grid point (in causal
+            mode ``"hold"`` gives position ``l`` the output of the latest grid point, computed
+            before ``l`` unless ``l`` crossed it); ablated in docs/design.md, off by default.
         bidirectional: wrap each backbone in ``Bidirectional``; None = ``not causal``.
         init: ``"identity"`` (the aggregation passes the selected element through and the
             output averages the branches and the gate starts at 1, so the mixer starts close to
