@@ -22,6 +22,8 @@ TASKS = {
     "english": ("Byte-level LM, offline English corpus", "test bits per byte", "bits_per_byte", False),
 }
 MODELS = ("mamba", "serpent-mamba", "s4d", "serpent-s4d")
+SEEDS = range(3)
+LINEAR_K1 = "model.serpent.aggregate=linear model.serpent.window=1"
 ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set flags)
     "serpent-mamba": (
         "library defaults: aggregate cell, rates (0.5, 0.3, 0.2), ours bounds; the full branch when causal",
@@ -29,7 +31,7 @@ ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set
     ),
     "abl-no-full-branch": ("no full branch: the causal default before these ablations", ""),
     "abl-linear-k3": ("aggregate linear (paper's figure), K = 3", "model.serpent.aggregate=linear"),
-    "abl-linear-k1": ("aggregate linear, K = 1", "model.serpent.aggregate=linear model.serpent.window=1"),
+    "abl-linear-k1": ("aggregate linear, K = 1", LINEAR_K1),
     "abl-linear-k5": ("aggregate linear, K = 5", "model.serpent.aggregate=linear model.serpent.window=5"),
     "abl-kernel-k3": ("aggregate kernel, K = 3", "model.serpent.aggregate=kernel"),
     "abl-rates-0.5": ("rates (0.5,)", "model.serpent.rates=[0.5]"),
@@ -40,29 +42,23 @@ ABLATIONS = {  # name -> (what differs from the default serpent-mamba, the --set
     "abl-full-branch": ("with the full (κ = 1) branch", "model.serpent.include_full_branch=true"),
     "abl-full-branch-linear-k1": (
         "full branch, aggregate linear, K = 1",
-        "model.serpent.include_full_branch=true model.serpent.aggregate=linear model.serpent.window=1",
+        f"model.serpent.include_full_branch=true {LINEAR_K1}",
     ),
     "abl-gate": ("per-position output gate 2σ(W_g x)", "model.serpent.gate=true"),
-    "abl-gate-linear-k1": (
-        "gate, aggregate linear, K = 1",
-        "model.serpent.gate=true model.serpent.aggregate=linear model.serpent.window=1",
-    ),
+    "abl-gate-linear-k1": ("gate, aggregate linear, K = 1", f"model.serpent.gate=true {LINEAR_K1}"),
     "abl-mlp2": ("an MLP (ratio 2) in every block", "model.mlp_ratio=2.0"),
     "abl-s4d-no-full-branch": ("`serpent-s4d` without the full branch", ""),
-    "abl-s4d-linear-k1": (
-        "`serpent-s4d` with aggregate linear, K = 1",
-        "model.serpent.aggregate=linear model.serpent.window=1",
-    ),
+    "abl-s4d-linear-k1": ("`serpent-s4d` with aggregate linear, K = 1", LINEAR_K1),
     "ref-mamba-d64": ("reference: `mamba` alone at SeRpEnt's width (d_model 64)", "model.d_model=64"),
 }
 
 
-def flags_for(task: str, name: str, flags: str) -> str:
-    """The ``--set`` flags of an ablation; the English ones vary the causal configuration before
-    the full branch became its default (d_model 64, serpent-s4d 76, no full branch)."""
+def flags_for(task: str, name: str, flags: str, run: dict) -> str:
+    """The ``--set`` flags of an ablation ``run``; the English ones vary the causal configuration
+    before the full branch became its default: the width the run had, and no full branch."""
     if task != "english" or not name.startswith("abl-"):
         return flags
-    base = f"model.d_model={76 if 's4d' in name else 64}"
+    base = f"model.d_model={run['config']['model']['d_model']}"
     if "include_full_branch" not in flags:
         base += " model.serpent.include_full_branch=false"
     return f"{base} {flags}".strip()
@@ -76,6 +72,21 @@ def load(task: str, name: str, seed: int) -> dict | None:
     test = json.loads((folder / "eval_test.json").read_text())
     config = json.loads((folder / "config.json").read_text())
     return {"summary": summary, "test": test, "config": config}
+
+
+def runs_of(task: str, name: str) -> list[dict]:
+    """The runs of ``name`` on ``task`` over the seeds present."""
+    return [r for r in (load(task, name, seed) for seed in SEEDS) if r is not None]
+
+
+def over_seeds(runs: list[dict], key: str, pct: bool) -> tuple[list[float], str, float, float]:
+    """Test values, their per-seed text, mean wall seconds and mean training tokens/s."""
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    tests = [r["test"][key] for r in runs]
+    per_seed = ", ".join(f"{v * scale:.{digits}f}" for v in tests)
+    wall = statistics.mean(r["summary"]["wall_time_s"] for r in runs)
+    tok = statistics.mean(r["summary"]["tokens_per_s"] for r in runs)
+    return tests, per_seed, wall, tok
 
 
 def fmt(values: list[float], pct: bool) -> str:
@@ -96,16 +107,13 @@ def main_table(task: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
-        runs = [r for r in (load(task, name, s) for s in range(3)) if r is not None]
+        runs = runs_of(task, name)
         if not runs:
             lines.append(f"| {name} | not run | | | | | | | |")
             continue
         s0 = runs[0]["summary"]
-        tests = [r["test"][key] for r in runs]
+        tests, per_seed, wall, tok = over_seeds(runs, key, pct)
         vals = [r["summary"]["best_val"] for r in runs]
-        per_seed = ", ".join(f"{v * (100 if pct else 1):.{1 if pct else 3}f}" for v in tests)
-        wall = statistics.mean(r["summary"]["wall_time_s"] for r in runs)
-        tok = statistics.mean(r["summary"]["tokens_per_s"] for r in runs)
         mem = max(r["summary"]["peak_memory_mb"] for r in runs)
         lines.append(
             f"| {name} | {s0['parameters']:,} | {s0['steps']} | {fmt(tests, pct)} | {fmt(vals, pct)} | "
@@ -124,20 +132,15 @@ def ablation_table(task: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, (what, flags) in ABLATIONS.items():
-        flags = flags_for(task, name, flags)
-        runs = [r for r in (load(task, name, seed) for seed in range(3)) if r is not None]
+        runs = runs_of(task, name)
         if not runs:
             continue
+        flags = flags_for(task, name, flags, runs[0])
         s = runs[0]["summary"]
         scale, digits = (100.0, 1) if pct else (1.0, 3)
-        tests = [r["test"][key] for r in runs]
-        test = f"{tests[0] * scale:.{digits}f}"
-        if len(runs) > 1:
-            per_seed = ", ".join(f"{v * scale:.{digits}f}" for v in tests)
-            test = f"{fmt(tests, pct)} ({len(runs)} seeds: {per_seed})"
+        tests, per_seed, wall, tok = over_seeds(runs, key, pct)
+        test = per_seed if len(runs) == 1 else f"{fmt(tests, pct)} ({len(runs)} seeds: {per_seed})"
         best_val = statistics.mean(r["summary"]["best_val"] for r in runs)
-        wall = statistics.mean(r["summary"]["wall_time_s"] for r in runs)
-        tok = statistics.mean(r["summary"]["tokens_per_s"] for r in runs)
         lines.append(
             f"| {name} | {what} | {flags and '`' + flags + '`'} | {s['parameters']:,} | {test} | "
             f"{best_val * scale:.{digits}f} | {wall:.0f} | {tok:,.0f} |"
@@ -148,7 +151,7 @@ def ablation_table(task: str) -> str:
 def tables() -> str:
     parts = [main_table(task) for task in TASKS]
     parts += [ablation_table(task) for task in TASKS if any((RUNS / task).glob("abl-*-seed0"))]
-    known = {f"{n}-seed{s}" for n in (*MODELS, *ABLATIONS) for s in range(3)}
+    known = {f"{n}-seed{s}" for n in (*MODELS, *ABLATIONS) for s in SEEDS}
     known.add("pathx128-serpent-mamba-seed0")
     unknown = sorted(str(p.relative_to(RUNS)) for p in RUNS.glob("*/*") if p.name not in known)
     if unknown:  # every run is reported: one that no table knows is at least named
