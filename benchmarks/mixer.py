@@ -4,20 +4,27 @@
     python benchmarks/mixer.py --non-causal         # both bidirectional
 
 SeRpEnt uses rates 0.5/0.3/0.2 (three branches that together process about L elements) with a
-Mamba backbone; the baseline is one Mamba mixer on the full sequence; both use the same scan
-backend. Forward+backward time (best of --repeats after a warm-up) and peak extra memory (one
-subprocess per row, see benchmarks/_common.py), with the ratio SeRpEnt / Mamba.
+Mamba backbone, at its defaults (causal: with the full branch, the plain backbone on the whole
+sequence as a fourth branch) and with the full branch toggled (causal: without it; non-causal:
+with it); the baseline is one Mamba mixer on the full sequence; all use the same scan backend.
+Forward+backward time (best of --repeats after a warm-up) and peak extra memory (one subprocess
+per row, see benchmarks/_common.py), with the ratio SeRpEnt / Mamba.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from serpent_ssm.utils.memory import PeakRSS
+from _common import best_time, peak_extra_mb, run_worker
 
-from _common import run_worker
+# row name -> (model name, SeRpEnt options); "toggled" flips the full branch from the mode's default
+VARIANTS = {
+    "mamba": ("mamba", None),
+    "serpent-mamba": ("serpent-mamba", {}),
+    "serpent-mamba-no-full-branch": ("serpent-mamba", {"include_full_branch": False}),
+    "serpent-mamba-full-branch": ("serpent-mamba", {"include_full_branch": True}),
+}
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -29,7 +36,10 @@ def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     causal = not args.non_causal
     bkw = {"backend": args.backend}
-    model = make_mixer_factory(args.worker, args.d_model, causal=causal, backbone_kwargs=bkw)()
+    name, serpent = VARIANTS[args.worker]
+    model = make_mixer_factory(
+        name, args.d_model, causal=causal, backbone_kwargs=bkw, serpent_kwargs=serpent
+    )()
     x = torch.randn(args.batch, args.lengths[0], args.d_model, requires_grad=True)
 
     def step():
@@ -39,16 +49,9 @@ def worker(args: argparse.Namespace) -> dict:
         x.grad = None
 
     if args.what == "memory":
-        with PeakRSS() as mon:
-            step()
-        return {"peak_mb": mon.extra / 2**20, "params": sum(p.numel() for p in model.parameters())}
+        return {"peak_mb": peak_extra_mb(step), "params": sum(p.numel() for p in model.parameters())}
     step()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"s": min(times)}
+    return {"s": best_time(step, args.repeats)}
 
 
 def main() -> None:
@@ -81,7 +84,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for length in args.lengths:
         rows = {}
-        for name in ("mamba", "serpent-mamba"):
+        toggled = "serpent-mamba-full-branch" if args.non_causal else "serpent-mamba-no-full-branch"
+        for name in ("mamba", "serpent-mamba", toggled):
             common = [
                 "--worker",
                 name,

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from serpent_ssm.utils.memory import PeakRSS
-
-from _common import run_worker
+from _common import best_time, peak_extra_mb, run_worker
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pathfinder"
 
@@ -28,13 +25,16 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from serpent_ssm.models.config import ModelConfig, build_model, count_parameters
+    from serpent_ssm.models import ModelConfig, build_model, count_parameters
     from serpent_ssm.train.config import load_run_config
+    from serpent_ssm.train.tasks import task_spec
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_run_config(CONFIGS / f"{args.worker}.yaml")
-    model = build_model(ModelConfig.from_dict({**cfg.model.to_dict(), "n_classes": 2, "d_input": 1}))
+    model = build_model(
+        ModelConfig.from_dict({**cfg.model.to_dict(), **task_spec("pathfinder").model_facts()})
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(args.batch, args.length, 1)
     y = torch.randint(0, 2, (args.batch,))
@@ -47,15 +47,8 @@ def worker(args: argparse.Namespace) -> dict:
 
     step()  # allocates the optimizer state
     if args.what == "memory":
-        with PeakRSS() as mon:
-            step()
-        return {"peak_mb": mon.extra / 2**20, "params": count_parameters(model)}
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return {"s": min(times)}
+        return {"peak_mb": peak_extra_mb(step), "params": count_parameters(model)}
+    return {"s": best_time(step, args.repeats)}
 
 
 def main() -> None:

@@ -36,9 +36,7 @@ import argparse
 import json
 import time
 
-from serpent_ssm.utils.memory import PeakRSS
-
-from _common import run_time_and_memory, run_worker
+from _common import best_time, peak_extra_mb, run_time_and_memory, run_worker
 
 SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
 FLOPS_FWD, FLOPS_BWD = 7, 20  # per (b, d, t, n); see the module docstring
@@ -132,17 +130,10 @@ def worker(impl: str, batch: int, d: int, n: int, length: int, repeats: int, thr
     result = {}
     for name, step in (("fwd", forward), ("fwd_bwd", forward_backward)):
         if what == "memory":
-            with PeakRSS() as mon:
-                step()
-            result[f"{name}_peak_mb"] = mon.extra / 2**20
+            result[f"{name}_peak_mb"] = peak_extra_mb(step)
         else:
             step()  # warm-up
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t0)
-            result[f"{name}_s"] = min(times)
+            result[f"{name}_s"] = best_time(step, repeats)
     return result
 
 

@@ -13,13 +13,15 @@ import statistics
 import sys
 from pathlib import Path
 
+from serpent_ssm.train.tasks import task_spec
+
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
-TASKS = {
-    "listops": ("ListOps (generated, 100–500 tokens)", "test accuracy", "accuracy", True),
-    "pathfinder": ("Pathfinder-32 (generated, hard)", "test accuracy", "accuracy", True),
-    "fashion-mnist": ("Sequential Fashion-MNIST (784 pixels)", "test accuracy", "accuracy", True),
-    "english": ("Byte-level LM, offline English corpus", "test bits per byte", "bits_per_byte", False),
+TITLES = {  # the tasks with results, in table order, and the settings their runs used
+    "listops": "ListOps (generated, 100–500 tokens)",
+    "pathfinder": "Pathfinder-32 (generated, hard)",
+    "fashion-mnist": "Sequential Fashion-MNIST (784 pixels)",
+    "english": "Byte-level LM, offline English corpus",
 }
 MODELS = ("mamba", "serpent-mamba", "s4d", "serpent-s4d")
 SEEDS = range(3)
@@ -89,6 +91,12 @@ def over_seeds(runs: list[dict], key: str, pct: bool) -> tuple[list[float], str,
     return tests, per_seed, wall, tok
 
 
+def table_facts(task: str) -> tuple[str, str, str, bool]:
+    """Title, metric column name, metric key and whether it is shown in percent (accuracy)."""
+    key = task_spec(task).metric
+    return TITLES[task], f"test {key.replace('_', ' ')}", key, key == "accuracy"
+
+
 def fmt(values: list[float], pct: bool) -> str:
     scale, digits = (100.0, 1) if pct else (1.0, 3)
     vals = [v * scale for v in values]
@@ -98,7 +106,7 @@ def fmt(values: list[float], pct: bool) -> str:
 
 
 def main_table(task: str) -> str:
-    title, metric_name, key, pct = TASKS[task]
+    title, metric_name, key, pct = table_facts(task)
     lines = [
         f"### {title}",
         "",
@@ -123,7 +131,7 @@ def main_table(task: str) -> str:
 
 
 def ablation_table(task: str) -> str:
-    title, metric_name, key, pct = TASKS[task]
+    title, metric_name, key, pct = table_facts(task)
     lines = [
         f"### {title}: SeRpEnt ablations (serpent-mamba unless named; seed 0 unless more are shown)",
         "",
@@ -149,8 +157,8 @@ def ablation_table(task: str) -> str:
 
 
 def tables() -> str:
-    parts = [main_table(task) for task in TASKS]
-    parts += [ablation_table(task) for task in TASKS if any((RUNS / task).glob("abl-*-seed0"))]
+    parts = [main_table(task) for task in TITLES]
+    parts += [ablation_table(task) for task in TITLES if any((RUNS / task).glob("abl-*-seed0"))]
     known = {f"{n}-seed{s}" for n in (*MODELS, *ABLATIONS) for s in SEEDS}
     known.add("pathx128-serpent-mamba-seed0")
     unknown = sorted(str(p.relative_to(RUNS)) for p in RUNS.glob("*/*") if p.name not in known)

@@ -69,3 +69,37 @@ def test_plot_writes_pngs(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "r")]) == 0
     for name in ("loss.png", "accuracy.png"):
         assert (tmp_path / "r" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_prints_and_records_the_backbone_parameter_count(tmp_path, capsys):
+    """`serpent train .../serpent-mamba.yaml` sizes the sibling mamba.yaml with the same task facts."""
+    import json
+
+    import torch
+
+    from serpent_ssm.data.listops import generate_listops
+    from serpent_ssm.models import ModelConfig, build_model, count_parameters
+    from serpent_ssm.train.config import load_run_config
+    from serpent_ssm.train.tasks import task_spec
+
+    generate_listops(tmp_path / "data", n_train=40, n_val=8, n_test=8, min_len=5, max_len=20)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "mamba.yaml").write_text("model: {name: mamba, d_model: 16, n_layers: 2}\n")
+    (configs / "serpent-mamba.yaml").write_text("model: {name: serpent-mamba, d_model: 8, n_layers: 1}\n")
+    args = ["train", str(configs / "serpent-mamba.yaml"), "--data-dir", str(tmp_path / "data")]
+    assert main([*args, "--max-steps", "1", "--set", "data.batch_size=8", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    backbone = {
+        **load_run_config(configs / "mamba.yaml").model.to_dict(),
+        **task_spec("listops").model_facts(),
+    }
+    with torch.device("meta"):
+        expected = count_parameters(build_model(ModelConfig.from_dict(backbone)))
+    ours = summary["parameters"]
+    assert summary["compare_parameters"] == {
+        "model": "mamba", "source": "mamba.yaml", "parameters": expected, "ratio": ours / expected
+    }  # fmt: skip
+    ratio = f"{ours / expected:.2f}"
+    assert f"serpent-mamba: {ours:,} parameters (mamba from mamba.yaml: {expected:,}, ratio {ratio})" in err

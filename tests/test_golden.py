@@ -45,7 +45,7 @@ def test_model_outputs_unchanged(key, name, head):
 
 def test_every_recorded_output_is_checked():
     keys = set()
-    for name, options in golden.SERPENT_CASES:
+    for name, _ in golden.SERPENT_CASES:
         keys |= {k for k in RECORDED if k.startswith(name + "/")}
     for key, _, _ in golden.MODEL_CASES:
         keys |= {k for k in RECORDED if k.startswith(key + "/")}

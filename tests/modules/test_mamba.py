@@ -122,6 +122,38 @@ def test_padding_invariance(lengths, extra, seed):
     assert_padding_invariant(make_mamba(seed), x, lengths, 1e-5, 1e-5, with_state=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_intervals_are_what_forward_scans_with(monkeypatch, dtype):
+    """``intervals`` equals softplus(delta + delta_bias) of the arguments forward passes to the scan."""
+    from serpent_ssm.modules import mamba
+
+    model = make_mamba(0, backend="torch").to(dtype)
+    x = torch.randn(3, 17, D_MODEL, dtype=dtype)
+    mask = right_padding_mask([17, 9, 0], 17)
+    seen = {}
+
+    def spy(u, delta, *args, delta_bias=None, **kwargs):
+        seen["delta"], seen["delta_bias"] = delta, delta_bias
+        return selective_scan(u, delta, *args, delta_bias=delta_bias, **kwargs)
+
+    selective_scan = mamba.selective_scan
+    monkeypatch.setattr(mamba, "selective_scan", spy)
+    with torch.no_grad():
+        model(x, mask=mask)
+        got = model.intervals(x, mask)
+    cdt = seen["delta"].dtype
+    want = torch.nn.functional.softplus(seen["delta"] + seen["delta_bias"].to(cdt)[:, None]).transpose(1, 2)
+    assert got.shape == (3, 17, model.d_inner) and got.dtype == dtype
+    assert torch.equal(got, want * mask.unsqueeze(-1))
+    assert torch.count_nonzero(got[1, 9:]) == 0 and torch.count_nonzero(got[2]) == 0
+    assert (got[0] > 0).all()
+
+
+def test_intervals_of_an_empty_sequence():
+    model = make_mamba(0)
+    assert model.intervals(torch.zeros(2, 0, D_MODEL)).shape == (2, 0, model.d_inner)
+
+
 def test_gradients_reach_every_parameter():
     model = make_mamba(0).train()
     x = torch.randn(2, 20, D_MODEL)

@@ -1,4 +1,4 @@
-"""SeRpEnt mixer: the invariants of SPEC.md §3, streaming, edge cases, configuration errors."""
+"""SeRpEnt mixer: the invariants (docs/design.md, "Invariants"), streaming, edge cases, config errors."""
 
 from __future__ import annotations
 
@@ -163,9 +163,12 @@ def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
     backbone=st.sampled_from(["mamba", "s4d"]),
     full=st.booleans(),
     gate=st.booleans(),
+    shared=st.booleans(),
     seed=st.integers(0, 999),
 )
-def test_step_equals_forward(length, batch, rates, window, restore, aggregate, backbone, full, gate, seed):
+def test_step_equals_forward(
+    length, batch, rates, window, restore, aggregate, backbone, full, gate, shared, seed
+):
     model = make(
         seed,
         backbone,
@@ -176,6 +179,7 @@ def test_step_equals_forward(length, batch, rates, window, restore, aggregate, b
         aggregate=aggregate,
         include_full_branch=full,
         gate=gate,
+        share_intervals=shared,
         init="default" if gate else "identity",  # a gate that is not 1 everywhere
     )
     x = randn(batch, length, D, seed=seed)
@@ -238,6 +242,25 @@ def test_non_causal_backbones_are_bidirectional_by_default():
     assert all(isinstance(b, Bidirectional) for b in model.backbones)
     assert all(isinstance(b, Mamba) for b in make(0, causal=True).backbones)
     assert all(isinstance(b.forward_mixer, S4D) for b in make(0, "s4d").backbones)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_per_branch_intervals_have_their_own_score_network(causal):
+    model = make(3, causal=causal, share_intervals=False, rates=(0.5, 0.25))
+    assert len(model.scores) == 2
+    x = randn(2, 30, D, seed=1)
+    with torch.no_grad():
+        model.scores[1].weight.zero_()  # branch 1: constant intervals, branch 0: learned ones
+        _, info = model(x, return_info=True)
+    d0, d1 = (b["delta"] for b in info["branches"])
+    torch.testing.assert_close(d1, torch.full_like(d1, 0.25))  # 2κσ(0) = κ
+    assert d0.std() > 1e-3
+    shared = make(3, causal=causal, rates=(0.5, 0.25))
+    assert len(shared.scores) == 1
+    with torch.no_grad():
+        _, info = shared(x, return_info=True)
+    a, b = (br["delta"] for br in info["branches"])
+    torch.testing.assert_close(a / 0.5, b / 0.25)  # one score, scaled by each rate
 
 
 def test_full_branch_adds_a_plain_backbone():
@@ -355,12 +378,11 @@ def test_config_errors():
         "rates: expected every rate in (0, 1], got 1.5 in (0.5, 1.5)",
         lambda: SeRpEntConfig(8, rates=(0.5, 1.5)),
     )
-    _raises("rates: expected every rate in (0, 1], got 0 in (0,)", lambda: SeRpEntConfig(8, rates=(0,)))
-    _raises(
-        "rates: expected a non-empty sequence of rates in (0, 1], got ()", lambda: SeRpEntConfig(8, rates=())
-    )
+    _raises("rates: expected every rate in (0, 1], got 0.0 in (0.0,)", lambda: SeRpEntConfig(8, rates=(0,)))
+    _raises("rates: expected a non-empty list of rates in (0, 1], got ()", lambda: SeRpEntConfig(8, rates=()))
+    _raises("rates: expected a list of rates in (0, 1], got 0.5", lambda: SeRpEntConfig(8, rates=0.5))
     _raises("window: expected an integer >= 1, got 0", lambda: SeRpEntConfig(8, window=0))
-    _raises("gate: expected True or False, got 1", lambda: SeRpEntConfig(8, gate=1))
+    _raises("gate: expected a boolean, got 1", lambda: SeRpEntConfig(8, gate=1))
     _raises("n_bases: expected an integer >= 1, got -2", lambda: SeRpEntConfig(8, n_bases=-2))
     _raises(
         "aggregate: expected one of 'linear', 'kernel', 'cell', got 'attention'",

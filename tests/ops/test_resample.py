@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serpent_ssm.ops import resample as rs
+from serpent_ssm.ops.resample import naive
 
 from tests.helpers import right_padding_mask
 
@@ -42,7 +43,7 @@ def _pipeline(delta, mask, rate, causal):
 def test_intervals_to_times_equals_loop(batch):
     delta, mask, rate, causal, _ = batch
     t, counts = rs.intervals_to_times(delta, mask, rate, causal)
-    t_loop, counts_loop = rs.intervals_to_times_loop(delta, mask, rate, causal)
+    t_loop, counts_loop = naive.intervals_to_times_loop(delta, mask, rate, causal)
     torch.testing.assert_close(t, t_loop, rtol=1e-12, atol=1e-9)
     assert torch.equal(counts, counts_loop)
 
@@ -74,7 +75,7 @@ def test_select_grid_equals_loop(batch):
     delta, mask, rate, causal, _ = batch
     t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
     index, valid = rs.select_grid(t, counts, lengths, buffer)
-    index_l, valid_l = rs.select_grid_loop(t, counts, lengths, buffer)
+    index_l, valid_l = naive.select_grid_loop(t, counts, lengths, buffer)
     assert torch.equal(valid, valid_l) and torch.equal(index, index_l)
     # valid slots are a prefix (right padding) of length counts, and the selection is monotone
     assert torch.equal(valid.sum(1), counts)
@@ -92,7 +93,7 @@ def test_gather_windows_equals_loop(batch, window, d):
     index, valid = rs.select_grid(t, counts, lengths, buffer)
     x = torch.randn(delta.shape[0], delta.shape[1], d, generator=g)
     got = rs.gather_windows(x, t, index, valid, lengths, window, causal)
-    want = rs.gather_windows_loop(x, t, index, valid, lengths, window, causal)
+    want = naive.gather_windows_loop(x, t, index, valid, lengths, window, causal)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
 
@@ -112,7 +113,7 @@ def test_restore_equals_loop(how, batch, d):
     index, valid = rs.select_grid(t, counts, lengths, buffer)
     y = torch.randn(delta.shape[0], buffer, d, generator=g)
     got = rs.restore(y, t, counts, index, valid, mask, how)
-    want = rs.restore_loop(y, t, counts, index, valid, mask, how)
+    want = naive.restore_loop(y, t, counts, index, valid, mask, how)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
@@ -173,7 +174,7 @@ def test_cell_pool_equals_loop(batch, d):
     t, counts, lengths, buffer = _pipeline(delta, mask, rate, causal)
     x = torch.randn(delta.shape[0], delta.shape[1], d, generator=g)
     got = rs.cell_pool(x, t, counts, buffer, mask)
-    want = rs.cell_pool_loop(x, t, counts, buffer, mask)
+    want = naive.cell_pool_loop(x, t, counts, buffer, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -199,3 +200,17 @@ def test_cell_pool_is_differentiable_in_time():
     assert out[0, :, 0].tolist() == pytest.approx([6.4, 55.0])
     out.sum().backward()
     assert t.grad[0, 0] == pytest.approx(1.0 - 10.0)  # moving t_0 right shifts weight from x_1 to x_0
+
+
+def test_loop_twins_live_apart_from_the_production_ops():
+    assert not [name for name in rs.__all__ if name.endswith("_loop")]
+    assert all(hasattr(rs, name) for name in rs.__all__)
+    steps = ("intervals_to_times", "select_grid", "gather_windows", "cell_pool", "restore")
+    assert sorted(naive.__all__) == sorted(f"{name}_loop" for name in steps)
+
+
+def test_unknown_restore():
+    t, counts = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1])
+    index, valid = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="^how: expected one of 'hold', 'interp', 'scatter', got 'nearest'$"):
+        rs.restore(torch.zeros(1, 1, 1), t, counts, index, valid, None, "nearest")

@@ -1,8 +1,11 @@
-"""selective_scan: every backend against the "ref" loop, mask semantics, stability, bad input."""
+"""selective_scan: every backend against the naive twin, mask semantics, stability, bad input."""
 
 from __future__ import annotations
 
+import ast
+import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from hypothesis import strategies as st
 from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
 from serpent_ssm.ops.scan_chunked import DEFAULT_CHUNK_SIZE
 from serpent_ssm.ops.scan_cpu import CHECKPOINT_INTERVAL, cpu_kernel_available
+from serpent_ssm.ops.selective_scan import naive
+from serpent_ssm.ops.selective_scan.naive import selective_scan_ref
 
 from tests.helpers import assert_close, right_padding_mask
 
@@ -28,6 +33,14 @@ LENGTHS = st.one_of(
 )
 # state sizes: small ones, and those the CPU kernel specialises at compile time
 STATE_SIZES = st.one_of(st.integers(1, 6), st.sampled_from([8, 16, 32, 64]))
+# (batch, (channels D, groups G of B and C), state size N, length L, layout of B and C)
+SHAPES = st.tuples(
+    st.integers(1, 3),
+    st.sampled_from([(1, 1), (4, 1), (6, 2), (8, 4)]),
+    STATE_SIZES,
+    LENGTHS,
+    st.sampled_from(["shared", "grouped", "time-invariant"]),
+)
 needs_cpu_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="no C++ compiler for the CPU kernel")
 
 
@@ -60,9 +73,12 @@ def make_inputs(
     return inputs
 
 
-def run_scan(inputs, backend, **kwargs):
-    """Forward, then the gradient of a random projection of the outputs w.r.t. every input."""
-    out = selective_scan(
+def run_scan(inputs, backend, scan=selective_scan, **kwargs):
+    """Forward, then the gradient of a random projection of the outputs w.r.t. every input.
+
+    ``scan`` is ``selective_scan`` (run with ``backend``) or ``selective_scan_ref`` called directly.
+    """
+    out = scan(
         inputs["u"],
         inputs["delta"],
         inputs["A"],
@@ -88,11 +104,7 @@ def run_scan(inputs, backend, **kwargs):
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @given(
-    batch=st.integers(1, 3),
-    d_groups=st.sampled_from([(1, 1), (4, 1), (6, 2), (8, 4)]),
-    n=STATE_SIZES,
-    length=LENGTHS,
-    b_layout=st.sampled_from(["shared", "grouped", "time-invariant"]),
+    shape=SHAPES,
     use_mask=st.booleans(),
     use_init=st.booleans(),
     use_final=st.booleans(),
@@ -102,21 +114,9 @@ def run_scan(inputs, backend, **kwargs):
     data=st.data(),
 )
 def test_backend_matches_ref_forward_and_gradients(
-    backend,
-    batch,
-    d_groups,
-    n,
-    length,
-    b_layout,
-    use_mask,
-    use_init,
-    use_final,
-    softplus,
-    optional,
-    seed,
-    data,
+    backend, shape, use_mask, use_init, use_final, softplus, optional, seed, data
 ):
-    d, groups = d_groups
+    batch, (d, groups), n, length, b_layout = shape
     inputs = make_inputs(batch, d, n, length, b_layout=b_layout, groups=groups, seed=seed)
     if not softplus:  # Δ is a time step: without the softplus the caller passes Δ >= 0
         with torch.no_grad():
@@ -131,20 +131,103 @@ def test_backend_matches_ref_forward_and_gradients(
     if use_init:
         h0 = torch.randn(batch, d, n, generator=torch.Generator().manual_seed(seed + 1))
         kwargs["initial_state"] = h0.requires_grad_(True)
-    y_ref, h_ref, g_ref = run_scan(inputs, "ref", **dict(kwargs))
-    y, h, grads = run_scan(inputs, backend, **dict(kwargs))
-    assert y.shape == (batch, d, length)
+    want = run_scan(inputs, "ref", **dict(kwargs))
+    got = run_scan(inputs, backend, **dict(kwargs))
+    assert got[0].shape == (batch, d, length)
+    assert_same_scan(got, want, inputs, use_init, (batch, d, n) if use_final else None)
+
+
+def assert_same_scan(got, want, inputs, use_init, final_shape):
+    """``(y, h, grads)`` of ``run_scan`` equal to fp32 tolerance; ``final_shape`` None: no state."""
+    (y, h, grads), (y_ref, h_ref, g_ref) = got, want
     assert_close(y, y_ref, RTOL, ATOL, "y")
-    if use_final:
-        assert h.shape == (batch, d, n)
+    if final_shape is not None:
+        assert h.shape == final_shape
         assert_close(h, h_ref, RTOL, ATOL, "final state")
     names = [k for k, v in inputs.items() if v.requires_grad] + (["initial_state"] if use_init else [])
-    for name, got, want in zip(names, grads, g_ref, strict=True):
-        if want is None:
-            assert got is None or torch.count_nonzero(got) == 0, name
+    for name, got_g, want_g in zip(names, grads, g_ref, strict=True):
+        if want_g is None:
+            assert got_g is None or torch.count_nonzero(got_g) == 0, name
             continue
-        scale = max(1.0, want.abs().max().item())
-        assert_close(got, want, RTOL * 5, ATOL * 5 * scale, f"grad {name}")
+        scale = max(1.0, want_g.abs().max().item())
+        assert_close(got_g, want_g, RTOL * 5, ATOL * 5 * scale, f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@given(shape=SHAPES, delta_scale=st.sampled_from([1.0, 20.0]), seed=st.integers(0, 2**16), data=st.data())
+def test_backend_matches_the_naive_twin_with_every_option(backend, shape, delta_scale, seed, data):
+    """Softplus, bias, mask, D, z, initial state and final state all at once, against
+    ``selective_scan_ref`` called directly; ``delta_scale`` 20 puts ``delta + bias`` on both sides
+    of torch's softplus threshold (20), which the naive twin does not use."""
+    batch, (d, groups), n, length, b_layout = shape
+    inputs = make_inputs(batch, d, n, length, b_layout=b_layout, groups=groups, seed=seed)
+    with torch.no_grad():
+        inputs["delta"].mul_(delta_scale)
+    lengths = data.draw(st.lists(st.integers(0, length), min_size=batch, max_size=batch))
+    h0 = torch.randn(batch, d, n, generator=torch.Generator().manual_seed(seed + 1)).requires_grad_(True)
+    kwargs = {
+        "delta_softplus": True,
+        "mask": right_padding_mask(lengths, length),
+        "initial_state": h0,
+        "return_final_state": True,
+    }
+    want = run_scan(inputs, "ref", scan=selective_scan_ref, **dict(kwargs))
+    got = run_scan(inputs, backend, **dict(kwargs))
+    assert_same_scan(got, want, inputs, True, (batch, d, n))
+
+
+def test_naive_twin_by_hand():
+    """One channel, one state, Python floats: the recurrence as written, every option on."""
+    u, delta, z = [0.5, -1.0, 2.0, 0.3], [0.1, -0.4, 30.0, 5.0], [1.5, -0.2, 0.8, 2.0]
+    b, c = [0.9, -0.3, 1.1, 0.4], [-0.6, 1.2, 0.5, 0.7]
+    bias, a, skip, h = 0.2, -1.5, 0.7, 0.4
+    want = []
+    for t in range(3):  # the fourth element is padding
+        dt = math.log1p(math.exp(delta[t] + bias))
+        h = math.exp(dt * a) * h + dt * u[t] * b[t]
+        want.append((c[t] * h + skip * u[t]) * z[t] / (1 + math.exp(-z[t])))
+    want.append(0.0)
+
+    def f64(values, shape):
+        return torch.tensor(values, dtype=torch.float64).view(shape)
+
+    y, h_final = selective_scan_ref(
+        *(f64(v, (1, 1, 4)) for v in (u, delta)),
+        f64([a], (1, 1)),
+        *(f64(v, (1, 1, 4)) for v in (b, c)),
+        f64([skip], (1,)),
+        z=f64(z, (1, 1, 4)),
+        delta_bias=f64([bias], (1,)),
+        delta_softplus=True,
+        mask=torch.tensor([[True, True, True, False]]),
+        initial_state=f64([0.4], (1, 1, 1)),
+        return_final_state=True,
+    )
+    assert_close(y, f64(want, (1, 1, 4)), 1e-14, 1e-14, "y")
+    assert_close(h_final, f64([h], (1, 1, 1)), 1e-14, 1e-14, "final state")
+
+
+def test_naive_twin_imports_no_fast_path():
+    """The oracle stands alone: torch and the argument checks, nothing of the fast backends."""
+    tree = ast.parse(Path(naive.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert imported == {"__future__", "torch", "torch.nn.functional", "serpent_ssm.ops.selective_scan.checks"}
+
+
+def test_ref_backend_is_the_naive_twin():
+    inputs = make_inputs(2, 4, 3, 20, requires_grad=False)
+    kwargs = {"delta_softplus": True, "mask": right_padding_mask([20, 7], 20), "return_final_state": True}
+    y, h = selective_scan(**inputs, backend="ref", **kwargs)
+    y_naive, h_naive = selective_scan_ref(**inputs, **kwargs)
+    assert torch.equal(y, y_naive) and torch.equal(h, h_naive)
+    with pytest.raises(
+        ValueError,
+        match="^backend: selective_scan_ref runs the 'ref' loop only, expected 'ref', got 'torch'$",
+    ):
+        selective_scan_ref(**inputs, backend="torch")
 
 
 def test_ref_matches_transformers_slow_path():

@@ -18,7 +18,7 @@ def test_yaml_preset_and_overrides(tmp_path):
     )
     cfg = load_run_config(path, ["optim.betas=[0.9, 0.95]", "data.generate={n_train: 10}"])
     assert cfg.model.d_model == 32 and cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95)
-    assert cfg.model.serpent == {"rates": [0.5, 0.25]} and cfg.data.generate == {"n_train": 10}
+    assert cfg.model.serpent.rates == (0.5, 0.25) and cfg.data.generate == {"n_train": 10}
     paper = load_run_config(path, ["model.n_layers=6"], preset="paper")
     assert paper.model.d_model == 256 and paper.train.max_steps == 100000 and paper.model.n_layers == 6
 

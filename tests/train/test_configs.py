@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serpent_ssm.models.config import ModelConfig, build_model, count_parameters
+from serpent_ssm.models import ModelConfig, build_model, count_parameters
 from serpent_ssm.train.config import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

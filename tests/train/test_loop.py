@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from serpent_ssm.models import MODEL_NAMES
-from serpent_ssm.models.config import from_pretrained
+from serpent_ssm.models import MODEL_NAMES, from_pretrained
 from serpent_ssm.train.config import load_run_config
-from serpent_ssm.train.loop import batch_indices, train
+from serpent_ssm.train.loop import Window, batch_indices, train
 from serpent_ssm.train.report import evaluate_run, report_table
+from serpent_ssm.train.run_files import code_commit, read_run_config
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,45 @@ def test_resume_continues_exactly(listops_dir, tmp_path):
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+def test_resume_with_a_half_full_logging_window(listops_dir, tmp_path):
+    """Checkpoints at 5 and 10, log lines every 4 steps: the window saved at 10 holds steps 9-10."""
+    cfg = _cfg(listops_dir, "train.log_every=4", "train.max_steps=14")
+    train(cfg, tmp_path / "full", quiet=True)
+    with pytest.raises(_Crash):
+        train(cfg, tmp_path / "cut", on_step=_crash_at(11), quiet=True)
+    train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+
+
+def test_window_add_record_reset_and_the_checkpoint_format():
+    window = Window()
+    window.add(2.0, correct=3, samples=4, tokens=40)
+    window.add(1.0, correct=1, samples=4, tokens=40)
+    record = window.record(step=7, lr=0.5)
+    assert {k: record[k] for k in ("step", "split", "loss", "accuracy", "lr")} == {
+        "step": 7, "split": "train", "loss": 1.5, "accuracy": 0.5, "lr": 0.5
+    }  # fmt: skip
+    saved = window.to_tensor()
+    assert saved.dtype == torch.float64 and saved.tolist() == [12.0, 4.0, 8.0, 80.0]
+    old = torch.tensor([12.0, 4.0, 8.0, 80.0], dtype=torch.float64)  # as earlier versions saved it
+    assert Window.from_tensor(old).record(7, 0.5)["loss"] == 1.5
+    window.reset()
+    assert window.to_tensor().tolist() == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"^window: expected a \(4,\) tensor .*, got \(3,\)$"):
+        Window.from_tensor(torch.zeros(3, dtype=torch.float64))
+
+
+def test_config_json_records_the_code_commit_and_reads_back(listops_dir, tmp_path):
+    cfg = _cfg(listops_dir, "train.max_steps=2")
+    train(cfg, tmp_path / "run", quiet=True)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["code_commit"] == code_commit()
+    assert code_commit() is None or len(code_commit()) in (40, 64)
+    assert code_commit(tmp_path) is None  # not a git checkout
+    assert read_run_config(tmp_path / "run") == cfg
+    train(_cfg(listops_dir, "train.max_steps=3"), tmp_path / "run", resume=True, quiet=True)  # same key
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous(listops_dir, tmp_path):
     cfg = _cfg(listops_dir)
     with pytest.raises(_Crash):
@@ -111,7 +150,7 @@ def test_resume_refuses_another_config_and_fresh_run_refuses_old_dir(listops_dir
     train(_cfg(listops_dir, "train.max_steps=5"), tmp_path / "run", quiet=True)
     with pytest.raises(ValueError, match="holds a run already; pass --resume"):
         train(_cfg(listops_dir, "train.max_steps=5"), tmp_path / "run", quiet=True)
-    with pytest.raises(ValueError, match="the checkpoint was written by another config"):
+    with pytest.raises(ValueError, match=r"another config \(optim\.lr: expected 0\.003 as there, got 0\.01;"):
         train(_cfg(listops_dir, "optim.lr=1e-2"), tmp_path / "run", resume=True, quiet=True)
 
 

@@ -1,16 +1,17 @@
 """Record a model's selective time intervals per position, for comparison with information.
 
-- Mamba mixers (top level of each block): ``Δ_t = softplus(dt_proj(x_t) + bias)``, averaged over
-  the channels: one ``(B, L)`` array per layer, keyed ``"layer{i}"``. Inside a ``Bidirectional``
-  wrapper (non-causal classifiers) the two directions are kept apart, ``"layer{i}/fwd"`` and
-  ``"layer{i}/bwd"``, both in the input's order.
+- Mamba mixers (top level of each block): ``Δ_t = softplus(dt_proj(x_t) + bias)``
+  (``Mamba.intervals``), averaged over the channels: one ``(B, L)`` array per layer, keyed
+  ``"layer{i}"``. Inside a ``Bidirectional`` wrapper (non-causal classifiers) the two directions
+  are kept apart, ``"layer{i}/fwd"`` and ``"layer{i}/bwd"``, both in the input's order.
 - SeRpEnt mixers: the resampler's intervals of each branch (what decides which elements each
   compression rate keeps): ``(B, L)`` per layer and branch, keyed ``"layer{i}/rate{κ}"``.
 - S4D mixers have no input-dependent intervals (``Δ`` is one learned value per channel) and are
   refused.
 
-The model runs once, unchanged; hooks read the intervals on the way (a SeRpEnt mixer is asked
-for its ``return_info`` in its hook, which recomputes that mixer's forward).
+The model runs once, unchanged; hooks read the intervals on the way: a Mamba mixer is asked for
+its ``intervals`` of the input it receives (which recomputes its projections), a SeRpEnt mixer
+for its ``return_info`` (which recomputes that mixer's forward).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from serpent_ssm.modules import Bidirectional, Mamba, SeRpEnt
@@ -40,11 +40,14 @@ def model_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def _mamba_hook(records: dict, key: str, mixer: Mamba):
-    def on_x_proj(module, inp, out):
-        dt = out[..., : mixer.dt_rank] @ mixer.dt_proj.weight.T + mixer.dt_proj.bias  # (B, L, E)
-        records[key] = F.softplus(dt.float()).mean(-1).cpu()
+    """Record ``mixer.intervals`` of the mixer's input, averaged over the channels: ``(B, L)``."""
 
-    return mixer.x_proj.register_forward_hook(on_x_proj)
+    def on_mixer(module, args, kwargs):
+        x = args[0]
+        mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
+        records[key] = module.intervals(x, mask).float().mean(-1).cpu()
+
+    return mixer.register_forward_pre_hook(on_mixer, with_kwargs=True)
 
 
 @torch.no_grad()

@@ -208,13 +208,13 @@ def analyze_intervals(
 
 def _run_data(run: Path):
     """The run's task data and vocabulary (from its ``config.json`` and ``vocab.json``)."""
-    from serpent_ssm.train.config import RunConfig
+    from serpent_ssm.train.run_files import RUN_CONFIG, read_run_config
     from serpent_ssm.train.tasks import load_task
 
-    cfg_path = run / "config.json"
+    cfg_path = run / RUN_CONFIG
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: missing: expected the run's config.json (or pass --input)")
-    cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    cfg = read_run_config(run)
     task = load_task(cfg.data)
     vocab = Vocab.load(run / "vocab.json") if (run / "vocab.json").is_file() else None
     return task, vocab
@@ -240,7 +240,7 @@ def analyze_run(
     the text itself when the run's data cannot be loaded. ``reference``: ``"auto"``,
     ``"smollm2"``, ``"none"`` or a loaded reference model (``resolve_reference``); used for text.
     """
-    from serpent_ssm.models.config import from_pretrained
+    from serpent_ssm.models import from_pretrained
 
     run = Path(run_dir)
     model = from_pretrained(run / "best")

@@ -74,23 +74,44 @@ def _labels(sample: Sample, vocab: Vocab | None) -> list[str]:
     return [chr(b) if 32 <= b < 127 else "·" for b in sample.symbols]
 
 
-def plot_resampling(
-    view: dict[str, Any], sample: Sample, folder: Path, vocab: Vocab | None = None, max_positions: int = 480
-) -> list[Path]:
-    """Write the figures described in the module docstring into ``folder``; returns their paths."""
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib import colormaps
     except ImportError:
         raise ModuleNotFoundError("plots need matplotlib: pip install 'serpent-ssm[plots]'") from None
-    branches = view["branches"]
+    return plt
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_resampling(
+    view: dict[str, Any], sample: Sample, folder: Path, vocab: Vocab | None = None, max_positions: int = 480
+) -> list[Path]:
+    """Write the figures described in the module docstring into ``folder``; returns their paths."""
     n = min(view["n"], max_positions)
-    paths = []
+    paths = [_plot_curves(view, n, folder)]
+    side = math.isqrt(view["n"])
+    if sample.inputs.is_floating_point() and side * side == view["n"]:
+        return [*paths, _plot_image(view, sample, side, folder)]
+    labels = _labels(sample, vocab)[:n]
+    if labels:
+        paths.append(_plot_text(view, labels, folder))
+    return paths
+
+
+def _plot_curves(view: dict[str, Any], n: int, folder: Path) -> Path:
+    """Intervals and cumulative time of the first ``n`` positions, selected ones dotted."""
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 5), sharex=True)
-    for br in branches:
+    for br in view["branches"]:
         delta, t = np.asarray(br["delta"][:n]), np.asarray(br["t"][:n])
         sel = sorted({p for p in br["selected"] if p < n})
         (line,) = ax1.plot(delta, lw=0.8, label=f"κ={br['rate']:g} ({br['count']} selected of {view['n']})")
@@ -102,66 +123,62 @@ def plot_resampling(
     ax2.set_xlabel("position (dots: selected by a grid point)")
     ax1.legend(fontsize=7)
     ax1.set_title(f"SeRpEnt layer {view['layer']}: intervals and selected positions", fontsize=9)
-    fig.tight_layout()
-    paths.append(folder / "resampling_curves.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    return _save(fig, folder / "resampling_curves.png", 100)
 
-    side = math.isqrt(view["n"])
-    if sample.inputs.is_floating_point() and side * side == view["n"]:
-        cols = len(branches) + 1
-        fig, axes = plt.subplots(1, cols, figsize=(3 * cols, 3.2))
-        axes[0].imshow(sample.inputs.reshape(side, side, -1)[..., 0].numpy(), cmap="gray")
-        axes[0].set_title("input", fontsize=8)
-        for ax, br in zip(axes[1:], branches, strict=True):
-            im = ax.imshow(np.asarray(br["delta"]).reshape(side, side), cmap="magma")
-            sel = np.unique(br["selected"])
-            ax.plot(sel % side, sel // side, "c.", ms=2)
-            ax.set_title(f"κ={br['rate']:g}: Δ, {len(sel)} pixels selected", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.tight_layout()
-        paths.append(folder / "resampling_image.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-        return paths
 
-    labels = _labels(sample, vocab)[:n]
-    if labels:
-        per_line = 80
-        lines = math.ceil(len(labels) / per_line)
-        fig, axes = plt.subplots(
-            len(branches), 1, figsize=(12, 0.32 * lines * len(branches) + 0.5 * len(branches)), squeeze=False
+def _plot_image(view: dict[str, Any], sample: Sample, side: int, folder: Path) -> Path:
+    """A square image and, per branch, its interval heat map with the selected pixels dotted."""
+    plt = _pyplot()
+    branches = view["branches"]
+    cols = len(branches) + 1
+    fig, axes = plt.subplots(1, cols, figsize=(3 * cols, 3.2))
+    axes[0].imshow(sample.inputs.reshape(side, side, -1)[..., 0].numpy(), cmap="gray")
+    axes[0].set_title("input", fontsize=8)
+    for ax, br in zip(axes[1:], branches, strict=True):
+        im = ax.imshow(np.asarray(br["delta"]).reshape(side, side), cmap="magma")
+        sel = np.unique(br["selected"])
+        ax.plot(sel % side, sel // side, "c.", ms=2)
+        ax.set_title(f"κ={br['rate']:g}: Δ, {len(sel)} pixels selected", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, folder / "resampling_image.png", 100)
+
+
+def _plot_text(view: dict[str, Any], labels: list[str], folder: Path, per_line: int = 80) -> Path:
+    """Characters or tokens shaded by interval, per branch, selected ones boxed."""
+    from matplotlib import colormaps
+
+    plt = _pyplot()
+    branches = view["branches"]
+    lines = math.ceil(len(labels) / per_line)
+    fig, axes = plt.subplots(
+        len(branches), 1, figsize=(12, 0.32 * lines * len(branches) + 0.5 * len(branches)), squeeze=False
+    )
+    cmap = colormaps["YlOrRd"]
+    for ax, br in zip(axes[:, 0], branches, strict=True):
+        delta = np.asarray(br["delta"][: len(labels)])
+        lo, hi = float(delta.min()), float(delta.max())
+        sel = set(br["selected"])
+        for p, label in enumerate(labels):
+            x, y = p % per_line, -(p // per_line)
+            shade = (delta[p] - lo) / (hi - lo) if hi > lo else 0.5
+            ax.add_patch(plt.Rectangle((x, y - 0.5), 1, 0.9, color=cmap(0.1 + 0.8 * shade), lw=0))
+            if p in sel:
+                ax.add_patch(plt.Rectangle((x, y - 0.5), 1, 0.9, fill=False, ec="blue", lw=0.8))
+            if label:
+                ax.text(x + 0.5, y - 0.05, label[:3], ha="center", va="center", fontsize=6)
+        ax.set_xlim(0, per_line)
+        ax.set_ylim(-lines + 0.3, 0.6)
+        ax.axis("off")
+        ax.set_title(
+            f"κ={br['rate']:g}: shade = interval ({lo:.3g} … {hi:.3g}); boxed = selected "
+            f"({len(sel)} of {len(labels)} shown)",
+            fontsize=8,
+            loc="left",
         )
-        cmap = colormaps["YlOrRd"]
-        for ax, br in zip(axes[:, 0], branches, strict=True):
-            delta = np.asarray(br["delta"][: len(labels)])
-            lo, hi = float(delta.min()), float(delta.max())
-            sel = set(br["selected"])
-            for p, label in enumerate(labels):
-                x, y = p % per_line, -(p // per_line)
-                shade = (delta[p] - lo) / (hi - lo) if hi > lo else 0.5
-                ax.add_patch(plt.Rectangle((x, y - 0.5), 1, 0.9, color=cmap(0.1 + 0.8 * shade), lw=0))
-                if p in sel:
-                    ax.add_patch(plt.Rectangle((x, y - 0.5), 1, 0.9, fill=False, ec="blue", lw=0.8))
-                if label:
-                    ax.text(x + 0.5, y - 0.05, label[:3], ha="center", va="center", fontsize=6)
-            ax.set_xlim(0, per_line)
-            ax.set_ylim(-lines + 0.3, 0.6)
-            ax.axis("off")
-            ax.set_title(
-                f"κ={br['rate']:g}: shade = interval ({lo:.3g} … {hi:.3g}); boxed = selected "
-                f"({len(sel)} of {len(labels)} shown)",
-                fontsize=8,
-                loc="left",
-            )
-        fig.tight_layout()
-        paths.append(folder / "resampling_text.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
+    return _save(fig, folder / "resampling_text.png", 110)
 
 
 def analyze_resampling_run(
@@ -177,7 +194,7 @@ def analyze_resampling_run(
     run's ``split`` (an LM: ``max_bytes`` bytes from byte ``index * max_bytes``). Writes
     ``resampling.json`` and the PNGs into ``out`` (default: the run directory)."""
     from serpent_ssm.analysis.report import _run_data, lm_split_bytes
-    from serpent_ssm.models.config import from_pretrained
+    from serpent_ssm.models import from_pretrained
 
     run = Path(run_dir)
     model = from_pretrained(run / "best")

@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 
 from serpent_ssm.data.errors import DataFormatError, require_file
 from serpent_ssm.data.fetch import _cache, fetched_path, missing_message
-from serpent_ssm.data.vocab import BYTE_VOCAB, SPECIALS
+from serpent_ssm.data.vocab import BYTE_VOCAB, RESERVED_TOKENS
 
 __all__ = [
     "AUSTEN_SPLIT",
@@ -209,5 +209,6 @@ class LMWindows(Dataset):
         if not -self.n_windows <= i < self.n_windows:
             raise IndexError(f"window {i} out of range for {self.n_windows} windows")
         i %= self.n_windows
-        chunk = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1].to(torch.int64) + len(SPECIALS)
+        window = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1]
+        chunk = window.to(torch.int64) + len(RESERVED_TOKENS)
         return chunk[:-1], chunk[1:]

@@ -26,7 +26,7 @@ Cache layout (``cache_dir`` defaults to :func:`default_cache_dir`)::
         current             a one-line text file: the name of the folder to use
         manual/             optional: files a user placed by hand (see below)
         from-manual/        the ready folder built from manual/
-        .partial-<pid>-*/   a fetch in progress (or one killed by a signal)
+        .partial-<pid>-*/   a fetch still running (or one killed by a signal)
 
 A fetch writes everything into a ``.partial-*`` folder and renames it to ``<version>/`` only when
 all files are written, then points ``current`` at it; an interrupted fetch leaves nothing that looks

@@ -5,13 +5,13 @@ header ``Source\\tTarget``, one sample per line: whitespace-separated tokens, a 
 Tokens: ``[MIN [MAX [MED [SM`` (operators, each closed by ``]``), digits ``0``-``9``, and in the
 official release also ``(`` and ``)``, which carry no meaning and are kept as tokens.
 
-Generator (written from the task's description, DATA.md §2): a random tree from depth 1; below
-the maximum depth a node is an operator with probability ``p_op``, else a digit; an operator
-takes 2..``max_args`` arguments uniformly; at the maximum depth every node is a digit. The
-label is the tree's value (MIN, MAX, MED = integer median (floor of the mean of the two middle
-values for an even count), SM = sum mod 10). Trees whose token count (operators, digits and
-``]``) lies in ``[min_len, max_len]`` are kept, de-duplicated, shuffled and split. Our files
-have no parentheses.
+Generator (written from the task's description; docs/data.md, "ListOps (generated)"): a random
+tree from depth 1; below the maximum depth a node is an operator with probability ``p_op``, else
+a digit; an operator takes 2..``max_args`` arguments uniformly; at the maximum depth every node
+is a digit. The label is the tree's value (MIN, MAX, MED = integer median (floor of the mean of
+the two middle values for an even count), SM = sum mod 10). Trees whose token count (operators,
+digits and ``]``) lies in ``[min_len, max_len]`` are kept, de-duplicated, shuffled and split.
+Our files have no parentheses.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ import torch
 from torch.utils.data import Dataset
 
 from serpent_ssm.data.errors import DataFormatError
+from serpent_ssm.utils.io import atomic_write_bytes
 
 __all__ = [
     "DIFFICULTIES",
@@ -308,9 +308,9 @@ def _check_count(name: str, value) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Atomic, without fsync: a generated set is regenerated, and an fsync per picture would
+    dominate the generation time."""
+    atomic_write_bytes(path, lambda f: f.write(data), fsync=False)
 
 
 def generate_pathfinder(
@@ -361,29 +361,8 @@ def generate_pathfinder(
     for name in ("splits.json", "stats.json"):
         (root / name).unlink(missing_ok=True)
     counts = {"train": n_train, "val": n_val, "test": n_test}
-    labels = []
-    for i, n in enumerate(counts.values()):
-        split_labels = np.array([1] * (n // 2) + [0] * (n - n // 2))
-        labels.extend(np.random.default_rng([seed, 1, i]).permutation(split_labels).tolist())
-    n_batches = math.ceil(len(labels) / BATCH)
-    for old in (root / "metadata").glob("*.npy"):  # batches of an earlier, larger run
-        if old.stem.isdigit() and int(old.stem) >= n_batches:
-            old.unlink()
-    paths, attempts, drawn = [], 0, {0: [], 1: []}
-    for k in range(n_batches):
-        (root / "imgs" / str(k)).mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i in range(k * BATCH, min((k + 1) * BATCH, len(labels))):
-            j, label = i - k * BATCH, labels[i]
-            picture, n_distractors, used = _draw(geom, label, np.random.default_rng([seed, 0, i]))
-            attempts += used
-            drawn[label].append(n_distractors)
-            buf = io.BytesIO()
-            Image.fromarray(picture).save(buf, format="PNG")
-            _write_atomic(root / "imgs" / str(k) / f"sample_{j}.png", buf.getvalue())
-            lines.append(f"imgs/{k} sample_{j}.png {j} {label} {geom.contour_length} {n_distractors}\n")
-            paths.append(f"imgs/{k}/sample_{j}.png")
-        _write_atomic(root / "metadata" / f"{k}.npy", "".join(lines).encode())
+    labels = _balanced_labels(counts, seed)
+    paths, attempts, drawn = _write_batches(root, geom, labels, seed, Image)
     splits, stats_splits, lo = {}, {}, 0
     for split, n in counts.items():
         splits[split] = paths[lo : lo + n]
@@ -404,6 +383,43 @@ def generate_pathfinder(
     }
     _write_atomic(root / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
     return stats
+
+
+def _balanced_labels(counts: dict[str, int], seed: int) -> list[int]:
+    """Per split ``n // 2`` positives and the rest negatives, in a seeded order; splits in order."""
+    labels = []
+    for i, n in enumerate(counts.values()):
+        split_labels = np.array([1] * (n // 2) + [0] * (n - n // 2))
+        labels.extend(np.random.default_rng([seed, 1, i]).permutation(split_labels).tolist())
+    return labels
+
+
+def _write_batches(
+    root: Path, geom: PathfinderGeometry, labels: list[int], seed: int, image_module
+) -> tuple[list[str], int, dict[int, list[int]]]:
+    """Draw and write every picture (PNG through ``image_module``, Pillow's ``Image``), ``BATCH``
+    per ``imgs/<k>`` folder, each batch's metadata file after its images. Returns the picture
+    paths, the placement attempts and the distractor counts per label."""
+    n_batches = math.ceil(len(labels) / BATCH)
+    for old in (root / "metadata").glob("*.npy"):  # batches of an earlier, larger run
+        if old.stem.isdigit() and int(old.stem) >= n_batches:
+            old.unlink()
+    paths, attempts, drawn = [], 0, {0: [], 1: []}
+    for k in range(n_batches):
+        (root / "imgs" / str(k)).mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(k * BATCH, min((k + 1) * BATCH, len(labels))):
+            j, label = i - k * BATCH, labels[i]
+            picture, n_distractors, used = _draw(geom, label, np.random.default_rng([seed, 0, i]))
+            attempts += used
+            drawn[label].append(n_distractors)
+            buf = io.BytesIO()
+            image_module.fromarray(picture).save(buf, format="PNG")
+            _write_atomic(root / "imgs" / str(k) / f"sample_{j}.png", buf.getvalue())
+            lines.append(f"imgs/{k} sample_{j}.png {j} {label} {geom.contour_length} {n_distractors}\n")
+            paths.append(f"imgs/{k}/sample_{j}.png")
+        _write_atomic(root / "metadata" / f"{k}.npy", "".join(lines).encode())
+    return paths, attempts, drawn
 
 
 # ---------------------------------------------------------------- loader

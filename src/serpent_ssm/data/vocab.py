@@ -15,13 +15,13 @@ import torch
 
 __all__ = ["BYTE_VOCAB", "LISTOPS_VOCAB", "Vocab"]
 
-SPECIALS = ("<pad>", "<bos>", "<eos>")
+RESERVED_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 
 @dataclass(frozen=True)
 class Vocab:
     """A fixed vocabulary: ``kind`` is ``"tokens"`` (``tokens`` lists every symbol, id = index)
-    or ``"bytes"`` (id = byte + len(SPECIALS))."""
+    or ``"bytes"`` (id = byte + len(RESERVED_TOKENS))."""
 
     name: str
     kind: str
@@ -36,7 +36,7 @@ class Vocab:
 
     @property
     def size(self) -> int:
-        return len(SPECIALS) + 256 if self.kind == "bytes" else len(self.tokens)
+        return len(RESERVED_TOKENS) + 256 if self.kind == "bytes" else len(self.tokens)
 
     pad_id = 0
 
@@ -50,11 +50,11 @@ class Vocab:
 
     def encode_bytes(self, data: bytes) -> torch.Tensor:
         """Bytes -> ``(L,)`` int64 ids ``byte + 3``."""
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64) + len(SPECIALS)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64) + len(RESERVED_TOKENS)
 
     def decode_bytes(self, ids: torch.Tensor) -> bytes:
         """Inverse of ``encode_bytes``; special ids are dropped."""
-        ids = ids[ids >= len(SPECIALS)] - len(SPECIALS)
+        ids = ids[ids >= len(RESERVED_TOKENS)] - len(RESERVED_TOKENS)
         return bytes(ids.to(torch.uint8).tolist())
 
     def to_dict(self) -> dict:

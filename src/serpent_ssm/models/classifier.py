@@ -1,52 +1,21 @@
-"""LRA-style sequence classifier (SPEC.md §5): encoder -> pre-norm blocks -> masked mean pool -> head."""
+"""LRA-style sequence classifiers: encoder -> pre-norm blocks -> masked mean pool -> head.
+
+See docs/design.md, "Models".
+
+The mixer of each block comes from a factory (``models.mixers.make_mixer_factory``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
-from serpent_ssm.modules import S4D, Bidirectional, Block, Mamba, SeRpEnt
-from serpent_ssm.modules.block import make_norm
+from serpent_ssm.modules.block import Block, make_norm
 from serpent_ssm.utils.validation import check_positive_int
 
-__all__ = [
-    "MODEL_NAMES",
-    "RetrievalClassifier",
-    "SequenceClassifier",
-    "SequenceEncoder",
-    "make_mixer_factory",
-]
-
-MODEL_NAMES = ("mamba", "s4d", "serpent-mamba", "serpent-s4d")
-
-
-def make_mixer_factory(
-    name: str,
-    d_model: int,
-    causal: bool = False,
-    backbone_kwargs: dict[str, Any] | None = None,
-    serpent_kwargs: dict[str, Any] | None = None,
-) -> Callable[[], nn.Module]:
-    """Factory of the mixer behind a model name.
-
-    ``mamba`` / ``s4d``: the backbone (wrapped in ``Bidirectional`` when not causal);
-    ``serpent-mamba`` / ``serpent-s4d``: a ``SeRpEnt`` mixer over that backbone, with
-    ``serpent_kwargs`` passed to it.
-    """
-    if name not in MODEL_NAMES:
-        raise ValueError(f"name: expected one of {', '.join(map(repr, MODEL_NAMES))}, got {name!r}")
-    bkw = dict(backbone_kwargs or {})
-    backbone = name.removeprefix("serpent-")
-    cls = {"mamba": Mamba, "s4d": S4D}[backbone]
-    if name.startswith("serpent-"):
-        skw = dict(serpent_kwargs or {})
-        return lambda: SeRpEnt(d_model, backbone, causal=causal, backbone_kwargs=bkw, **skw)
-    if causal:
-        return lambda: cls(d_model, **bkw)
-    return lambda: Bidirectional(lambda: cls(d_model, **bkw), d_model)
+__all__ = ["RetrievalClassifier", "SequenceClassifier", "SequenceEncoder"]
 
 
 class SequenceEncoder(nn.Module):
@@ -118,7 +87,7 @@ class SequenceClassifier(nn.Module):
 
 
 class RetrievalClassifier(nn.Module):
-    """Two-tower matching (LRA Retrieval, SPEC.md §5): one shared ``SequenceEncoder`` gives
+    """Two-tower matching (LRA Retrieval): one shared ``SequenceEncoder`` gives
     ``u``, ``v`` for the two documents; an MLP on ``[u, v, u*v, u-v]`` gives logits
     ``(B, n_classes)``."""
 

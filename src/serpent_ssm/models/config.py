@@ -1,47 +1,31 @@
-"""One dataclass config for every model, ``build_model``, and the Hugging Face-style layout.
+"""``ModelConfig``: everything that defines a model's architecture, typed and checked on construction.
 
-``save_pretrained(model, dir)`` writes ``config.json`` + ``model.safetensors``;
-``from_pretrained(dir)`` rebuilds the model from the config and loads the weights (safetensors:
-no code runs on load; works offline). ``safetensors`` is imported lazily (extra ``[train]``).
+A config travels from YAML (``model:`` of a run config) or ``config.json`` (a saved model) to the
+modules as one object: ``ModelConfig.from_dict`` checks every key with the coercion of
+``utils.config`` (errors name the key path, ``model.serpent.rates: ...``), the backbone options
+become the backbone's typed dataclass (``modules.backbones.BACKBONE_OPTIONS``) and the SeRpEnt
+options a ``SeRpEntOptions``. Defaults that depend on other fields (``causal`` from the head,
+SeRpEnt's mode-dependent options) are filled in by ``resolved()``, the one place that does it;
+``build_model`` builds from the resolved config and ``save_pretrained`` writes it, with
+``format_version``, so that a later change of a default cannot change a saved model.
+``migrate`` reads the files of earlier versions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
+from serpent_ssm.models.mixers import MODEL_NAMES, backbone_name
+from serpent_ssm.modules.backbones import backbone_options
+from serpent_ssm.modules.serpent_config import SeRpEntOptions, resolve_options
+from serpent_ssm.utils.config import check_fields, from_mapping, prefix_error, to_mapping
 
-from serpent_ssm.models.classifier import (
-    MODEL_NAMES,
-    RetrievalClassifier,
-    SequenceClassifier,
-    make_mixer_factory,
-)
-from serpent_ssm.modules.serpent import SeRpEnt, SeRpEntConfig
-
-__all__ = [
-    "HEADS",
-    "ModelConfig",
-    "build_model",
-    "count_parameters",
-    "from_pretrained",
-    "save_pretrained",
-]
+__all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate"]
 
 HEADS = ("classify", "retrieval", "lm")
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-_SERPENT_FIELDS = {f.name for f in dataclasses.fields(SeRpEntConfig)} - {
-    "d_model",
-    "backbone",
-    "backbone_kwargs",
-}
+FORMAT_VERSION = "0.2.0"
 
 
 @dataclass
@@ -49,12 +33,14 @@ class ModelConfig:
     """Everything that defines a model's architecture (not its training).
 
     ``name``: mamba, s4d, serpent-mamba, serpent-s4d. ``head``: ``classify`` (SequenceClassifier),
-    ``retrieval`` (two towers) or ``lm`` (CausalLM; always causal). Inputs: ``vocab_size`` for
-    token ids, or ``d_input`` for float features (1 for pixels). ``backbone``: keyword arguments
-    of the Mamba/S4D mixer (``d_state``, ``expand``, ...). ``serpent``: fields of
-    ``SeRpEntConfig`` (``rates``, ``window``, ...), for the serpent-* names only.
-    ``causal=False`` makes the backbones bidirectional. ``norm_eps`` and ``tie_embeddings``
-    apply to the language model (``head="lm"``).
+    ``retrieval`` (two towers) or ``lm`` (CausalLM). Inputs: ``vocab_size`` for token ids, or
+    ``d_input`` for float features (1 for pixels). ``causal``: None = by the head (a language
+    model is causal, a classifier is not); ``False`` makes the backbones bidirectional, and a
+    language model refuses it. ``backbone``: the options of the Mamba/S4D mixer (``d_state``,
+    ``expand``, ...; a mapping is converted to the backbone's typed options). ``serpent``: the
+    ``SeRpEntOptions`` of the serpent-* models (a mapping is converted; None, or an empty
+    mapping, for the others).
+    ``norm_eps`` and ``tie_embeddings`` apply to the language model.
     """
 
     name: str = "mamba"
@@ -69,182 +55,101 @@ class ModelConfig:
     tie_embeddings: bool = True
     mlp_ratio: float = 0.0
     dropout: float = 0.0
-    causal: bool = False
-    backbone: dict[str, Any] = field(default_factory=dict)
-    serpent: dict[str, Any] = field(default_factory=dict)
+    causal: bool | None = None
+    backbone: Any = None
+    serpent: SeRpEntOptions | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except ValueError as exc:
+            raise prefix_error("model", exc) from None
+
+    def _check(self) -> None:
+        if self.serpent == {} and not str(self.name).startswith("serpent-"):
+            self.serpent = None  # an empty mapping sets nothing
+        check_fields(self)
         if self.name not in MODEL_NAMES:
-            raise ValueError(f"model.name: expected one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+            raise ValueError(f"name: expected one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         if self.head not in HEADS:
-            raise ValueError(f"model.head: expected one of {', '.join(HEADS)}, got {self.head!r}")
-        unknown = sorted(set(self.serpent) - _SERPENT_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"model.serpent.{unknown[0]}: unknown key, "
-                f"expected one of {', '.join(sorted(_SERPENT_FIELDS))}"
-            )
-        if self.serpent and not self.name.startswith("serpent-"):
-            raise ValueError(f"model.serpent: only for the serpent-* models, got it with name {self.name!r}")
+            raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
+        for key in ("d_model", "n_layers", "n_classes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.head == "lm" and self.causal is False:
+            raise ValueError("causal: expected true (or unset) for a language model (head 'lm'), got false")
+        if self.serpent is not None and not self.name.startswith("serpent-"):
+            raise ValueError(f"serpent: only for the serpent-* models, got it with name {self.name!r}")
+        if self.serpent is None and self.name.startswith("serpent-"):
+            self.serpent = SeRpEntOptions()
+        try:
+            self.backbone = backbone_options(backbone_name(self.name), self.backbone)
+        except ValueError as exc:
+            raise prefix_error("backbone", exc) from None
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every default that depends on another field filled in: ``causal`` (by the
+        head) and SeRpEnt's mode-dependent options (``restore``, ``include_full_branch``,
+        ``bidirectional``). Raises ValueError naming ``model.serpent.<key>`` on a conflict."""
+        causal = self.causal if self.causal is not None else self.head == "lm"
+        serpent = self.serpent
+        if serpent is not None:
+            try:
+                serpent = resolve_options(serpent, causal)
+            except ValueError as exc:
+                raise prefix_error("model.serpent", exc) from None
+        return dataclasses.replace(self, causal=causal, serpent=serpent)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-friendly values (``format_version`` first), as ``config.json`` stores them."""
+        return {"format_version": FORMAT_VERSION, **to_mapping(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"model.{unknown[0]}: unknown key, expected one of {', '.join(sorted(known))}")
-        return cls(**d)
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    """The model described by ``config`` (freshly initialised); ``model.config`` is set."""
-    serpent = dict(config.serpent)
-    if "rates" in serpent:
-        serpent["rates"] = tuple(serpent["rates"])
-    if config.head == "lm":
-        from serpent_ssm.models.lm import CausalLM
-
-        if config.vocab_size is None:
-            raise ValueError("model.vocab_size: expected the vocabulary size of the language model, got None")
-        model = CausalLM(
-            config.name,
-            config.vocab_size,
-            config.d_model,
-            config.n_layers,
-            norm=config.norm,
-            norm_eps=config.norm_eps,
-            mlp_ratio=config.mlp_ratio,
-            dropout=config.dropout,
-            backbone=config.backbone,
-            serpent=serpent,
-            tie_embeddings=config.tie_embeddings,
-        )
-        model.config = config
-        return model
-    factory = make_mixer_factory(
-        config.name,
-        config.d_model,
-        causal=config.causal,
-        backbone_kwargs=config.backbone,
-        serpent_kwargs=serpent,
-    )
-    cls = RetrievalClassifier if config.head == "retrieval" else SequenceClassifier
-    model = cls(
-        factory,
-        config.d_model,
-        config.n_layers,
-        config.n_classes,
-        vocab_size=config.vocab_size,
-        d_input=config.d_input,
-        norm=config.norm,
-        mlp_ratio=config.mlp_ratio,
-        dropout=config.dropout,
-    )
-    model.config = config
-    return model
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise ModuleNotFoundError(
-            "saving and loading models needs safetensors: pip install 'serpent-ssm[train]'"
-        ) from None
-    return safetensors.torch
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, ModelConfig):
-        raise ValueError("model: expected a model built by build_model (with a ModelConfig), got one without")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    st = _safetensors()
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        if v.data_ptr() in seen:  # a tied weight (the LM head): stored once, re-tied on load
-            continue
-        seen.add(v.data_ptr())
-        state[k] = v.detach().contiguous()
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: st.save_file(state, tmp, metadata={"format": "pt"}))
-    record = config.to_dict()
-    mixer = next((m for m in model.modules() if isinstance(m, SeRpEnt)), None)
-    if mixer is not None:  # every SeRpEnt option as resolved, so that a later default cannot change it
-        resolved = mixer.config.to_dict()
-        options = {k: resolved[k] for k in sorted(_SERPENT_FIELDS - {"causal"})}
-        record["serpent"] = options | record["serpent"]
-    text = json.dumps(record, indent=1) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-    return directory
-
-
-def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved by ``save_pretrained`` in ``directory``.
-
-    Raises ValueError naming the file when the config is unreadable or the weights do not match
-    it (missing, unexpected or mis-shaped tensors).
-    """
-    directory = Path(directory)
-    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (cfg_path, weights):
-        if not path.is_file():
+        """From ``to_dict``'s output or a YAML ``model:`` mapping (``format_version`` optional)."""
+        d = dict(d)
+        version = d.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
             raise ValueError(
-                f"{path}: missing: expected {CONFIG_NAME} and {WEIGHTS_NAME} from save_pretrained"
+                f"model.format_version: expected {FORMAT_VERSION!r} (older files go through migrate()), "
+                f"got {version!r}"
             )
-    try:
-        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{cfg_path}: not a model config: {exc}") from None
-    model = build_model(config)
-    try:
-        state = _safetensors().load_file(str(weights), device=str(map_location))
-    except Exception as exc:  # a truncated or corrupt file
-        raise ValueError(f"{weights}: unreadable safetensors file: {exc}") from None
-    load_state_checked(model, state, weights)
-    return model
+        return from_mapping(cls, d, "model")
 
 
-def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """``model.load_state_dict(state)`` with one error naming ``source`` and the first mismatch."""
-    own = model.state_dict()
-    state = dict(state)
-    by_ptr = {own[k].data_ptr(): k for k in own if k in state}
-    for k in set(own) - set(state):  # tied weights are saved once
-        if own[k].data_ptr() in by_ptr:
-            state[k] = state[by_ptr[own[k].data_ptr()]]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
-        raise ValueError(
-            f"{source}: weights do not match the model "
-            f"({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
-        )
-    for k in own:  # the model's own order: the first mismatching tensor is named
-        v = state[k]
-        if v.shape != own[k].shape:
-            raise ValueError(
-                f"{source}: tensor {k!r}: expected shape {tuple(own[k].shape)}, got {tuple(v.shape)}"
-            )
-    model.load_state_dict(state)
+def _migrate_0_1_0(record: dict[str, Any]) -> dict[str, Any]:
+    """0.1.0 -> 0.2.0. In 0.1.0 ``serpent`` was ``{}`` for the backbone models; a language model
+    was causal whatever its ``causal`` field said; and causal SeRpEnt models saved before the
+    full branch became the causal default wrote only the options set by hand (so an absent
+    ``include_full_branch`` meant the default of then, False)."""
+    record = dict(record)
+    name = record.get("name", "mamba")
+    if not isinstance(name, str) or not name.startswith("serpent-"):
+        if record.get("serpent") in ({}, None):
+            record["serpent"] = None
+    elif isinstance(record.get("serpent", {}), dict):
+        serpent = dict(record.get("serpent") or {})
+        serpent.setdefault("include_full_branch", False)
+        record["serpent"] = serpent
+    if record.get("head") == "lm":
+        record["causal"] = True
+    return record
+
+
+_MIGRATIONS = {"0.1.0": _migrate_0_1_0}
+
+
+def migrate(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` record of any released format as the current one (no ``format_version``
+    key means 0.1.0, the first release)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"config: expected a mapping, got {type(record).__name__}")
+    record = dict(record)
+    version = record.pop("format_version", "0.1.0")
+    while version != FORMAT_VERSION:
+        if version not in _MIGRATIONS:
+            known = ", ".join([*_MIGRATIONS, FORMAT_VERSION])
+            raise ValueError(f"format_version: expected one of {known}, got {version!r}")
+        record = _MIGRATIONS[version](record)
+        version = {"0.1.0": "0.2.0"}[version]
+    return {"format_version": FORMAT_VERSION, **record}

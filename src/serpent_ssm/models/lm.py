@@ -1,4 +1,4 @@
-"""Causal language model (SPEC.md §5): embedding -> causal pre-norm blocks -> norm -> tied head.
+"""Causal language model: embedding -> causal pre-norm blocks -> norm -> tied head (docs/design.md, "Models").
 
 Byte level by default (``BYTE_VOCAB``: 259 ids = 3 specials + 256 bytes); any vocabulary size
 when a tokenizer is used. Every model name works: ``mamba``, ``s4d``, ``serpent-mamba``,
@@ -16,26 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from serpent_ssm.models.classifier import make_mixer_factory
-from serpent_ssm.modules import Block
-from serpent_ssm.modules.block import make_norm
+from serpent_ssm.models.mixers import make_mixer_factory
+from serpent_ssm.modules.block import Block, make_norm
+from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.utils.validation import check_positive_int
 
-__all__ = ["CausalLM", "from_mamba_checkpoint", "serpent_from_mamba"]
-
-
-def from_mamba_checkpoint(path_or_dir, map_location="cpu") -> CausalLM:
-    """Our ``mamba`` LM from a transformers or mamba_ssm checkpoint (see ``models.pretrained``)."""
-    from serpent_ssm.models.pretrained import from_mamba_checkpoint as load
-
-    return load(path_or_dir, map_location=map_location)
-
-
-def serpent_from_mamba(path_or_dir, serpent=None, map_location="cpu") -> CausalLM:
-    """A ``serpent-mamba`` LM whose branch backbones start from a pretrained Mamba LM's mixers."""
-    from serpent_ssm.models.pretrained import serpent_from_mamba as load
-
-    return load(path_or_dir, serpent=serpent, map_location=map_location)
+__all__ = ["CausalLM"]
 
 
 class CausalLM(nn.Module):
@@ -46,7 +32,8 @@ class CausalLM(nn.Module):
         vocab_size: number of token ids (259 for bytes).
         d_model, n_layers, norm, mlp_ratio, dropout: as ``SequenceClassifier``; ``norm_eps`` the
             epsilon of every norm.
-        backbone: keyword arguments of the Mamba/S4D mixer; serpent: of ``SeRpEntConfig``.
+        backbone: options of the Mamba/S4D mixer (a mapping or the backbone's options
+            dataclass); serpent: ``SeRpEntOptions`` (or a mapping of them).
         tie_embeddings: the output head shares the embedding matrix (default).
     """
 
@@ -60,8 +47,8 @@ class CausalLM(nn.Module):
         norm_eps: float = 1e-5,
         mlp_ratio: float = 0.0,
         dropout: float = 0.0,
-        backbone: dict[str, Any] | None = None,
-        serpent: dict[str, Any] | None = None,
+        backbone: Any = None,
+        serpent: Any = None,
         tie_embeddings: bool = True,
     ) -> None:
         super().__init__()
@@ -102,8 +89,8 @@ class CausalLM(nn.Module):
         """``ids (B, L)`` (right-padded with ``mask (B, L)``) -> logits ``(B, L, vocab_size)``.
 
         ``state``/``return_state`` carry the recurrent state from one call to the next, so a
-        long text can be processed window by window (Mamba and S4D backbones; a SeRpEnt model
-        streams through ``step()`` instead).
+        long text can be processed window by window, where ``state_support.forward_state``
+        (Mamba and S4D backbones; a SeRpEnt model streams through ``step()`` instead).
         """
         self._check_ids(ids)
         h = self.embedding(ids)
@@ -119,11 +106,12 @@ class CausalLM(nn.Module):
         return self.head(self.norm(h)), new_state
 
     @property
-    def carries_state_in_forward(self) -> bool:
-        """True when ``forward(state=...)`` works (no SeRpEnt mixers)."""
-        from serpent_ssm.modules import SeRpEnt
-
-        return not any(isinstance(b.mixer, SeRpEnt) for b in self.blocks)
+    def state_support(self) -> StateSupport:
+        """What every block's mixer supports (``modules.protocol``)."""
+        support = StateSupport(step=True, forward_state=True)
+        for block in self.blocks:
+            support = support & block.state_support
+        return support
 
     def allocate_state(self, batch: int, device=None, dtype=None) -> list[Any]:
         """One recurrent state per block (fixed size: it does not grow with the tokens seen)."""
@@ -170,12 +158,17 @@ class CausalLM(nn.Module):
             raise ValueError(f"top_k: expected a positive integer, got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected a probability in (0, 1], got {top_p}")
+        if not self.state_support.step:
+            raise ValueError(
+                "model: expected mixers that support step() (modules.protocol) to generate, "
+                "got some that do not"
+            )
         was_training = self.training
         self.eval()
         gen = torch.Generator(device=ids.device)
         if seed is not None:
             gen.manual_seed(seed)
-        if self.carries_state_in_forward:  # the prompt in one parallel pass
+        if self.state_support.forward_state:  # the prompt in one parallel pass
             logits, state = self(ids, return_state=True)
             logits = logits[:, -1]
         else:  # SeRpEnt: its forward takes no state, so the prompt goes through the recurrence

@@ -59,7 +59,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from serpent_ssm.models.config import ModelConfig, build_model
+from serpent_ssm.models.build import build_model
+from serpent_ssm.models.config import ModelConfig
 from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.modules.mamba import Mamba
 
@@ -360,7 +361,7 @@ def _build(cfg: MambaCheckpointConfig, name: str, serpent: dict[str, Any] | None
         tie_embeddings=cfg.tie_embeddings,
         causal=True,
         backbone=cfg.backbone_kwargs(),
-        serpent=dict(serpent or {}),
+        serpent=dict(serpent or {}) if name.startswith("serpent-") else None,
     )
     return build_model(config)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.utils.sequence import reverse_padded
 from serpent_ssm.utils.validation import check_mixer_input, check_positive_int
 
@@ -29,6 +30,8 @@ class Bidirectional(nn.Module):
         combine: ``"add"`` (sum of both directions) or ``"concat"`` (a ``Linear(2D, D)`` over
             the concatenation).
     """
+
+    state_support = StateSupport()  # it reads the future: no streaming, no chunks
 
     def __init__(self, make_mixer: Callable[[], nn.Module], d_model: int, combine: str = "add") -> None:
         super().__init__()

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serpent_ssm.modules.protocol import StateSupport, state_support
 from serpent_ssm.utils.validation import check_positive_int
 
 __all__ = ["Block", "make_norm"]
@@ -85,22 +86,27 @@ class Block(nn.Module):
         """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)``.
 
         ``state`` / ``return_state``: passed to mixers whose ``forward`` carries a recurrent
-        state across calls (Mamba, S4D), for processing a long sequence in chunks.
+        state across calls (``state_support(mixer).forward_state``: Mamba, S4D), for processing
+        a long sequence in chunks.
         """
         if state is None and not return_state:
             m = self.mixer(self.norm(x), mask=mask)
         else:
-            try:
-                m, state = self.mixer(self.norm(x), mask=mask, state=state, return_state=True)
-            except TypeError:
+            if not state_support(self.mixer).forward_state:
                 raise ValueError(
                     f"state: {type(self.mixer).__name__}.forward carries no state across calls; "
                     "use step() for streaming"
-                ) from None
+                )
+            m, state = self.mixer(self.norm(x), mask=mask, state=state, return_state=True)
         y = x + self.dropout(m)
         if self.mlp is not None:
             y = y + self.dropout(self.mlp(self.norm2(y)))
         return (y, state) if return_state else y
+
+    @property
+    def state_support(self) -> StateSupport:
+        """The mixer's (the block itself keeps no state)."""
+        return state_support(self.mixer)
 
     def allocate_state(self, batch: int, device=None, dtype=None) -> Any:
         """The mixer's recurrent state (the block itself keeps none)."""

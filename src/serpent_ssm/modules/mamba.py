@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serpent_ssm.modules._shared import empty_sequence_output
+from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
 from serpent_ssm.utils.validation import (
     check_float_tensor,
@@ -54,6 +55,8 @@ class Mamba(nn.Module):
     ``A_log`` and ``D`` carry ``_no_weight_decay = True`` (optimisers built by this library
     honour it, as mamba_ssm's do). ``A_log`` is initialised S4D-real: ``A[:, n] = -(n + 1)``.
     """
+
+    state_support = StateSupport(step=True, forward_state=True)
 
     def __init__(
         self,
@@ -127,6 +130,50 @@ class Mamba(nn.Module):
         )
 
     # ------------------------------------------------------------------ full sequence
+    def _project(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projections in front of the scan, for ``x (B, L, d_model)`` with ``L >= 1``.
+
+        Returns ``conv_in (B, E, d_conv - 1 + L)`` (the convolution's input: the state's last
+        inputs, or zeros, then the sequence), ``xc (B, E, L)`` (the scan input ``u``),
+        ``z (B, L, E)`` (the gate), ``dt (B, E, L)`` (``dt_proj``'s weight applied, its bias
+        not), ``b, c (B, L, N)``.
+        """
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs = xs.transpose(1, 2)  # (B, E, L)
+        if state is not None:
+            prefix = state["conv"].to(xs.dtype)
+        else:
+            prefix = xs.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
+        conv_in = torch.cat([prefix, xs], dim=-1)  # (B, E, k - 1 + L)
+        xc = F.silu(F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
+        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L); the bias is added by the scan
+        return conv_in, xc, z, dt, b, c
+
+    def intervals(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The selective intervals ``Δ = softplus(dt_proj(·) + bias)`` that ``forward`` scans with.
+
+        Args:
+            x: ``(B, L, d_model)``.
+            mask: ``(B, L)`` bool, True = real, right padding; padded positions get ``Δ = 0``
+                (no time passes there).
+        Returns:
+            ``(B, L, d_inner)`` in float32 (float64 for float64 ``x``), from the arguments that
+            ``forward`` passes to the scan, as its ``"torch"`` backend computes it.
+        """
+        check_mixer_input(x, mask, self.d_model)
+        cdt = torch.promote_types(x.dtype, torch.float32)  # the scan's compute dtype
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
+        dt = self._project(x, None)[3]
+        delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.float().to(cdt)[:, None])  # (B, E, L)
+        if mask is not None:
+            delta = delta * mask.unsqueeze(1).to(cdt)
+        return delta.transpose(1, 2)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -152,16 +199,8 @@ class Mamba(nn.Module):
             self._check_state(state, batch)
         if length == 0:
             return empty_sequence_output(self, x, state, return_state)
-        xz = self.in_proj(x)
-        xs, z = xz.chunk(2, dim=-1)
-        xs = xs.transpose(1, 2)  # (B, E, L)
+        conv_in, xc, z, dt, b, c = self._project(x, state)
         k = self.d_conv
-        prefix = state["conv"].to(xs.dtype) if state is not None else xs.new_zeros(batch, self.d_inner, k - 1)
-        conv_in = torch.cat([prefix, xs], dim=-1)  # (B, E, k - 1 + L)
-        xc = F.silu(F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
-        x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
-        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L); bias added inside the scan
         a = -torch.exp(self.A_log.float())
         y, h = selective_scan(
             xc,

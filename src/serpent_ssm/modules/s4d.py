@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serpent_ssm.modules._shared import empty_sequence_output
+from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.utils.validation import (
     check_float_tensor,
     check_mixer_input,
@@ -47,6 +48,8 @@ class S4D(nn.Module):
     Padding: masked inputs are zeroed before the causal convolution, so outputs at real
     positions of a right-padded row do not depend on the padding; outputs at padding are 0.
     """
+
+    state_support = StateSupport(step=True, forward_state=True)
 
     def __init__(
         self,

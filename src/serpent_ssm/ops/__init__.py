@@ -1,4 +1,4 @@
-"""Pure functions: the selective scan and its backends."""
+"""Pure functions: the selective scan with its backends, and SeRpEnt's resampling steps (``resample``)."""
 
 from serpent_ssm.ops.selective_scan import (
     BACKENDS,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["chunked_scan", "DEFAULT_CHUNK_SIZE"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_scan", "torch_scan"]
 
 #: 32 keeps one chunk's (B, D, T, N) working set in the last-level cache for the common sizes
 #: (B=4, D=256, N=16: 2 MiB), which measured fastest on CPU (see benchmarks/scan.py).
@@ -60,7 +60,7 @@ def chunked_scan(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Core scan without skip, gate or masking (those are applied by ``selective_scan``).
+    """Core scan without skip, gate or masking (those are applied by ``torch_scan``).
 
     Args:
         u, delta: ``(Bt, D, L)`` float32; ``delta`` already discretised (softplus, bias, mask).
@@ -96,3 +96,46 @@ def chunked_scan(
             y, h = _scan_chunk(*args)
         ys.append(y)
     return torch.cat(ys, dim=-1), h
+
+
+def _grouped(x: torch.Tensor, bt: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """B or C in any accepted layout -> ``(Bt, G, N, L)`` in ``dtype`` (a view where possible)."""
+    x = x.to(dtype)
+    if x.dim() == 2:  # time-invariant (D, N): one group per channel
+        return x[None, :, :, None].expand(bt, x.shape[0], x.shape[1], length)
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    return x
+
+
+def torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, initial_state, return_final_state):
+    """The ``"torch"`` backend with ``selective_scan``'s arguments (already validated).
+
+    Discretises ``Δ`` (bias, softplus, ``Δ = 0`` and ``u = 0`` on padding), runs
+    ``chunked_scan``, then adds the skip, applies the gate and zeroes the padding. Computes in
+    float32 (float64 for float64 ``u``); returns ``y (Bt, D, L)`` in ``u``'s dtype and the
+    final state ``(Bt, D, N)`` in the compute dtype when requested.
+    """
+    bt, d, length = u.shape
+    out_dtype = u.dtype
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32  # compute dtype
+    uf, dt = u.to(cdt), delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    if mask is not None:
+        m = mask.unsqueeze(1).to(cdt)
+        dt = dt * m
+        uf = uf * m
+    Bg, Cg = _grouped(B, bt, length, cdt), _grouped(C, bt, length, cdt)
+    h0 = initial_state.to(cdt) if initial_state is not None else uf.new_zeros(bt, d, A.shape[1])
+    y, h = chunked_scan(uf, dt, A.to(cdt), Bg, Cg, h0)
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * uf
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    if mask is not None:
+        y = y * m
+    y = y.to(out_dtype)
+    return (y, h) if return_final_state else y

@@ -46,6 +46,7 @@ CHECKPOINT_INTERVAL = 64
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
 _ABI_VERSION = 1
 _BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-pthread"]
+# four parts of -ffast-math, not all of it: the kernel source says which and why
 _BASE_FLAGS += ["-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
 _NATIVE_FLAGS = ["-march=native"]  # tried first; dropped if the compiler rejects it
 _ENV_SWITCH = "SERPENT_SSM_CPU_KERNEL"

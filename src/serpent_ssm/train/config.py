@@ -11,18 +11,23 @@ configs keep a CPU-sized default and a ``paper`` preset side by side).
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serpent_ssm.models.config import ModelConfig
+from serpent_ssm.train.tasks import task_spec
+from serpent_ssm.utils.config import check_fields, from_mapping, prefix_error
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "load_run_config", "parse_override"]
-
-TASKS = ("listops", "pathfinder", "fashion-mnist", "imdb", "aan", "cifar", "english", "wikitext103")
-LM_TASKS = ("english", "wikitext103")
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_run_config",
+    "model_config_for",
+    "parse_override",
+]
 
 
 @dataclass
@@ -47,8 +52,8 @@ class DataConfig:
     generate: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"data.task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        check_fields(self)
+        task_spec(self.task)  # an unknown name fails here, naming data.task
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name}: expected a positive integer, got {getattr(self, name)}")
@@ -67,6 +72,7 @@ class OptimConfig:
     grad_clip: float | None = 1.0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.lr <= 0:
             raise ValueError(f"optim.lr: expected a positive float, got {self.lr}")
         if self.warmup_steps < 0:
@@ -87,6 +93,7 @@ class TrainConfig:
     bf16: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("max_steps", "eval_every", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
@@ -99,83 +106,26 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        model_config_for(self.model, self.data.task)  # every model value checked before any data
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return _build(cls, d, "")
+        return from_mapping(cls, d)
 
 
-# ----------------------------------------------------------------------------- checking
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (ints are accepted for floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ValueError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{path}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{path}: expected a float, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{path}: expected a boolean, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: expected a string, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path + ".")
-    return value
-
-
-def _build(cls, d: Any, prefix: str):
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"{prefix}{unknown[0]}: unknown key, expected one of {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in d.items()}
-    return cls(**kwargs)
+def model_config_for(model: ModelConfig, task: str) -> ModelConfig:
+    """``model`` with the facts of ``task`` filled in (classes, inputs, head), resolved
+    (``ModelConfig.resolved``): the config ``build_model`` gets. Needs no data."""
+    facts = task_spec(task).model_facts()
+    try:
+        return dataclasses.replace(model, **facts).resolved()
+    except ValueError as exc:
+        raise prefix_error("model", exc) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

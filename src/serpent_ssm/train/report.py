@@ -1,8 +1,8 @@
 """``serpent eval``, ``serpent report`` and ``serpent plot`` over finished run directories.
 
-A run directory (written by ``train``) holds ``config.json``, ``metrics.jsonl``,
-``summary.json``, ``best/`` and ``final/`` (``config.json`` + ``model.safetensors``), and after
-``serpent eval``, ``eval_<split>.json``.
+A run directory (written by ``train``) holds ``config.json`` (``train.run_files``),
+``metrics.jsonl``, ``summary.json``, ``best/`` and ``final/`` (``config.json`` +
+``model.safetensors``), and after ``serpent eval``, ``eval_<split>.json``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serpent_ssm.models.config import from_pretrained
-from serpent_ssm.train.config import RunConfig
+from serpent_ssm.models import from_pretrained
+from serpent_ssm.train.loop import evaluate_split
+from serpent_ssm.train.run_files import read_run_config
 from serpent_ssm.train.tasks import load_task
 
-__all__ = ["evaluate_run", "plot_run", "read_metrics", "report_table"]
+__all__ = [
+    "evaluate_run",
+    "plot_run",
+    "read_metrics",
+    "report_table",
+]
 
 
 def _need(path: Path, what: str) -> Path:
@@ -31,19 +37,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
     """Evaluate the run's ``best`` (or ``final``) model on ``split``; writes ``eval_<split>.json``."""
-    from serpent_ssm.train.loop import evaluate, evaluate_lm
-
     run = Path(run_dir)
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split: expected one of train, val, test, got {split!r}")
-    cfg = RunConfig.from_dict(json.loads(_need(run / "config.json", "the run's config.json").read_text()))
+    cfg = read_run_config(run)
     model = from_pretrained(run / which)
-    task = load_task(cfg.data)
-    data = getattr(task, split)
-    if task.head == "lm":
-        metrics = evaluate_lm(model, data, cfg.data.seq_len, cfg.data.eval_batch_size)
-    else:
-        metrics = evaluate(model, data, cfg.data.eval_batch_size)
+    metrics = evaluate_split(model, load_task(cfg.data), split, cfg.data)
     result = {"split": split, "model": which, **metrics}
     (run / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

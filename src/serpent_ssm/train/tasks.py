@@ -1,55 +1,156 @@
-"""Task name -> datasets and what the model needs to know about them.
+"""The tasks: one registry entry per task name, with its loader and what the model needs to know.
+
+``TASKS`` maps a name to its ``TaskSpec`` (loader, classes, vocabulary or input width, head,
+whether it is language modelling); ``TASK_NAMES`` and ``LM_TASK_NAMES`` are its names, which the
+run config checks ``data.task`` against. ``load_task(data_config)`` builds the datasets.
 
 Every task reads the official layout under ``data.data_dir`` (docs/data.md). ListOps and
 Pathfinder are generated there first when absent and ``data.generate`` is set (the generator's
-arguments), so a run needs no download.
+arguments), so a run needs no download. The data modules are imported by the loaders only.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch.utils.data import Dataset, Subset
 
-from serpent_ssm.data.errors import DataFormatError
-from serpent_ssm.train.config import DataConfig
+if TYPE_CHECKING:
+    from serpent_ssm.data.vocab import Vocab
 
-__all__ = ["TaskData", "load_task"]
+__all__ = [
+    "LM_TASK_NAMES",
+    "TASKS",
+    "TASK_NAMES",
+    "DataSource",
+    "TaskData",
+    "TaskSpec",
+    "load_task",
+    "task_spec",
+]
+
+SPLITS = ("train", "val", "test")
+
+
+class DataSource(Protocol):
+    """What the loaders read of a data config (``serpent_ssm.train.config.DataConfig`` is one)."""
+
+    task: str
+    data_dir: str
+    max_len: int | None
+    size: int
+    difficulty: str
+    pad_to: int | None
+    seq_len: int
+    limit_train: int | None
+    limit_eval: int | None
+    generate: dict[str, Any]
+
+
+Splits = tuple[Dataset, Dataset, Dataset]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: ``load(data_config) -> (train, val, test)`` and the facts the model is built from.
+
+    ``n_classes``: output classes (None for a language model: one per vocabulary id).
+    ``vocabulary``: ``"listops"`` or ``"bytes"`` for token tasks (ids of ``serpent_ssm.data.vocab``),
+    None for pixel tasks, whose inputs have ``d_input`` values per position. ``head``:
+    ``"classify"``, ``"retrieval"`` (a pair of sequences) or ``"lm"`` (next-byte prediction).
+    """
+
+    name: str
+    load: Callable[[DataSource], Splits]
+    head: str
+    n_classes: int | None = None
+    vocabulary: str | None = None
+    d_input: int | None = None
+
+    @property
+    def is_lm(self) -> bool:
+        return self.head == "lm"
+
+    @property
+    def metric(self) -> str:
+        """What selects the best model: ``accuracy`` (higher is better) or ``bits_per_byte``."""
+        return "bits_per_byte" if self.is_lm else "accuracy"
+
+    @property
+    def worst(self) -> float:
+        """A value of ``metric`` that any evaluation improves on."""
+        return math.inf if self.is_lm else -1.0
+
+    def improves(self, value: float, best: float) -> bool:
+        """Whether ``value`` of ``metric`` is better than ``best``."""
+        return value < best if self.is_lm else value > best
+
+    def vocab(self) -> Vocab | None:
+        """The token vocabulary (saved with a run as ``vocab.json``), None for pixel tasks."""
+        if self.vocabulary is None:
+            return None
+        from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB
+
+        return {"bytes": BYTE_VOCAB, "listops": LISTOPS_VOCAB}[self.vocabulary]
+
+    def model_facts(self) -> dict[str, Any]:
+        """The model config's task fields: ``n_classes``, ``vocab_size``, ``d_input``, ``head``."""
+        vocab = self.vocab()
+        vocab_size = vocab.size if vocab is not None else None
+        n_classes = vocab_size if self.n_classes is None else self.n_classes
+        return {"n_classes": n_classes, "vocab_size": vocab_size, "d_input": self.d_input, "head": self.head}
 
 
 @dataclass
 class TaskData:
-    """Datasets of a task and the model facts they imply (for language modelling, ``train`` is
-    a dataset of windows and ``val``/``test`` are whole byte streams, ``(T,)`` uint8)."""
+    """Datasets of a task and its ``spec``. For language modelling ``train`` is a dataset of
+    windows and ``val``/``test`` are whole byte streams, ``(T,)`` uint8."""
 
+    spec: TaskSpec
     train: Dataset
     val: Dataset
     test: Dataset
-    n_classes: int
-    vocab_size: int | None  # token tasks
-    d_input: int | None  # pixel tasks (1)
-    head: str  # "classify" or "retrieval"
-    vocab: dict | None  # saved with the run
+
+    @property
+    def n_classes(self) -> int:
+        return self.spec.model_facts()["n_classes"]
+
+    @property
+    def vocab_size(self) -> int | None:  # token tasks
+        return self.spec.model_facts()["vocab_size"]
+
+    @property
+    def d_input(self) -> int | None:  # pixel tasks
+        return self.spec.d_input
+
+    @property
+    def head(self) -> str:
+        return self.spec.head
+
+    @property
+    def vocab(self) -> dict | None:
+        """The vocabulary as saved with the run (``Vocab.to_dict``), None for pixel tasks."""
+        vocab = self.spec.vocab()
+        return vocab.to_dict() if vocab is not None else None
 
 
-def _limit(ds: Dataset, n: int | None) -> Dataset:
-    return ds if n is None or n >= len(ds) else Subset(ds, range(n))
-
-
+# ----------------------------------------------------------------------------- generated sets
 def _check_generated(folder: Path, generate: dict, defaults: dict) -> None:
     """Refuse to reuse a set generated with other arguments than ``generate`` (stats.json)."""
+    from serpent_ssm.data.errors import DataFormatError
+
     stats_path = folder / "stats.json"
     if not generate or not stats_path.is_file():
         return  # official files, or nothing asked: use what is there
-    import json
-
     stats = json.loads(stats_path.read_text())
     want = {**defaults, **generate}
     have = {k: stats.get(k) for k in ("seed", "min_len", "max_len") if k in want}
-    have.update(
-        {f"n_{s}": stats["splits"][s]["n"] for s in ("train", "val", "test") if s in stats.get("splits", {})}
-    )
+    have.update({f"n_{s}": stats["splits"][s]["n"] for s in SPLITS if s in stats.get("splits", {})})
     diff = sorted(k for k in have if k in want and have[k] != want[k])
     if diff:
         k = diff[0]
@@ -60,11 +161,12 @@ def _check_generated(folder: Path, generate: dict, defaults: dict) -> None:
         )
 
 
-def _ensure_listops(cfg: DataConfig) -> None:
+def _ensure_listops(cfg: DataSource) -> None:
+    from serpent_ssm.data.errors import DataFormatError
     from serpent_ssm.data.listops import generate_listops
 
     folder = Path(cfg.data_dir) / "listops"
-    if all((folder / f"basic_{s}.tsv").is_file() for s in ("train", "val", "test")):
+    if all((folder / f"basic_{s}.tsv").is_file() for s in SPLITS):
         defaults = {
             "seed": 0,
             "min_len": 100,
@@ -82,7 +184,8 @@ def _ensure_listops(cfg: DataConfig) -> None:
     generate_listops(cfg.data_dir, **cfg.generate)
 
 
-def _ensure_pathfinder(cfg: DataConfig) -> None:
+def _ensure_pathfinder(cfg: DataSource) -> None:
+    from serpent_ssm.data.errors import DataFormatError
     from serpent_ssm.data.pathfinder import generate_pathfinder, pathfinder_root
 
     root = pathfinder_root(cfg.data_dir, cfg.size, cfg.difficulty)
@@ -96,87 +199,109 @@ def _ensure_pathfinder(cfg: DataConfig) -> None:
     generate_pathfinder(cfg.data_dir, size=cfg.size, difficulty=cfg.difficulty, **cfg.generate)
 
 
-def load_task(cfg: DataConfig) -> TaskData:
-    """Build the train/val/test datasets of ``cfg.task`` (generating ListOps/Pathfinder if asked)."""
-    task = cfg.task
-    if task == "listops":
-        from serpent_ssm.data.listops import ListOpsDataset
+# ----------------------------------------------------------------------------- loaders
+def _load_listops(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.listops import ListOpsDataset
 
-        _ensure_listops(cfg)
-        splits = [ListOpsDataset(cfg.data_dir, s, max_len=cfg.max_len) for s in ("train", "val", "test")]
-        info = {"n_classes": 10, "vocab_size": ListOpsDataset.vocab.size, "d_input": None, "head": "classify"}
-        vocab = ListOpsDataset.vocab.to_dict()
-    elif task == "pathfinder":
-        from serpent_ssm.data.pathfinder import PathfinderDataset
+    _ensure_listops(cfg)
+    return tuple(ListOpsDataset(cfg.data_dir, s, max_len=cfg.max_len) for s in SPLITS)
 
-        _ensure_pathfinder(cfg)
-        splits = [
-            PathfinderDataset(cfg.data_dir, cfg.size, cfg.difficulty, s) for s in ("train", "val", "test")
-        ]
-        info = {"n_classes": 2, "vocab_size": None, "d_input": 1, "head": "classify"}
-        vocab = None
-    elif task == "fashion-mnist":
-        from serpent_ssm.data.fetch import fetched_path, missing_message
-        from serpent_ssm.data.images import FashionMnistDataset
 
-        root = Path(cfg.data_dir) / "fashion-mnist"
-        if not root.is_dir():
-            root = fetched_path("fashion-mnist")
-            if root is None:
-                raise DataFormatError(Path(cfg.data_dir) / "fashion-mnist", missing_message("fashion-mnist"))
-        splits = [FashionMnistDataset(root, s, pad_to=cfg.pad_to) for s in ("train", "val", "test")]
-        info = {"n_classes": 10, "vocab_size": None, "d_input": 1, "head": "classify"}
-        vocab = None
-    elif task == "cifar":
-        from serpent_ssm.data.images import Cifar10Dataset
+def _load_pathfinder(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.pathfinder import PathfinderDataset
 
-        splits = [Cifar10Dataset(cfg.data_dir, s) for s in ("train", "val", "test")]
-        info = {"n_classes": 10, "vocab_size": None, "d_input": 1, "head": "classify"}
-        vocab = None
-    elif task == "imdb":
-        from serpent_ssm.data.text import ImdbDataset
+    _ensure_pathfinder(cfg)
+    return tuple(PathfinderDataset(cfg.data_dir, cfg.size, cfg.difficulty, s) for s in SPLITS)
 
-        splits = [ImdbDataset(cfg.data_dir, s, max_len=cfg.max_len or 4096) for s in ("train", "val", "test")]
-        info = {"n_classes": 2, "vocab_size": ImdbDataset.vocab.size, "d_input": None, "head": "classify"}
-        vocab = ImdbDataset.vocab.to_dict()
-    elif task == "aan":
-        from serpent_ssm.data.text import AanDataset
 
-        splits = [AanDataset(cfg.data_dir, s, max_len=cfg.max_len or 4000) for s in ("train", "val", "test")]
-        info = {"n_classes": 2, "vocab_size": AanDataset.vocab.size, "d_input": None, "head": "retrieval"}
-        vocab = AanDataset.vocab.to_dict()
-    elif task in ("english", "wikitext103"):
-        from serpent_ssm.data.corpus import LMWindows
-        from serpent_ssm.data.vocab import BYTE_VOCAB
+def _load_fashion_mnist(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.errors import DataFormatError
+    from serpent_ssm.data.fetch import fetched_path, missing_message
+    from serpent_ssm.data.images import FashionMnistDataset
 
-        if task == "english":
-            from serpent_ssm.data.corpus import load_english_corpus
+    root = Path(cfg.data_dir) / "fashion-mnist"
+    if not root.is_dir():
+        root = fetched_path("fashion-mnist")
+        if root is None:
+            raise DataFormatError(Path(cfg.data_dir) / "fashion-mnist", missing_message("fashion-mnist"))
+    return tuple(FashionMnistDataset(root, s, pad_to=cfg.pad_to) for s in SPLITS)
 
-            corpus = load_english_corpus()
-            streams = [corpus["train"], corpus["valid"], corpus["test"]]
-        else:
-            from serpent_ssm.data.text import read_wikitext103
 
-            streams = [read_wikitext103(cfg.data_dir, s) for s in ("train", "valid", "test")]
-        cut = cfg.limit_eval
-        train = _limit(LMWindows(streams[0], cfg.seq_len), cfg.limit_train)
-        return TaskData(
-            train=train,
-            val=streams[1][:cut] if cut else streams[1],
-            test=streams[2][:cut] if cut else streams[2],
-            n_classes=BYTE_VOCAB.size,
-            vocab_size=BYTE_VOCAB.size,
-            d_input=None,
-            head="lm",
-            vocab=BYTE_VOCAB.to_dict(),
-        )
-    else:  # unreachable: DataConfig checks the name
-        raise ValueError(f"data.task: unknown task {task!r}")
-    train, val, test = splits
-    return TaskData(
-        train=_limit(train, cfg.limit_train),
-        val=_limit(val, cfg.limit_eval),
-        test=_limit(test, cfg.limit_eval),
-        vocab=vocab,
-        **info,
+def _load_cifar(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.images import Cifar10Dataset
+
+    return tuple(Cifar10Dataset(cfg.data_dir, s) for s in SPLITS)
+
+
+def _load_imdb(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.text import ImdbDataset
+
+    return tuple(ImdbDataset(cfg.data_dir, s, max_len=cfg.max_len or 4096) for s in SPLITS)
+
+
+def _load_aan(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.text import AanDataset
+
+    return tuple(AanDataset(cfg.data_dir, s, max_len=cfg.max_len or 4000) for s in SPLITS)
+
+
+def _load_english(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.corpus import LMWindows, load_english_corpus
+
+    corpus = load_english_corpus()
+    return LMWindows(corpus["train"], cfg.seq_len), corpus["valid"], corpus["test"]
+
+
+def _load_wikitext103(cfg: DataSource) -> Splits:
+    from serpent_ssm.data.corpus import LMWindows
+    from serpent_ssm.data.text import read_wikitext103
+
+    train, val, test = (read_wikitext103(cfg.data_dir, s) for s in ("train", "valid", "test"))
+    return LMWindows(train, cfg.seq_len), val, test
+
+
+# ----------------------------------------------------------------------------- the registry
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("listops", _load_listops, "classify", n_classes=10, vocabulary="listops"),
+        TaskSpec("pathfinder", _load_pathfinder, "classify", n_classes=2, d_input=1),
+        TaskSpec("fashion-mnist", _load_fashion_mnist, "classify", n_classes=10, d_input=1),
+        TaskSpec("imdb", _load_imdb, "classify", n_classes=2, vocabulary="bytes"),
+        TaskSpec("aan", _load_aan, "retrieval", n_classes=2, vocabulary="bytes"),
+        TaskSpec("cifar", _load_cifar, "classify", n_classes=10, d_input=1),
+        TaskSpec("english", _load_english, "lm", vocabulary="bytes"),
+        TaskSpec("wikitext103", _load_wikitext103, "lm", vocabulary="bytes"),
     )
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+LM_TASK_NAMES: tuple[str, ...] = tuple(name for name, spec in TASKS.items() if spec.is_lm)
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The registry entry of task ``name``; ValueError naming ``data.task`` for an unknown one."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"data.task: expected one of {', '.join(TASK_NAMES)}, got {name!r}") from None
+
+
+def _limit(ds: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` samples of ``ds`` (all of them when ``n`` is None)."""
+    return ds if n is None or n >= len(ds) else Subset(ds, range(n))
+
+
+def load_task(cfg: DataSource) -> TaskData:
+    """Build the train/val/test datasets of ``cfg.task`` (generating ListOps/Pathfinder if asked).
+
+    ``cfg.limit_train`` caps the training samples (windows for a language model);
+    ``cfg.limit_eval`` the validation/test samples, or a language model's bytes of them.
+    """
+    spec = task_spec(cfg.task)
+    train, val, test = spec.load(cfg)
+    if spec.is_lm:
+        cut = cfg.limit_eval
+        val, test = (val[:cut], test[:cut]) if cut else (val, test)
+    else:
+        val, test = _limit(val, cfg.limit_eval), _limit(test, cfg.limit_eval)
+    return TaskData(spec=spec, train=_limit(train, cfg.limit_train), val=val, test=test)

@@ -1,13 +1,25 @@
-"""Process memory measurement (CPU): resident set size and its peak over a region of code."""
+"""Memory measurement: the peak over a run (CUDA allocator or the process's resident set size,
+``reset_peak_memory`` / ``peak_memory_mb``) and the resident set size sampled over a region of
+code (``PeakRSS``, what the CPU benchmarks report)."""
 
 from __future__ import annotations
 
 import os
 import resource
+import sys
 import threading
 import time
+from pathlib import Path
 
-__all__ = ["PeakRSS", "rss_bytes"]
+import torch
+
+__all__ = ["PeakRSS", "peak_memory_mb", "reset_peak_memory", "rss_bytes"]
+
+
+def _max_rss_bytes() -> int:
+    """The process's peak resident set size so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def rss_bytes() -> int:
@@ -15,8 +27,34 @@ def rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: ru_maxrss is the best available (KiB on Linux, bytes on macOS)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except OSError:
+        return _max_rss_bytes()
+
+
+def reset_peak_memory(device: str | torch.device) -> None:
+    """Start a new peak-memory measurement on ``device`` (CUDA: the allocator's statistics; CPU on
+    Linux: the process's high-water mark VmHWM; elsewhere the peak stays that of the process)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not permitted: the peak is then that of the whole process
+
+
+def peak_memory_mb(device: str | torch.device) -> float:
+    """Peak memory in MiB since ``reset_peak_memory(device)``: CUDA allocated bytes, or the
+    process's resident set size."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return _max_rss_bytes() / 2**20
 
 
 class PeakRSS:

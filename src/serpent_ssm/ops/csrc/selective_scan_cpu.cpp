@@ -2,7 +2,8 @@
 //
 // Plain C++17 with a C interface, loaded with ctypes (no Python headers, no torch headers, no
 // ninja): any C++ compiler builds it in seconds. Shapes and semantics are those of
-// selective_scan (see selective_scan.py); the Python side (scan_cpu.py) lays the inputs out:
+// selective_scan (ops/selective_scan/interface.py); the Python side (scan_cpu.py) lays the
+// inputs out:
 //
 //   u, delta, z, y, du, ddelta, dz   (Bt, D, L) contiguous
 //   A                                 (D, N) contiguous
@@ -38,8 +39,22 @@
 #define SS_RESTRICT __restrict__
 #endif
 
-// "omp simd" (built with -fopenmp-simd: no OpenMP runtime) lets the compiler vectorise the
-// sums over the state without -ffast-math, which would change rounding elsewhere too.
+// Floating-point build flags (_BASE_FLAGS in scan_cpu.py): not -ffast-math, but four of its
+// parts, -fno-math-errno, -fno-trapping-math, -fno-signed-zeros and -fassociative-math (GCC
+// honours the last only together with the two before it). -fassociative-math lets the compiler
+// reorder floating-point sums and products anywhere in this file. It is there for the sums over
+// the state (acc += h[n] * C[n], and those of the backward pass): "omp simd reduction" alone
+// does not always get them vectorised; with GCC 12 on x86-64 the float64 kernels keep these
+// loops scalar without the flag on the baseline target (no -march=native), and get fewer vector
+// versions of them with -march=native (float32 is vectorised either way). The price: sums are
+// not evaluated in the order written, so results match the other backends to rounding, not
+// bitwise, and may differ between compilers and CPUs; they do not depend on the thread count,
+// since every (row, channel) task runs the same code. exp_fast keeps its two-part reduction
+// apart with fused multiply-adds. Not used: -ffinite-math-only (the compiler may not assume
+// that there are no infinities or NaN) and -freciprocal-math (divisions stay divisions).
+//
+// "omp simd" (built with -fopenmp-simd: no OpenMP runtime) marks the loops to vectorise, with
+// "reduction" for the sums in them.
 #define SS_PRAGMA(...) _Pragma(#__VA_ARGS__)
 #define SS_SIMD SS_PRAGMA(omp simd)
 #define SS_SIMD_SUM(...) SS_PRAGMA(omp simd reduction(+ : __VA_ARGS__))

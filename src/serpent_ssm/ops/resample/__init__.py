@@ -1,4 +1,4 @@
-"""Selective resampling: the pure, batched, mask-aware steps of the SeRpEnt mixer (SPEC.md §2).
+"""Selective resampling: the pure, batched, mask-aware steps of the SeRpEnt mixer.
 
 A sequence ``x (B, L, D)`` is laid on a time axis by per-position intervals ``Δ (B, L)``:
 ``t_l = Δ_1 + … + Δ_l``. A uniform grid ``k = 1, 2, …`` resamples it: grid point ``k`` selects
@@ -6,8 +6,10 @@ A sequence ``x (B, L, D)`` is laid on a time axis by per-position intervals ``Δ
 its time offset ``δ_kj = k − t_j`` expanded in Gaussian radial basis functions. After a backbone
 runs on the compressed sequence, its output is restored to length ``L``.
 
-Every function here has a ``*_loop`` twin (plain Python loops over batch and positions) that
-the tests compare against; the batched versions have no Python loop over the sequence.
+No function here loops over the sequence in Python. The loop twins of the five steps
+(``intervals_to_times``, ``select_grid``, ``gather_windows``, ``cell_pool``, ``restore``) live in
+``resample.naive``, apart from these production ops; the tests compare the two.
+
 Index conventions: positions ``l`` are 0-based in tensors; grid point ``k`` (1-based, as in the
 paper) lives in slot ``k − 1`` of the compressed buffer. Times are float64, so that counts and
 selections are exact for long sequences.
@@ -21,20 +23,17 @@ from fractions import Fraction
 import torch
 
 __all__ = [
+    "RESTORES",
     "ceil_rate",
     "cell_pool",
-    "cell_pool_loop",
     "compressed_length",
     "gather_windows",
-    "gather_windows_loop",
     "intervals_to_times",
-    "intervals_to_times_loop",
-    "rbf_features",
     "rbf_centers",
+    "rbf_features",
     "restore",
-    "restore_loop",
     "select_grid",
-    "select_grid_loop",
+    "window_offsets",
 ]
 
 RESTORES = ("hold", "interp", "scatter")
@@ -42,6 +41,7 @@ RESTORES = ("hold", "interp", "scatter")
 
 # ----------------------------------------------------------------------------- counts
 def _fraction(rate: float) -> Fraction:
+    """``rate`` as the decimal it prints as (0.3 is 3/10), denominators up to 10^6."""
     return Fraction(str(rate)).limit_denominator(10**6)
 
 
@@ -105,28 +105,6 @@ def intervals_to_times(
     return t, counts
 
 
-def intervals_to_times_loop(delta, mask, rate, causal):
-    """Loop twin of ``intervals_to_times``."""
-    b, length = delta.shape
-    t = torch.zeros(b, length, dtype=torch.float64)
-    counts = torch.zeros(b, dtype=torch.long)
-    for i in range(b):
-        n = int(mask[i].sum()) if mask is not None else length
-        acc = 0.0
-        for l in range(length):
-            if l < n:
-                acc += float(delta[i, l])
-            t[i, l] = acc
-        if causal:
-            counts[i] = math.floor(acc)
-        else:
-            f = _fraction(rate)
-            counts[i] = -((-n * f.numerator) // f.denominator)
-            if acc > 0:
-                t[i] = t[i] / acc * counts[i].item()
-    return t, counts
-
-
 # ----------------------------------------------------------------------------- selection
 def select_grid(
     t: torch.Tensor, counts: torch.Tensor, lengths: torch.Tensor, buffer: int
@@ -146,21 +124,6 @@ def select_grid(
     valid = grid <= counts.unsqueeze(1).to(t.dtype)
     last = (lengths - 1).clamp_min(0).unsqueeze(1)
     index = torch.where(valid, torch.minimum(index, last), torch.zeros_like(index))
-    return index, valid
-
-
-def select_grid_loop(t, counts, lengths, buffer):
-    """Loop twin of ``select_grid``."""
-    b, length = t.shape
-    index = torch.zeros(b, buffer, dtype=torch.long)
-    valid = torch.zeros(b, buffer, dtype=torch.bool)
-    for i in range(b):
-        for k in range(1, buffer + 1):
-            if k > counts[i]:
-                continue
-            valid[i, k - 1] = True
-            hit = next((l for l in range(length) if t[i, l] >= k), length)
-            index[i, k - 1] = min(hit, max(int(lengths[i]) - 1, 0))
     return index, valid
 
 
@@ -207,26 +170,6 @@ def gather_windows(
     return xw, offsets, ok
 
 
-def gather_windows_loop(x, t, index, valid, lengths, window, causal):
-    """Loop twin of ``gather_windows``."""
-    b, length, d = x.shape
-    buffer = index.shape[1]
-    xw = torch.zeros(b, buffer, window, d, dtype=x.dtype)
-    offsets = torch.zeros(b, buffer, window, dtype=t.dtype)
-    ok = torch.zeros(b, buffer, window, dtype=torch.bool)
-    for i in range(b):
-        for s in range(buffer):
-            if not valid[i, s]:
-                continue
-            for w, r in enumerate(window_offsets(window, causal)):
-                j = int(index[i, s]) + r
-                if 0 <= j < int(lengths[i]):
-                    xw[i, s, w] = x[i, j]
-                    offsets[i, s, w] = (s + 1) - t[i, j]
-                    ok[i, s, w] = True
-    return xw, offsets, ok
-
-
 # ----------------------------------------------------------------------------- cell pooling
 def cell_pool(
     x: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, buffer: int, mask: torch.Tensor | None
@@ -257,23 +200,6 @@ def cell_pool(
         w = (overlap * keep).to(x.dtype).unsqueeze(-1)
         slot = (c.long() - 1).clamp(0, buffer - 1)
         out = out.scatter_add(1, slot.unsqueeze(-1).expand(b, length, d), w * x)
-    return out
-
-
-def cell_pool_loop(x, t, counts, buffer, mask):
-    """Loop twin of ``cell_pool``."""
-    b, length, d = x.shape
-    out = torch.zeros(b, buffer, d, dtype=x.dtype)
-    for i in range(b):
-        n = int(mask[i].sum()) if mask is not None else length
-        prev = 0.0
-        for l in range(n):
-            tl = float(t[i, l])
-            for k in range(1, int(counts[i]) + 1):
-                o = min(tl, k) - max(prev, k - 1)
-                if o > 0:
-                    out[i, k - 1] += o * x[i, l]
-            prev = tl
     return out
 
 
@@ -334,36 +260,7 @@ def restore(
         out = (1 - w) * y_lo + w * y_hi
         out = out * (counts >= 1).view(b, 1, 1).to(y.dtype)
     else:
-        raise ValueError(f"restore: expected one of {', '.join(map(repr, RESTORES))}, got {how!r}")
+        raise ValueError(f"how: expected one of {', '.join(map(repr, RESTORES))}, got {how!r}")
     if mask is not None:
         out = out * mask.unsqueeze(-1).to(out.dtype)
-    return out
-
-
-def restore_loop(y, t, counts, index, valid, mask, how):
-    """Loop twin of ``restore``."""
-    b, buffer, d = y.shape
-    length = t.shape[1]
-    out = torch.zeros(b, length, d, dtype=y.dtype)
-    for i in range(b):
-        n = int(mask[i].sum()) if mask is not None else length
-        c = int(counts[i])
-        if how == "scatter":
-            for s in range(buffer):
-                if valid[i, s]:
-                    out[i, int(index[i, s])] += y[i, s]
-            out[i, n:] = 0
-            continue
-        for l in range(n):
-            tl = float(t[i, l])
-            if how == "hold":
-                k = min(math.floor(tl), c)
-                if k >= 1:
-                    out[i, l] = y[i, k - 1]
-            elif c >= 1:
-                tc = min(max(tl, 1.0), float(c))
-                lo = math.floor(tc)
-                w = tc - lo
-                hi = min(lo + 1, c)
-                out[i, l] = (1 - w) * y[i, lo - 1] + w * y[i, hi - 1]
     return out

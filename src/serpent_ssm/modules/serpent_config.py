@@ -1,0 +1,190 @@
+"""The options of the SeRpEnt mixer: ``SeRpEntOptions`` (what a model config holds under
+``model.serpent``) and ``SeRpEntConfig`` (those options plus width, backbone and mode: everything
+one ``SeRpEnt`` needs), both checked on construction by the same coercion as the run config.
+
+Options left at None depend on the mode and are resolved in one place, ``resolve_options``:
+``restore`` ("hold" causal, "interp" otherwise), ``include_full_branch`` (True causal, False
+otherwise) and ``bidirectional`` (``not causal``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from serpent_ssm.modules.backbones import BACKBONES
+from serpent_ssm.ops.resample import RESTORES
+from serpent_ssm.utils.config import check_fields, to_mapping
+
+__all__ = ["AGGREGATES", "INITS", "INTERVAL_BOUNDS", "SeRpEntConfig", "SeRpEntOptions", "resolve_options"]
+
+AGGREGATES = ("linear", "kernel", "cell")
+INTERVAL_BOUNDS = ("ours", "paper", "fixed")
+INITS = ("identity", "default")
+RATES = "a list of rates in (0, 1]"
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class SeRpEntOptions:
+    """Every option of the SeRpEnt mixer that a model config sets (``model.serpent``).
+
+    Attributes:
+        rates: compression rates ``κ_r`` in ``(0, 1]``, one branch each [paper: 0.5, 0.3, 0.2].
+        window: ``K`` elements aggregated per grid point [paper: 3].
+        n_bases: ``M`` Gaussian bases of the time offsets [ours: 16].
+        aggregate: ``"cell"`` [ours, default]: every element pooled into the grid cells its
+            interval overlaps, weighted by the overlap (``ops.resample.cell_pool``; no element
+            is dropped; ``window`` and ``n_bases`` unused); ``"linear"`` [paper's figure]: one
+            linear map of the window of ``K`` elements and their RBF time features; ``"kernel"``
+            [ours]: a continuous filter over that window. ``"cell"`` is the default because it
+            learns where the figure's design does not (docs/design.md, learning parity).
+        restore: ``"hold"``, ``"interp"`` or ``"scatter"``; None = ``"hold"`` when causal,
+            ``"interp"`` otherwise. ``"interp"`` reads the next grid point, so it is refused in
+            causal mode.
+        interval_bounds: ``"ours"`` (``Δ ∈ (0, 2κ)``), ``"paper"`` (``Δ ∈ [κ, 1]``) or
+            ``"fixed"`` (``Δ ≡ κ``, no learned intervals; for ablations and the identity limit).
+        share_intervals: one score network for all branches [ours] or one per branch.
+        include_full_branch: add a ``κ = 1`` branch, the plain backbone on the full sequence;
+            None = True when causal, False otherwise [ours, from the ablations: without it a
+            causal LM learns only what the current element alone predicts, because ``"hold"``
+            refreshes a position's branch outputs only when a grid point falls on it;
+            docs/design.md, "Ablations and defaults"].
+        gate: multiply the output by a per-position gate ``2σ(W_g x_l + b_g)`` [ours]: a path
+            from each element to its own output that does not wait for a grid point (in causal
+            mode ``"hold"`` gives position ``l`` the output of the latest grid point, computed
+            before ``l`` unless ``l`` crossed it); ablated in docs/design.md, off by default.
+        bidirectional: wrap each backbone in ``Bidirectional``; None = ``not causal``.
+        init: ``"identity"`` (the aggregation passes the selected element through, the output
+            averages the branches and the gate starts at 1, so the mixer starts close to its
+            backbone) or ``"default"`` (PyTorch's default initialisation everywhere).
+        trim_buffer: cut each compressed buffer to the batch's largest count instead of its
+            static bound (``ceil(2κL)`` in causal mode, twice the usual count): the backbones
+            then process about ``Σκ·L`` elements instead of ``2Σκ·L``. Outputs are the same;
+            shapes become data-dependent (set False for static shapes, e.g. for export).
+    """
+
+    rates: tuple[float, ...] = field(default=(0.5, 0.3, 0.2), metadata={"expected": RATES})
+    window: int = 3
+    n_bases: int = 16
+    aggregate: str = "cell"
+    restore: str | None = None
+    interval_bounds: str = "ours"
+    share_intervals: bool = True
+    include_full_branch: bool | None = None
+    gate: bool = False
+    bidirectional: bool | None = None
+    init: str = "identity"
+    trim_buffer: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.rates) == 0:
+            raise ValueError(f"rates: expected a non-empty {RATES.removeprefix('a ')}, got ()")
+        for r in self.rates:
+            if not 0.0 < r <= 1.0:
+                raise ValueError(f"rates: expected every rate in (0, 1], got {r!r} in {self.rates}")
+        for name in ("window", "n_bases"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        _check_choice("aggregate", self.aggregate, AGGREGATES)
+        if self.restore is not None:
+            _check_choice("restore", self.restore, RESTORES)
+        _check_choice("interval_bounds", self.interval_bounds, INTERVAL_BOUNDS)
+        _check_choice("init", self.init, INITS)
+
+    def delta_max(self, rate: float) -> float:
+        """Upper bound of the intervals of a branch with rate ``rate``."""
+        return {"ours": 2.0 * rate, "paper": 1.0, "fixed": rate}[self.interval_bounds]
+
+    def options(self) -> SeRpEntOptions:
+        """These options alone (a ``SeRpEntConfig`` without width, backbone and mode)."""
+        names = [f.name for f in dataclasses.fields(SeRpEntOptions)]
+        return SeRpEntOptions(**{n: getattr(self, n) for n in names})
+
+
+def _mode_defaults(options: SeRpEntOptions, causal: bool) -> dict[str, Any]:
+    """The mode-dependent options of ``options`` for ``causal``, resolved and checked."""
+    values = {
+        "restore": options.restore if options.restore is not None else ("hold" if causal else "interp"),
+        "include_full_branch": (
+            options.include_full_branch if options.include_full_branch is not None else causal
+        ),
+        "bidirectional": options.bidirectional if options.bidirectional is not None else not causal,
+    }
+    if causal and values["restore"] == "interp":
+        raise ValueError(
+            "restore: expected 'hold' or 'scatter' in causal mode, got 'interp' "
+            "(it reads the next grid point, which lies in the future)"
+        )
+    if causal and values["bidirectional"]:
+        raise ValueError("bidirectional: expected False in causal mode, got True (it would read the future)")
+    return values
+
+
+def resolve_options(options: SeRpEntOptions, causal: bool) -> SeRpEntOptions:
+    """``options`` (as ``SeRpEntOptions``) with the mode-dependent defaults filled in and checked
+    against the mode."""
+    return dataclasses.replace(options.options(), **_mode_defaults(options, causal))
+
+
+@dataclass
+class SeRpEntConfig(SeRpEntOptions):
+    """Everything one ``SeRpEnt`` mixer needs: the options (``SeRpEntOptions``, resolved for the
+    mode on construction) plus
+
+    Attributes:
+        d_model: width ``D``.
+        backbone: ``"mamba"``, ``"s4d"``, or a factory ``() -> mixer`` following the mixer
+            protocol (``modules.protocol``).
+        backbone_kwargs: keyword arguments of the named backbone (besides ``d_model``).
+        causal: causal (language modelling, streaming) or non-causal (classification).
+    """
+
+    d_model: int
+    backbone: str | Callable[[], nn.Module] = "mamba"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.d_model < 1:
+            raise ValueError(f"d_model: expected a positive integer, got {self.d_model!r}")
+        if isinstance(self.backbone, str):
+            if self.backbone not in BACKBONES:
+                names = ", ".join(map(repr, BACKBONES))
+                raise ValueError(f"backbone: expected one of {names} or a factory, got {self.backbone!r}")
+        elif not callable(self.backbone):
+            raise ValueError(
+                f"backbone: expected a name or a callable factory, got {type(self.backbone).__name__}"
+            )
+        for key, value in _mode_defaults(self, self.causal).items():
+            setattr(self, key, value)
+
+    @classmethod
+    def from_options(
+        cls,
+        d_model: int,
+        backbone: str | Callable[[], nn.Module],
+        options: SeRpEntOptions,
+        causal: bool,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> SeRpEntConfig:
+        """The config of one mixer from a model's ``SeRpEntOptions``."""
+        values = {f.name: getattr(options, f.name) for f in dataclasses.fields(SeRpEntOptions)}
+        return cls(d_model, backbone, dict(backbone_kwargs or {}), causal, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (a factory backbone is shown by its name)."""
+        d = to_mapping(self)
+        if not isinstance(self.backbone, str):
+            d["backbone"] = getattr(self.backbone, "__name__", repr(self.backbone))
+        return d
