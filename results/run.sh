@@ -38,8 +38,8 @@ main_table() {
 ablations() {  # ablations TASK [VARIANT ...]: one run per variant of serpent-mamba, seed 0 (all by default)
   local task=$1; shift
   local only=" $* " base=()
-  if [[ $task == english ]]; then  # the English ablations vary the causal configuration they were
-    base=(--set model.d_model=64 --set model.serpent.include_full_branch=false)  # run on (issue 9)
+  if [[ $task == english ]]; then  # the English ablations vary the causal configuration of their
+    base=(--set model.d_model=64 --set model.serpent.include_full_branch=false)  # time: no full branch
   fi
   abl() {  # abl NAME [--set ...]: run the variant unless a list of variants was given without it
     local name=$1; shift

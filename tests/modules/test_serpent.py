@@ -433,3 +433,37 @@ def test_bad_forward_input():
         "got a real element after padding in row 0",
         lambda: model(torch.zeros(1, 3, D), mask=torch.tensor([[False, True, True]])),
     )
+
+
+# ----------------------------------------------------------------------------- shared backbone
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backbone", ["mamba", "s4d"])
+def test_shared_backbone_has_one_set_of_weights_and_starts_as_it(causal, backbone):
+    shared = make(4, backbone, causal=causal, share_backbone=True, include_full_branch=True, init="backbone")
+    separate = make(4, backbone, causal=causal, include_full_branch=True)
+    n_backbone = sum(p.numel() for p in shared.full_backbone.parameters())
+    assert len(shared.backbones) == 1 and shared.full_backbone is shared.backbones[0]
+    extra = sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in shared.parameters())
+    assert extra == 3 * n_backbone  # one backbone instead of four
+    x = randn(3, 23, D, seed=2)
+    mask = right_padding_mask([23, 11, 1], 23)
+    with torch.no_grad():  # init="backbone": exactly the full branch, i.e. the backbone
+        assert torch.equal(shared(x, mask=mask), shared.full_backbone(x, mask=mask) * mask[..., None])
+    assert_padding_invariant(shared, x, [23, 11, 1], 1e-5, 1e-6)
+
+
+@given(length=st.integers(1, 30), aggregate=st.sampled_from(["cell", "linear"]), seed=st.integers(0, 99))
+def test_shared_backbone_streams_like_forward(length, aggregate, seed):
+    model = make(seed, causal=True, share_backbone=True, aggregate=aggregate, init="default")
+    x = randn(2, length, D, seed=seed)
+    with torch.no_grad():
+        y = model(x)
+    assert_close(run_steps(model, x), y, 1e-4, 1e-5, "step outputs")
+
+
+def test_backbone_init_needs_the_full_branch():
+    _raises(
+        "init: expected 'identity' or 'default' without the full branch, got 'backbone' "
+        "(it starts the mixer as its full branch; set include_full_branch=true)",
+        lambda: SeRpEntConfig(8, init="backbone"),
+    )

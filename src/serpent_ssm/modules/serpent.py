@@ -88,16 +88,25 @@ class SeRpEnt(nn.Module):
             make_aggregator(d, cfg.window, cfg.n_bases, cfg.aggregate, cfg.causal, cfg.delta_max(r), cfg.init)
             for r in cfg.rates
         )
-        self.backbones = nn.ModuleList(self._make_backbone() for _ in cfg.rates)
-        self.full_backbone = self._make_backbone() if cfg.include_full_branch else None
+        if cfg.share_backbone:  # one module, registered once per role; its weights are stored once
+            shared = self._make_backbone()
+            self.backbones = nn.ModuleList([shared])
+            self.full_backbone = shared if cfg.include_full_branch else None
+        else:
+            self.backbones = nn.ModuleList(self._make_backbone() for _ in cfg.rates)
+            self.full_backbone = self._make_backbone() if cfg.include_full_branch else None
         n_branches = len(cfg.rates) + int(cfg.include_full_branch)
         self.out_proj = nn.Linear(n_branches * d, d)
-        if cfg.init == "identity":
+        if cfg.init in ("identity", "backbone"):
             with torch.no_grad():
-                self.out_proj.weight.copy_(torch.eye(d).repeat(1, n_branches) / n_branches)
+                if cfg.init == "identity":  # the mean of the branches
+                    self.out_proj.weight.copy_(torch.eye(d).repeat(1, n_branches) / n_branches)
+                else:  # the full branch (the last) alone: the mixer starts as its backbone
+                    self.out_proj.weight.zero_()
+                    self.out_proj.weight[:, -d:] = torch.eye(d)
                 self.out_proj.bias.zero_()
         self.gate_proj = nn.Linear(d, d) if cfg.gate else None
-        if self.gate_proj is not None and cfg.init == "identity":
+        if self.gate_proj is not None and cfg.init in ("identity", "backbone"):
             nn.init.zeros_(self.gate_proj.weight)
             nn.init.zeros_(self.gate_proj.bias)
 
@@ -110,6 +119,10 @@ class SeRpEnt(nn.Module):
     def state_support(self) -> StateSupport:
         """Causal SeRpEnt streams through ``step``; ``forward`` carries no state across calls."""
         return StateSupport(step=self.config.causal, forward_state=False)
+
+    def branch_backbone(self, i: int) -> nn.Module:
+        """The backbone of rate branch ``i`` (the shared one with ``share_backbone``)."""
+        return self.backbones[0 if self.config.share_backbone else i]
 
     def _make_backbone(self) -> nn.Module:
         cfg = self.config
@@ -206,7 +219,7 @@ class SeRpEnt(nn.Module):
         index, valid = rs.select_grid(t.detach(), counts, lengths, buffer)
         xc = self.aggregators[i].aggregate(xm, Grid(t, counts, index, valid, lengths, mask, buffer))
         xc = xc * valid.unsqueeze(-1).to(xc.dtype)
-        yc = self.backbones[i](xc, mask=valid)
+        yc = self.branch_backbone(i)(xc, mask=valid)
         y = rs.restore(yc, t, counts, index, valid, mask, cfg.restore)
         if mask is not None:
             delta = delta * mask.to(delta.dtype)
@@ -226,7 +239,8 @@ class SeRpEnt(nn.Module):
         device = device if device is not None else self.out_proj.weight.device
         dtype = dtype if dtype is not None else self.out_proj.weight.dtype
         branches = []
-        for agg, bb in zip(self.aggregators, self.backbones, strict=True):
+        for i, agg in enumerate(self.aggregators):
+            bb = self.branch_backbone(i)
             branches.append(
                 {
                     "t": torch.zeros(batch, dtype=torch.float64, device=device),
@@ -245,7 +259,7 @@ class SeRpEnt(nn.Module):
         self._check_streaming()
         check_float_tensor("x_t", x_t, ndim=2)
         check_shape("x_t", x_t, (None, self.d_model))
-        if not isinstance(state, dict) or len(state.get("branches", ())) != len(self.backbones):
+        if not isinstance(state, dict) or len(state.get("branches", ())) != len(self.aggregators):
             raise ValueError(
                 "state: expected the dict returned by allocate_state() or step(), got something else"
             )
@@ -281,7 +295,7 @@ class SeRpEnt(nn.Module):
         scattered = torch.zeros_like(held) if scatter else None
         for j, xk in enumerate(inputs, start=1):
             active = crossings >= j
-            yk, new_bstate = self.backbones[i].step(xk, bstate)
+            yk, new_bstate = self.branch_backbone(i).step(xk, bstate)
             bstate = _where_state(active, new_bstate, bstate)
             held = torch.where(active.unsqueeze(1), yk, held)
             if scatter:

@@ -24,7 +24,7 @@ __all__ = ["AGGREGATES", "INITS", "INTERVAL_BOUNDS", "SeRpEntConfig", "SeRpEntOp
 
 AGGREGATES = ("linear", "kernel", "cell")
 INTERVAL_BOUNDS = ("ours", "paper", "fixed")
-INITS = ("identity", "default")
+INITS = ("identity", "default", "backbone")
 RATES = "a list of rates in (0, 1]"
 
 
@@ -65,7 +65,14 @@ class SeRpEntOptions:
         bidirectional: wrap each backbone in ``Bidirectional``; None = ``not causal``.
         init: ``"identity"`` (the aggregation passes the selected element through, the output
             averages the branches and the gate starts at 1, so the mixer starts close to its
-            backbone) or ``"default"`` (PyTorch's default initialisation everywhere).
+            backbone), ``"backbone"`` (as ``"identity"``, but the output map passes the full
+            branch alone and the compressed branches start at zero weight: the mixer starts
+            *equal* to its backbone; needs ``include_full_branch``) or ``"default"``
+            (PyTorch's default initialisation everywhere).
+        share_backbone: every branch, the full branch included, runs one backbone (one set of
+            weights) [ours]: a SeRpEnt mixer then has about one backbone's parameters, so at a
+            matched parameter count it is as wide as its backbone. Each branch keeps its own
+            recurrent state when streaming.
         trim_buffer: cut each compressed buffer to the batch's largest count instead of its
             static bound (``ceil(2κL)`` in causal mode, twice the usual count): the backbones
             then process about ``Σκ·L`` elements instead of ``2Σκ·L``. Outputs are the same;
@@ -84,6 +91,7 @@ class SeRpEntOptions:
     bidirectional: bool | None = None
     init: str = "identity"
     trim_buffer: bool = True
+    share_backbone: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -127,6 +135,11 @@ def _mode_defaults(options: SeRpEntOptions, causal: bool) -> dict[str, Any]:
         )
     if causal and values["bidirectional"]:
         raise ValueError("bidirectional: expected False in causal mode, got True (it would read the future)")
+    if options.init == "backbone" and not values["include_full_branch"]:
+        raise ValueError(
+            "init: expected 'identity' or 'default' without the full branch, got 'backbone' "
+            "(it starts the mixer as its full branch; set include_full_branch=true)"
+        )
     return values
 
 
