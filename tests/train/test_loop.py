@@ -18,15 +18,6 @@ from serpent_ssm.train.report import evaluate_run, report_table
 from serpent_ssm.train.run_files import code_commit, read_run_config
 
 
-@pytest.fixture(scope="module")
-def listops_dir(tmp_path_factory):
-    from serpent_ssm.data.listops import generate_listops
-
-    root = tmp_path_factory.mktemp("data")
-    generate_listops(root, n_train=64, n_val=16, n_test=16, min_len=5, max_len=30, seed=0)
-    return root
-
-
 def _cfg(data_dir, *extra):
     return load_run_config(
         None,

@@ -182,12 +182,12 @@ class ListOpsDataset(Dataset):
         self.path = path
         self.samples: list[tuple[torch.Tensor, int]] = []
         self.n_truncated = 0
-        with open(path, encoding="utf-8") as f:
-            header = f.readline().rstrip("\r\n")
+        with open(path, "rb") as f:
+            header = _utf8(f.readline(), path, 1).rstrip("\r\n")
             if header != HEADER:
                 raise DataFormatError(path, f"expected the header {HEADER!r}, got {header!r}", "line 1")
-            for lineno, line in enumerate(f, start=2):
-                line = line.rstrip("\r\n")
+            for lineno, raw in enumerate(f, start=2):
+                line = _utf8(raw, path, lineno).rstrip("\r\n")
                 if not line.strip():
                     continue
                 fields = line.split("\t")
@@ -196,12 +196,9 @@ class ListOpsDataset(Dataset):
                         path, f"expected 2 tab-separated fields, got {len(fields)}", f"line {lineno}"
                     )
                 source, target = fields
-                try:
-                    label = int(float(target))
-                except ValueError:
-                    label = -1
-                if not 0 <= label <= 9 or float(target) != label:
+                if _label(target) is None:
                     raise DataFormatError(path, f"expected a label 0-9, got {target!r}", f"line {lineno}")
+                label = _label(target)
                 try:
                     ids = self.vocab.encode_tokens(source.split())
                 except KeyError as exc:
@@ -218,3 +215,21 @@ class ListOpsDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.samples[i]
+
+
+def _utf8(raw: bytes, path: Path, lineno: int) -> str:
+    """One line of a TSV file as text; a DataFormatError naming file and line if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"expected UTF-8 text, got {exc.reason} at byte {exc.start}"
+        raise DataFormatError(path, problem, f"line {lineno}") from None
+
+
+def _label(target: str) -> int | None:
+    """The class 0-9 that a Target field holds (``"3"``, ``"3.0"``), or None."""
+    try:
+        value = float(target)
+    except ValueError:
+        return None
+    return int(value) if value in range(10) else None

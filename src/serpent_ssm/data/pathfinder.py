@@ -467,7 +467,12 @@ class PathfinderDataset(Dataset):
             raise DataFormatError(meta_dir, "missing: expected the metadata/<k>.npy files (plain text)")
         entries = []  # (image path relative to root, label, metadata file, line number)
         for meta in files:
-            for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                text = meta.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"expected a text metadata file, got non-UTF-8 bytes ({exc.reason} at {exc.start})"
+                raise DataFormatError(meta, problem) from None
+            for lineno, line in enumerate(text.splitlines(), start=1):
                 fields = line.split()
                 if not fields:
                     continue
@@ -507,6 +512,10 @@ class PathfinderDataset(Dataset):
             raise DataFormatError(
                 splits_file, f"expected a JSON object with a list {split!r}: {exc!r}"
             ) from None
+        if not isinstance(listed, list) or not all(isinstance(rel, str) for rel in listed):
+            raise DataFormatError(
+                splits_file, f"expected {split!r} to be a list of image paths (strings), got {listed!r:.80}"
+            )
         by_path = {e[0]: e for e in entries}
         for i, rel in enumerate(listed):
             if rel not in by_path:

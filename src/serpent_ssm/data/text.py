@@ -74,7 +74,13 @@ class ImdbDataset(Dataset):
             files = sorted(folder.glob("*.txt"))
             if not files:
                 raise DataFormatError(folder, "expected *.txt reviews, found none")
-            out += [(f.read_bytes(), label) for f in files]
+            for f in files:
+                if not f.is_file():
+                    raise DataFormatError(f, "expected a review file, got a directory")
+                text = f.read_bytes()
+                if not text.strip():
+                    raise DataFormatError(f, "expected a review, got an empty file")
+                out.append((text, label))
         return out
 
     def _read_hf(self, root: Path, split: str) -> list[tuple[bytes, int]]:

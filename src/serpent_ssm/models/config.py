@@ -19,8 +19,9 @@ from typing import Any
 
 from serpent_ssm.models.mixers import MODEL_NAMES, backbone_name
 from serpent_ssm.modules.backbones import backbone_options
+from serpent_ssm.modules.block import NORMS
 from serpent_ssm.modules.serpent_config import SeRpEntOptions, resolve_options
-from serpent_ssm.utils.config import check_fields, from_mapping, prefix_error, to_mapping
+from serpent_ssm.utils.config import check_fields, check_minimums, from_mapping, prefix_error, to_mapping
 
 __all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate"]
 
@@ -73,9 +74,16 @@ class ModelConfig:
             raise ValueError(f"name: expected one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         if self.head not in HEADS:
             raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {self.head!r}")
-        for key in ("d_model", "n_layers", "n_classes"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)}")
+        check_minimums(
+            self, "", {k: 1 for k in ("d_model", "n_layers", "n_classes", "vocab_size", "d_input")}
+        )
+        check_minimums(self, "", {"mlp_ratio": 0.0})
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps: expected a positive float, got {self.norm_eps}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
         if self.head == "lm" and self.causal is False:
             raise ValueError("causal: expected true (or unset) for a language model (head 'lm'), got false")
         if self.serpent is not None and not self.name.startswith("serpent-"):

@@ -11,6 +11,7 @@ by repeated full forward passes (tested).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -152,8 +153,8 @@ class CausalLM(nn.Module):
         self._check_ids(ids, "prompt_ids")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected a non-negative integer, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature: expected a number >= 0, got {temperature}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k: expected a positive integer, got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
@@ -191,7 +192,11 @@ def _choose(
     """Next ids ``(B,)`` from ``logits (B, V)``."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    scaled = logits.float() / temperature
+    if not torch.isfinite(scaled).all():  # a tiny temperature overflows: scale the gaps to the best
+        best = logits.float().amax(-1, keepdim=True)
+        scaled = (logits.float() - best) / temperature  # 0 for the best ids, -inf (or finite) for the rest
+    logits = scaled
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -10,6 +10,7 @@ corrupt or truncated; a corrupt file is never loaded and the good one is never d
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,26 +37,50 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_index(folder: Path) -> dict:
+def _read_index(folder: Path) -> tuple[dict[str, dict], str | None]:
+    """``index.json``'s entries (``{"last"|"prev": {"file", "sha256", "step"}}``) and, when it is
+    missing or not such a mapping, what is wrong with it (the entries are then ``{}``)."""
+    path = folder / "index.json"
+    if not path.is_file():
+        return {}, f"{path} is missing, so no checkpoint file can be verified against its SHA-256"
     try:
-        return json.loads((folder / "index.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        index = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, f"{path} is not valid JSON ({exc}), so no checkpoint file can be verified"
+    if not isinstance(index, dict):
+        return {}, f"{path}: expected a mapping of checkpoint entries, got {type(index).__name__}"
+    for key, entry in index.items():
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("step"), int)
+        )
+        if not ok:
+            return {}, f"{path}: entry {key!r}: expected {{file, sha256, step}}, got {entry!r}"
+    return index, None
 
 
 def save_checkpoint(folder: str | Path, state: dict[str, Any], step: int) -> Path:
     """Write ``state`` (tensors and plain containers) as ``folder/last.pt``; keep the previous."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index = _read_index(folder)
+    index, _ = _read_index(folder)
     last = folder / "last.pt"
     if last.exists() and "last" in index:
         os.replace(last, folder / "prev.pt")
         index["prev"] = index.pop("last")
-    atomic_write_bytes(last, lambda f: torch.save(state, f))
-    index["last"] = {"file": "last.pt", "sha256": _sha256(last), "step": step}
-    text = json.dumps(index, indent=1).encode()
-    atomic_write_bytes(folder / "index.json", lambda f: f.write(text))
+    try:
+        atomic_write_bytes(last, lambda f: torch.save(state, f))
+        index["last"] = {"file": "last.pt", "sha256": _sha256(last), "step": step}
+        text = json.dumps(index, indent=1).encode()
+        atomic_write_bytes(folder / "index.json", lambda f: f.write(text))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise CheckpointError(
+            f"{folder}: no space left on device while writing the checkpoint of step {step}; the "
+            "previous checkpoint is kept (resume from it with --resume once there is space)"
+        ) from None
     return last
 
 
@@ -64,7 +89,12 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     check out. Files are matched to index entries by hash, so a save interrupted between its
     renames still finds the previous good file."""
     folder = Path(folder)
-    known = {e["sha256"]: e["step"] for e in _read_index(folder).values() if isinstance(e, dict)}
+    index, index_problem = _read_index(folder)
+    present = [n for n in ("last.pt", "prev.pt") if (folder / n).is_file()]
+    if index_problem is not None:
+        files = f"{', '.join(present)} present" if present else "no checkpoint file present"
+        raise CheckpointError(f"{folder}: cannot resume: {index_problem} ({files})")
+    known = {e["sha256"]: e["step"] for e in index.values()}
     candidates, problems = [], []
     for name in ("last.pt", "prev.pt"):
         path = folder / name

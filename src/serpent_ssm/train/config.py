@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from serpent_ssm.models.config import ModelConfig
 from serpent_ssm.train.tasks import task_spec
-from serpent_ssm.utils.config import check_fields, from_mapping, prefix_error
+from serpent_ssm.utils.config import check_fields, check_minimums, from_mapping, prefix_error
 
 __all__ = [
     "DataConfig",
@@ -28,6 +30,10 @@ __all__ = [
     "model_config_for",
     "parse_override",
 ]
+
+
+# the data config's lengths and counts: each at least 1 when set
+_DATA_COUNTS = ("batch_size", "eval_batch_size", "max_len", "size", "pad_to", "limit_train", "limit_eval")
 
 
 @dataclass
@@ -54,9 +60,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         task_spec(self.task)  # an unknown name fails here, naming data.task
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name}: expected a positive integer, got {getattr(self, name)}")
+        check_minimums(self, "data.", {name: 1 for name in _DATA_COUNTS})
+        if self.seq_len < 2:
+            raise ValueError(
+                f"data.seq_len: expected at least 2 (an input and its next byte), got {self.seq_len}"
+            )
 
 
 @dataclass
@@ -73,10 +81,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr: expected a positive float, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps: expected a non-negative integer, got {self.warmup_steps}")
+        for name in ("lr", "ssm_lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"optim.{name}: expected a positive float, got {getattr(self, name)}")
+        check_minimums(self, "optim.", {"weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0})
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio}")
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"optim.betas[{i}]: expected a number in [0, 1), got {beta}")
 
 
 @dataclass
@@ -94,9 +107,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("max_steps", "eval_every", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
+        check_minimums(
+            self, "train.", {"max_steps": 1, "eval_every": 1, "log_every": 1, "checkpoint_every": 1}
+        )
+        check_minimums(self, "train.", {"seed": 0})
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(
+                f"train.device: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                f"got {self.device!r}"
+            ) from None
 
 
 @dataclass
@@ -128,14 +149,37 @@ def model_config_for(model: ModelConfig, task: str) -> ModelConfig:
         raise prefix_error("model", exc) from None
 
 
+def _yaml_load(text: str, where: str) -> Any:
+    """``text`` parsed as YAML, safely and without aliases (``*name``): an alias can expand a few
+    hundred bytes into gigabytes (a "billion laughs" document), and a run config never needs one.
+    Errors name ``where`` (the file, or the ``--set``)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ModuleNotFoundError("YAML configs need PyYAML: pip install 'serpent-ssm[train]'") from None
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ValueError(
+                    f"{where}: line {mark.line + 1}: YAML aliases (*name) are not supported in run configs; "
+                    "write the values out"
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML: {exc}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> (``["a", "b"]``, value parsed as a YAML scalar)."""
-    import yaml
-
     if "=" not in text:
         raise ValueError(f"--set: expected KEY.PATH=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), _yaml_load(raw, f"--set {text}") if raw.strip() else None
 
 
 def _set_path(d: dict, path: list[str], value: Any) -> None:
@@ -157,19 +201,16 @@ def load_run_config(
     path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None
 ) -> RunConfig:
     """Read a YAML run config (or start from the defaults), apply a preset, then ``--set``s."""
-    try:
-        import yaml
-    except ImportError:
-        raise ModuleNotFoundError("YAML configs need PyYAML: pip install 'serpent-ssm[train]'") from None
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: missing: expected a YAML run config")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: expected UTF-8 text, got {exc.reason} at byte {exc.start}") from None
+        raw = _yaml_load(text, str(path)) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     presets = raw.pop("presets", {}) or {}

@@ -44,7 +44,13 @@ from serpent_ssm.data.vocab import BYTE_VOCAB
 from serpent_ssm.models import ModelConfig, build_model, count_parameters, save_pretrained
 from serpent_ssm.train.checkpoint import load_checkpoint, save_checkpoint
 from serpent_ssm.train.config import DataConfig, RunConfig, model_config_for
-from serpent_ssm.train.run_files import write_run_config
+from serpent_ssm.train.run_files import (
+    RunLock,
+    prepare_run_dir,
+    read_metrics_file,
+    remove_stale_temporaries,
+    write_run_config,
+)
 from serpent_ssm.train.tasks import TaskData, load_task
 from serpent_ssm.utils.io import atomic_write_bytes
 from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
@@ -305,6 +311,13 @@ def _setup_process(cfg: RunConfig) -> _Process:
     """Join the process group under torchrun (``WORLD_SIZE > 1``) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device(cfg.train.device)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, AttributeError):  # e.g. a CPU build of torch asked for cuda
+        raise ValueError(
+            f"train.device: expected a device available here (cpu), got {cfg.train.device!r}, which this "
+            "torch build or machine does not provide; override it with --set train.device=cpu"
+        ) from None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if world > 1 else 0
@@ -335,10 +348,8 @@ class _Log:
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
-            kept = [
-                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step
-            ]
-            text = "".join(ln + "\n" for ln in kept).encode()
+            kept = [r for r in read_metrics_file(path) if r["step"] <= resume_step]
+            text = "".join(json.dumps(r) + "\n" for r in kept).encode()
             atomic_write_bytes(path, lambda f: f.write(text))
         elif enabled and resume_step is None:
             path.write_text("")
@@ -352,7 +363,7 @@ class _Log:
         """Every record written so far (none on other ranks)."""
         if not (self.enabled and self.path.exists()):
             return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln]
+        return read_metrics_file(self.path)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -437,6 +448,11 @@ def _resume(ckpt_dir: Path, cfg: RunConfig, model: nn.Module, optimizer: torch.o
         raise ValueError(
             f"{ckpt_dir}: the checkpoint was written by another config ({key}: expected {saved!r} as "
             f"there, got {current!r}; only train.max_steps may change); resume with the same one"
+        )
+    if int(state["step"]) > cfg.train.max_steps:
+        raise ValueError(
+            f"train.max_steps: expected at least {int(state['step'])} (the step of the checkpoint in "
+            f"{ckpt_dir}) to resume, got {cfg.train.max_steps}"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -603,6 +619,25 @@ def train(
     """
     out = Path(out_dir)
     proc = _setup_process(cfg)
+    if proc.main:
+        prepare_run_dir(out)
+    with RunLock(out, enabled=proc.main):
+        if proc.main:
+            remove_stale_temporaries(out)
+        return _train_in(cfg, out, proc, resume, on_step, quiet, compare_with, compare_source)
+
+
+def _train_in(
+    cfg: RunConfig,
+    out: Path,
+    proc: _Process,
+    resume: bool,
+    on_step: Callable[[int, float, nn.Module], None] | None,
+    quiet: bool,
+    compare_with: ModelConfig | None,
+    compare_source: str | None,
+) -> dict[str, Any]:
+    """``train`` inside the run directory's lock."""
     reset_peak_memory(proc.device)
     task = load_task(cfg.data)
     mcfg = model_config_for(cfg.model, cfg.data.task)

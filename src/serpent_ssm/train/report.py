@@ -13,7 +13,7 @@ from typing import Any
 
 from serpent_ssm.models import from_pretrained
 from serpent_ssm.train.loop import evaluate_split
-from serpent_ssm.train.run_files import read_run_config
+from serpent_ssm.train.run_files import METRICS, read_metrics_file, read_run_config
 from serpent_ssm.train.tasks import load_task
 
 __all__ = [
@@ -30,9 +30,26 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+SUMMARY_KEYS = ("task", "model", "parameters", "steps", "best_val", "peak_memory_mb", "wall_time_s")
+
+
+def _read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path`` with at least ``keys``; a ValueError naming the file otherwise."""
+    try:
+        record = json.loads(_need(path, what).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object ({what}), got {type(record).__name__}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{path}: expected {what} with the key {missing[0]!r}, got keys {sorted(record)}")
+    return record
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = _need(Path(run_dir) / "metrics.jsonl", "the run's metrics.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's ``metrics.jsonl`` records (a torn last line dropped with a warning)."""
+    return read_metrics_file(_need(Path(run_dir) / METRICS, "the run's metrics.jsonl"))
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") -> dict[str, Any]:
@@ -57,10 +74,10 @@ def report_table(run_dirs: list[str | Path]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in map(Path, run_dirs):
-        s = json.loads(_need(run / "summary.json", "the run's summary.json").read_text())
+        s = _read_json(run / "summary.json", "the run's summary.json", SUMMARY_KEYS)
         test = run / "eval_test.json"
         metric = s.get("metric", "accuracy")
-        test_acc = f"{json.loads(test.read_text())[metric]:.3f}" if test.is_file() else "–"
+        test_acc = f"{_read_json(test, 'a test score', (metric,))[metric]:.3f}" if test.is_file() else "–"
         speed = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "–"
         rows.append(
             f"| {s['task']} | {s['model']} | {s['parameters']:,} | {s['steps']} | {metric} "

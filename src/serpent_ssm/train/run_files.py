@@ -1,22 +1,47 @@
-"""The files of a run directory that describe the run: ``config.json`` = the run config
-(``RunConfig.to_dict()``) plus ``code_commit``, the git commit of the code that ran (null when the
-package is not imported from a git checkout). ``write_run_config`` and ``read_run_config`` are
-their one writer and reader.
+"""The files of a run directory that describe the run, and the run directory itself.
+
+- ``config.json`` = the run config (``RunConfig.to_dict()``) plus ``code_commit``, the git commit
+  of the code that ran (null when the package is not imported from a git checkout);
+  ``write_run_config`` and ``read_run_config`` are its one writer and reader.
+- ``metrics.jsonl``: one JSON object per line, appended; ``read_metrics_file`` is its one reader.
+  A torn last line (a kill or a full disk during an append) is dropped with a warning; a bad line
+  elsewhere is an error naming the file and the line.
+- ``.lock``: ``RunLock`` holds an exclusive OS lock on it for the whole run (released by the OS
+  when the process dies, so a kill never leaves it stuck): a second ``serpent train`` on the same
+  directory fails at once, naming the holder's pid. ``prepare_run_dir`` checks that ``--out`` is
+  a usable directory and removes the temporary files a killed run left behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import warnings
 from pathlib import Path
+from typing import Any
 
 from serpent_ssm.train.config import RunConfig
 from serpent_ssm.utils.io import atomic_write_text
 
-__all__ = ["CODE_COMMIT", "RUN_CONFIG", "code_commit", "read_run_config", "write_run_config"]
+__all__ = [
+    "CODE_COMMIT",
+    "METRICS",
+    "RUN_CONFIG",
+    "RunLock",
+    "code_commit",
+    "prepare_run_dir",
+    "read_metrics_file",
+    "read_run_config",
+    "write_run_config",
+]
 
 RUN_CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+# folders of a run where atomic writes leave ".<name>.<random>" temporary files when killed
+WRITE_FOLDERS = (".", "checkpoints", "best", "final")
 CODE_COMMIT = "code_commit"  # the key that config.json holds beside the run config's sections
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -58,3 +83,91 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise ValueError(f"{Path(run_dir) / RUN_CONFIG}: expected a mapping, got {type(raw).__name__}")
     raw.pop(CODE_COMMIT, None)
     return RunConfig.from_dict(raw)
+
+
+def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a torn last line is dropped with a warning."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    complete = lines[-1] == ""  # every record ends with a newline; a torn append does not
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except ValueError as exc:
+            if i == len(lines) and not complete:
+                warnings.warn(f"{path}:{i}: dropped a torn last line (an interrupted append)", stacklevel=2)
+                break
+            raise ValueError(f"{path}:{i}: not a metrics record: {exc}") from None
+        records.append(record)
+    return records
+
+
+def prepare_run_dir(run_dir: str | Path) -> Path:
+    """Create ``run_dir`` (checking that ``--out`` can be a directory we write in)."""
+    out = Path(run_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: expected a directory, got a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {out}: expected a directory, but a part of its path is a file") from None
+    except PermissionError:
+        raise ValueError(f"--out {out}: cannot create it (permission denied)") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: expected a writable directory, got one without write permission")
+    return out
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the ``.<name>.<random>`` files that atomic writes of a killed run left (call it
+    while holding the run's lock); returns what was removed."""
+    removed = []
+    for folder in WRITE_FOLDERS:
+        for path in (run_dir / folder).glob(".*.*"):
+            if path.is_file() and path.name != LOCK:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+class RunLock:
+    """An exclusive lock on ``run_dir/.lock`` for the lifetime of a ``with`` block (no-op when
+    ``enabled`` is False, e.g. on the other ranks of a distributed run)."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
+        self.path, self.enabled, self._file = Path(run_dir) / LOCK, enabled, None
+
+    def __enter__(self) -> RunLock:
+        if not self.enabled:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no OS lock available
+            return self
+        f = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ValueError(
+                f"{self.path.parent}: another serpent train (pid {holder}) is using this run directory; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None

@@ -157,7 +157,8 @@ def _check_generated(folder: Path, generate: dict, defaults: dict) -> None:
         raise DataFormatError(
             stats_path,
             f"holds a set generated with {k}={have[k]}, the config asks for {k}={want[k]}; "
-            "point data.data_dir elsewhere or delete the folder",
+            "point data.data_dir elsewhere or delete the folder, or train on these files as they are "
+            "with --set 'data.generate={}'",
         )
 
 
@@ -298,10 +299,31 @@ def load_task(cfg: DataSource) -> TaskData:
     ``cfg.limit_eval`` the validation/test samples, or a language model's bytes of them.
     """
     spec = task_spec(cfg.task)
+    _check_data_dir(Path(cfg.data_dir))
     train, val, test = spec.load(cfg)
     if spec.is_lm:
         cut = cfg.limit_eval
         val, test = (val[:cut], test[:cut]) if cut else (val, test)
     else:
         val, test = _limit(val, cfg.limit_eval), _limit(test, cfg.limit_eval)
-    return TaskData(spec=spec, train=_limit(train, cfg.limit_train), val=val, test=test)
+    data = TaskData(spec=spec, train=_limit(train, cfg.limit_train), val=val, test=test)
+    for split, least in (("train", 1), ("val", 2 if spec.is_lm else 1), ("test", 2 if spec.is_lm else 1)):
+        n = len(getattr(data, split))
+        if n < least:
+            what = "bytes" if spec.is_lm and split != "train" else "samples"
+            raise ValueError(
+                f"data: the {split} split of {cfg.task} (under {cfg.data_dir}) holds {n} {what}; "
+                f"expected at least {least}"
+            )
+    return data
+
+
+def _check_data_dir(path: Path) -> None:
+    """``data.data_dir`` must be a directory (or not exist yet): fail before anything is generated."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"data.data_dir: expected a directory, got a file: {path}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"data.data_dir: expected a directory, but {parent} is a file")
+            break

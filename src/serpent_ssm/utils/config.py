@@ -22,7 +22,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["check_fields", "coerce", "from_mapping", "prefix_error", "to_mapping"]
+__all__ = ["check_fields", "check_minimums", "coerce", "from_mapping", "prefix_error", "to_mapping"]
 
 _NAMES = {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}
 
@@ -164,3 +164,13 @@ def to_mapping(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [to_mapping(v) for v in obj]
     return obj
+
+
+def check_minimums(obj: Any, prefix: str, minimums: dict[str, float]) -> None:
+    """Each field ``name`` of ``obj`` is None or at least ``minimums[name]``; the error names
+    ``{prefix}{name}`` (``"a positive integer"`` for integers that must be >= 1)."""
+    for name, low in minimums.items():
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            what = "a positive integer" if low == 1 and isinstance(value, int) else f"a number >= {low}"
+            raise ValueError(f"{prefix}{name}: expected {what}, got {value!r}")
