@@ -19,6 +19,9 @@ declare -A BUDGET=(
   [listops-demo]="listops 3000 250 --set data.data_dir=data/demo --set data.generate.n_train=4000 \
 --set data.generate.n_val=500 --set data.generate.n_test=500 --set data.generate.min_len=50 \
 --set data.generate.max_len=200 --set data.generate.seed=0"
+  [listops-short]="listops 3000 250 --set data.data_dir=data/listops-short --set data.generate.n_train=20000 \
+--set data.generate.n_val=1000 --set data.generate.n_test=1000 --set data.generate.min_len=50 \
+--set data.generate.max_len=200 --set data.generate.seed=0"
   [fashion-mnist]="fashion-mnist 1000 250"
   [english]="english 2000 250"
 )

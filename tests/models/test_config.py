@@ -129,7 +129,10 @@ def test_models_saved_by_0_1_0_load_through_the_migration(name):
     assert model.config.causal is name.startswith("lm")
     with torch.no_grad():
         got = model(recorded["ids"] if name.startswith("lm") else recorded["x"])
-    assert torch.equal(got, recorded[name])
+    if "s4d" in name:  # S4D's convolution runs in float64 since 0.2.0 (causal for any finite input)
+        torch.testing.assert_close(got, recorded[name], rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(got, recorded[name])
     if name == "lm-serpent-empty":
         assert model.config.serpent.include_full_branch is False
         assert all(b.mixer.full_backbone is None for b in model.blocks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -111,3 +112,55 @@ def test_bad_input():
         "state: expected a complex tensor of shape (2, 8, 8) from allocate_state, got torch.float32",
         lambda: model.step(torch.zeros(2, D_MODEL), torch.zeros(2, 8, 8)),
     )
+
+
+# ----------------------------------------------------------------------------- causality at the edges
+@pytest.mark.parametrize("value", [1e3, -1e6, 1e8])
+def test_large_later_values_leave_earlier_outputs(value):
+    """A large value at position 10 moves outputs 0-9 by no more than float32 round-off of the
+    values before them (the FFT convolution is causal up to ~1e-16 of the largest later value)."""
+    model = make_s4d()
+    x = torch.randn(2, 32, D_MODEL, generator=torch.Generator().manual_seed(1))
+    x2 = x.clone()
+    x2[0, 10] = value
+    with torch.no_grad():
+        y, y2 = model(x), model(x2)
+    assert_close(y2[0, :10], y[0, :10], 1e-6, 1e-6, "outputs before the large value")
+    assert torch.equal(y2[1], y[1])
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("channels", ["one", "all"])
+def test_non_finite_later_values_leave_earlier_outputs(value, channels):
+    """Inf or NaN at position 10: outputs 0-9 unchanged and finite, NaN from position 10 on (the
+    channel's convolution sees a zero there and its output is NaN from there on), also through
+    ``return_state`` and with a mask; the final state is not finite."""
+    model = make_s4d()
+    x = torch.randn(2, 32, D_MODEL, generator=torch.Generator().manual_seed(1))
+    x2 = x.clone()
+    x2[0, 10, : 1 if channels == "one" else D_MODEL] = value
+    mask = right_padding_mask([20, 32], 32)
+    with torch.no_grad():
+        y, y2 = model(x, mask=mask), model(x2, mask=mask)
+        _, state = model(x2, mask=mask, return_state=True)
+    assert_close(y2[0, :10], y[0, :10], 1e-6, 1e-6, "outputs before the non-finite value")
+    assert torch.isnan(y2[0, 10:20]).all()
+    assert torch.count_nonzero(y2[0, 20:]) == 0
+    assert torch.equal(y2[1], y[1])
+    assert not torch.isfinite(state[0]).all() and torch.isfinite(state[1]).all()
+
+
+def test_convolution_runs_in_float64(monkeypatch):
+    """The documented cost of causality: the FFT works in float64, the output is float32."""
+    model = make_s4d()
+    seen = []
+    rfft = torch.fft.rfft
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return rfft(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "rfft", spy)
+    with torch.no_grad():
+        y = model(torch.randn(1, 9, D_MODEL))
+    assert seen and set(seen) == {torch.float64} and y.dtype == torch.float32

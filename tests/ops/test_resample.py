@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serpent_ssm.ops import resample as rs
@@ -200,6 +201,105 @@ def test_cell_pool_is_differentiable_in_time():
     assert out[0, :, 0].tolist() == pytest.approx([6.4, 55.0])
     out.sum().backward()
     assert t.grad[0, 0] == pytest.approx(1.0 - 10.0)  # moving t_0 right shifts weight from x_1 to x_0
+
+
+@st.composite
+def peaked_batches(draw, max_len=40):
+    """Intervals of which one or two dominate (one element spans many cells), zero intervals, and
+    intervals that end exactly on grid points; a right-padding mask and a mode."""
+    b = draw(st.integers(1, 3))
+    length = draw(st.integers(1, max_len))
+    lengths = draw(st.lists(st.integers(0, length), min_size=b, max_size=b))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    kind = draw(st.sampled_from(["peaked", "two-peaks", "zeros", "on-grid"]))
+    delta = torch.rand(b, length, generator=g) * 1e-3
+    peaks = torch.randint(length, (b, 2), generator=g)
+    delta.scatter_(1, peaks[:, :1], draw(st.sampled_from([10.0, 1e3, 1e6])))
+    if kind == "two-peaks":
+        delta.scatter_(1, peaks[:, 1:], 7.3)
+    elif kind == "zeros":
+        delta = delta * (torch.rand(b, length, generator=g) < 0.5)
+    elif kind == "on-grid":  # whole and half time units: t lands on grid points
+        delta = torch.randint(0, 5, (b, length), generator=g) * 0.5
+    return delta, right_padding_mask(lengths, length), draw(RATES), draw(st.booleans()), g
+
+
+@settings(max_examples=40)
+@given(batch=peaked_batches(), d=st.integers(1, 3))
+def test_cell_pool_equals_loop_with_peaked_intervals(batch, d):
+    delta, mask, rate, causal, g = batch
+    t, counts = rs.intervals_to_times(delta, mask, rate, causal)
+    buffer = max(1, min(int(counts.max()), 64))  # causal counts reach 10^6: the loop takes a subset
+    counts = counts.clamp(max=buffer)
+    x = torch.randn(delta.shape[0], delta.shape[1], d, generator=g, dtype=torch.float64)
+    got = rs.cell_pool(x, t, counts, buffer, mask)
+    want = naive.cell_pool_loop(x, t, counts, buffer, mask)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_cell_pool_gradients_with_a_long_interval():
+    """Gradients in ``x`` and ``t`` by finite differences, with one element spanning four cells."""
+    t = torch.tensor([[0.3, 0.7, 4.6, 5.2, 6.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 5, 2, dtype=torch.float64, requires_grad=True)
+
+    def pool(x, t):
+        return rs.cell_pool(x, t, torch.tensor([6]), 7, None)
+
+    assert torch.autograd.gradcheck(pool, (x, t), eps=1e-7, atol=1e-6)
+
+
+def _pool_seconds(delta, rate):
+    t, counts = rs.intervals_to_times(delta, None, rate, causal=False)
+    x = torch.randn(delta.shape[0], delta.shape[1], 16)
+    buffer = rs.compressed_length(rate, delta.shape[1], False, 2 * rate)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        rs.cell_pool(x, t, counts, buffer, None)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_cell_pool_cost_does_not_depend_on_the_intervals():
+    """One dominant interval (one element spanning most of the cells) costs about what random
+    intervals cost: the pooling is linear in L whatever the intervals (it was quadratic)."""
+    g = torch.Generator().manual_seed(0)
+    random = torch.rand(2, 4096, generator=g)
+    peaked = torch.full((2, 4096), 1e-4)
+    peaked[:, 100] = 1e4
+    slow, fast = _pool_seconds(peaked, 0.5), _pool_seconds(random, 0.5)
+    assert slow < 5 * fast + 0.05, f"peaked {slow:.3f} s against random {fast:.3f} s"
+
+
+@settings(max_examples=30)
+@given(batch=batches(max_len=24), d=st.integers(1, 3), window=st.integers(1, 4), data=st.data())
+def test_padding_contents_never_matter(batch, d, window, data):
+    """NaN, ±Inf or 1e30 at padded positions of ``delta``, ``x`` and at invalid slots of ``y``:
+    every op returns what it returns with zeros there, bit for bit."""
+    delta, mask, rate, causal, g = batch
+    fill = data.draw(st.sampled_from([math.nan, math.inf, -math.inf, 1e30]))
+    pad = ~mask
+    t, counts = rs.intervals_to_times(delta.masked_fill(pad, 0.0), mask, rate, causal)
+    t2, counts2 = rs.intervals_to_times(delta.masked_fill(pad, fill), mask, rate, causal)
+    assert torch.equal(t2, t) and torch.equal(counts2, counts)
+    buffer = rs.compressed_length(rate, delta.shape[1], causal, 2 * rate)
+    counts = counts.clamp(max=buffer)
+    lengths = mask.sum(1)
+    index, valid = rs.select_grid(t, counts, lengths, buffer)
+    x = torch.randn(*delta.shape, d, generator=g).masked_fill(pad.unsqueeze(-1), 0.0)
+    x2 = x.masked_fill(pad.unsqueeze(-1), fill)
+    for a, b in zip(
+        rs.gather_windows(x2, t, index, valid, lengths, window, causal),
+        rs.gather_windows(x, t, index, valid, lengths, window, causal),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    assert torch.equal(rs.cell_pool(x2, t, counts, buffer, mask), rs.cell_pool(x, t, counts, buffer, mask))
+    y = torch.randn(delta.shape[0], buffer, d, generator=g).masked_fill(~valid.unsqueeze(-1), 0.0)
+    y2 = y.masked_fill(~valid.unsqueeze(-1), fill)
+    for how in rs.RESTORES:
+        want = rs.restore(y, t, counts, index, valid, mask, how)
+        assert torch.equal(rs.restore(y2, t, counts, index, valid, mask, how), want), how
 
 
 def test_loop_twins_live_apart_from_the_production_ops():

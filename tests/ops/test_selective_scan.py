@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
@@ -264,6 +264,65 @@ def test_mask_means_no_time_and_no_input(backend):
         y_b, h_b = selective_scan(**row, **common)
         assert_close(y[b, :, :n], y_b[0], 1e-6, 1e-6, f"row {b} outputs")
         assert_close(h[b], h_b[0], 1e-6, 1e-6, f"row {b} final state")
+
+
+#: what padding may hold: every special value, and finite values whose products overflow
+GARBAGE = torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38])
+
+
+def _pad_with(inputs, mask, fill):
+    """Leaf copies of the scan inputs whose per-position tensors (``u, delta, z``, and ``B, C``
+    unless time-invariant) hold ``fill(shape)`` at the padded positions."""
+    out = {}
+    for k, v in inputs.items():
+        v = v.detach()
+        if v.dim() >= 3:  # (Bt, ..., L)
+            pad = ~mask.view(mask.shape[0], *([1] * (v.dim() - 2)), mask.shape[1])
+            v = torch.where(pad, fill(v.shape), v)
+        out[k] = v.clone().requires_grad_(True)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])
+@settings(max_examples=25)
+@given(
+    shape=st.tuples(
+        st.integers(1, 3),
+        st.sampled_from([(1, 1), (4, 1), (6, 2)]),
+        st.integers(1, 5),
+        st.integers(1, 40),
+        st.sampled_from(["shared", "grouped", "time-invariant"]),
+    ),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_padding_contents_never_matter(backend, shape, seed, data):
+    """NaN, ±Inf or 1e30 in the padding of u, delta, B, C and z: the outputs at real positions, the
+    final state and every gradient equal those with zeros there, bit for bit; outputs and input
+    gradients at padding are 0."""
+    batch, (d, groups), n, length, b_layout = shape
+    lengths = data.draw(st.lists(st.integers(0, length), min_size=batch, max_size=batch))
+    mask = right_padding_mask(lengths, length)
+    clean = make_inputs(batch, d, n, length, b_layout=b_layout, groups=groups, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    zeros = _pad_with(clean, mask, torch.zeros)
+    garbage = _pad_with(clean, mask, lambda s: GARBAGE[torch.randint(len(GARBAGE), s, generator=g)])
+    h0 = torch.randn(batch, d, n, generator=g)
+    runs = []
+    for inputs in (zeros, garbage):
+        kwargs = {"mask": mask, "delta_softplus": True, "return_final_state": True}
+        runs.append(run_scan(inputs, backend, initial_state=h0.clone().requires_grad_(True), **kwargs))
+    (y0, h_0, g0), (y1, h_1, g1) = runs
+    real = mask.unsqueeze(1).expand_as(y0)
+    assert torch.equal(y1[real], y0[real]), "outputs at real positions"
+    assert torch.count_nonzero(y1[~real]) == 0, "outputs at padding"
+    assert torch.equal(h_1, h_0), "final state"
+    names = [*zeros, "initial_state"]
+    for name, a, b in zip(names, g1, g0, strict=True):
+        if a is not None and a.dim() >= 3 and a.shape[-1] == length and name != "initial_state":
+            pad = ~mask.view(batch, *([1] * (a.dim() - 2)), length).expand_as(a)
+            assert torch.count_nonzero(a[pad]) == 0, f"grad {name} at padding"
+        assert torch.equal(a, b), f"grad {name}"
 
 
 @pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])

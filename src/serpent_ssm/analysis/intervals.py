@@ -90,7 +90,7 @@ def _run_with_hooks(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor |
         records[key] = reverse_padded(records[key].unsqueeze(-1), mask).squeeze(-1)
     if mask is not None:
         for key in records:
-            records[key] = records[key] * mask.cpu().to(records[key].dtype)
+            records[key] = torch.where(mask.cpu(), records[key], torch.zeros((), dtype=records[key].dtype))
     return records, infos
 
 

@@ -60,14 +60,17 @@ class SequenceEncoder(nn.Module):
         """``inputs (B, L)`` or ``(B, L, d_input)``, ``mask (B, L)`` -> ``(B, d_model)``."""
         if self.d_input is not None and inputs.dim() == 2:
             inputs = inputs.unsqueeze(-1)  # (B, L) pixels -> (B, L, 1)
+        if self.d_input is not None and mask is not None:  # whatever the padding holds, zeros go in
+            inputs = torch.where(mask.unsqueeze(-1), inputs, torch.zeros((), dtype=inputs.dtype))
         h = self.encoder(inputs)
         for block in self.blocks:
             h = block(h, mask=mask)
         h = self.norm(h)
         if mask is None:
             return h.mean(1)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        m = mask.unsqueeze(-1)
+        pooled = torch.where(m, h, torch.zeros((), dtype=h.dtype)).sum(1)
+        return pooled / m.sum(1).clamp_min(1).to(h.dtype)
 
 
 class SequenceClassifier(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from serpent_ssm.modules.protocol import StateSupport
-from serpent_ssm.utils.sequence import reverse_padded
+from serpent_ssm.utils.sequence import reverse_padded, zero_padding
 from serpent_ssm.utils.validation import check_mixer_input, check_positive_int
 
 __all__ = ["Bidirectional"]
@@ -21,7 +21,8 @@ class Bidirectional(nn.Module):
 
     With a mask, each row's *real* elements are reversed and its right padding stays at the
     end (``reverse_padded``), so the backward mixer also sees right padding and the result is
-    padding-invariant whenever the wrapped mixer is.
+    padding-invariant whenever the wrapped mixer is (whatever the padding holds: it is passed to
+    both mixers as it is, and each ignores it).
 
     Args:
         make_mixer: factory called twice, each call returning a fresh mixer
@@ -51,13 +52,11 @@ class Bidirectional(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)`` (0 at padding)."""
-        check_mixer_input(x, mask, self.d_model)
+        check_mixer_input(x, mask, self.d_model, self)
         y_fwd = self.forward_mixer(x, mask=mask)
         y_bwd = reverse_padded(self.backward_mixer(reverse_padded(x, mask), mask=mask), mask)
         if self.proj is None:
             y = y_fwd + y_bwd
         else:
             y = self.proj(torch.cat([y_fwd, y_bwd], dim=-1))
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
-        return y
+        return zero_padding(y, mask)

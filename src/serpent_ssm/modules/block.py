@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serpent_ssm.modules.protocol import StateSupport, state_support
+from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import check_positive_int
 
 __all__ = ["Block", "make_norm"]
@@ -83,12 +84,16 @@ class Block(nn.Module):
         state: Any = None,
         return_state: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)``.
+        """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)``, 0 at padding.
+
+        Whatever ``x`` holds at padding (NaN and Inf included) is replaced by zeros first, so it
+        reaches no real output and no gradient (the norms' and the MLP's included).
 
         ``state`` / ``return_state``: passed to mixers whose ``forward`` carries a recurrent
         state across calls (``state_support(mixer).forward_state``: Mamba, S4D), for processing
         a long sequence in chunks.
         """
+        x = zero_padding(x, mask)
         if state is None and not return_state:
             m = self.mixer(self.norm(x), mask=mask)
         else:
@@ -100,7 +105,7 @@ class Block(nn.Module):
             m, state = self.mixer(self.norm(x), mask=mask, state=state, return_state=True)
         y = x + self.dropout(m)
         if self.mlp is not None:
-            y = y + self.dropout(self.mlp(self.norm2(y)))
+            y = zero_padding(y + self.dropout(self.mlp(self.norm2(y))), mask)
         return (y, state) if return_state else y
 
     @property

@@ -25,9 +25,11 @@ from torch import nn
 from serpent_ssm.modules._shared import empty_sequence_output
 from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
+from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import (
     check_float_tensor,
     check_mixer_input,
+    check_module_dtype,
     check_positive_float,
     check_positive_int,
     check_shape,
@@ -164,15 +166,13 @@ class Mamba(nn.Module):
             ``(B, L, d_inner)`` in float32 (float64 for float64 ``x``), from the arguments that
             ``forward`` passes to the scan, as its ``"torch"`` backend computes it.
         """
-        check_mixer_input(x, mask, self.d_model)
+        check_mixer_input(x, mask, self.d_model, self)
         cdt = torch.promote_types(x.dtype, torch.float32)  # the scan's compute dtype
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
-        dt = self._project(x, None)[3]
+        dt = self._project(zero_padding(x, mask), None)[3]
         delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.float().to(cdt)[:, None])  # (B, E, L)
-        if mask is not None:
-            delta = delta * mask.unsqueeze(1).to(cdt)
-        return delta.transpose(1, 2)
+        return zero_padding(delta, mask, dim=-1).transpose(1, 2)
 
     def forward(
         self,
@@ -186,19 +186,21 @@ class Mamba(nn.Module):
         Args:
             x: ``(B, L, d_model)``.
             mask: ``(B, L)`` bool, True = real, right padding. Padding lets no time pass and
-                no input in; outputs at padded positions are 0.
+                no input in, whatever it holds (NaN and Inf included: it is replaced by zeros
+                before use); outputs at padded positions are 0.
             state: recurrent state to start from (from ``allocate_state``, ``step`` or a
                 previous ``forward(..., return_state=True)``), for chunked processing.
             return_state: also return the state after the last real element of each row.
         Returns:
             ``y (B, L, d_model)``, and the new state when ``return_state``.
         """
-        check_mixer_input(x, mask, self.d_model)
+        check_mixer_input(x, mask, self.d_model, self)
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
         if length == 0:
             return empty_sequence_output(self, x, state, return_state)
+        x = zero_padding(x, mask)  # zeros in, so that no NaN reaches the projections' gradients
         conv_in, xc, z, dt, b, c = self._project(x, state)
         k = self.d_conv
         a = -torch.exp(self.A_log.float())
@@ -217,9 +219,7 @@ class Mamba(nn.Module):
             return_final_state=True,
             backend=self.backend,
         )
-        out = self.out_proj(y.transpose(1, 2))
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)
+        out = zero_padding(self.out_proj(y.transpose(1, 2)), mask)
         if not return_state:
             return out
         # conv state: the last k-1 inputs up to the last real element of each row
@@ -255,6 +255,7 @@ class Mamba(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One recurrent step: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state dict."""
         check_float_tensor("x_t", x_t, ndim=2)
+        check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E) each

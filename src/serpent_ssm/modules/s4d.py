@@ -7,9 +7,10 @@ initialisation ``A_n = -1/2 + iπn``, zero-order-hold discretisation with a lear
 
     K_l = 2 Re( sum_n C_n (exp(ΔA_n) - 1) / A_n · exp(ΔA_n · l) )     (Vandermonde)
 
-computed by FFT in ``O(L log L)``. The same system runs recurrently in ``step()``:
-``x_t = exp(ΔA) x_{t-1} + (exp(ΔA) - 1)/A · u_t``. The mixer follows the S4 code base's S4D
-layer: SSM, ``D`` skip, GELU, dropout, then a position-wise ``Linear(H, 2H)`` + GLU.
+computed by FFT in ``O(L log L)`` (in float64, for causality: see ``S4D._convolve``). The same
+system runs recurrently in ``step()``: ``x_t = exp(ΔA) x_{t-1} + (exp(ΔA) - 1)/A · u_t``. The
+mixer follows the S4 code base's S4D layer: SSM, ``D`` skip, GELU, dropout, then a
+position-wise ``Linear(H, 2H)`` + GLU.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from torch import nn
 
 from serpent_ssm.modules._shared import empty_sequence_output
 from serpent_ssm.modules.protocol import StateSupport
+from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
     check_float_tensor,
     check_mixer_input,
+    check_module_dtype,
     check_positive_float,
     check_positive_int,
     check_shape,
@@ -45,8 +48,14 @@ class S4D(nn.Module):
             code base; ``None`` leaves them to the optimiser's defaults.
         dropout: dropout after the activation.
 
-    Padding: masked inputs are zeroed before the causal convolution, so outputs at real
-    positions of a right-padded row do not depend on the padding; outputs at padding are 0.
+    Padding: masked inputs are replaced by zeros before the causal convolution, so outputs at
+    real positions of a right-padded row, and the final state, do not depend on the padding,
+    whatever it holds; outputs at padding are 0.
+
+    Causality: the FFT convolution runs in float64, so a later value moves earlier outputs by
+    ~1e-16 of its size (within float32 round-off up to a ratio of ~1e8; beyond, the leak grows
+    with it). A non-finite value at a real position ``p`` leaves the outputs before ``p`` as
+    they were and makes those from ``p`` on NaN (docs/design.md, "Numerics at the edges").
     """
 
     state_support = StateSupport(step=True, forward_state=True)
@@ -131,41 +140,58 @@ class S4D(nn.Module):
         Returns:
             ``y (B, L, d_model)`` and, when ``return_state``, the new state.
         """
-        check_mixer_input(x, mask, self.d_model)
+        check_mixer_input(x, mask, self.d_model, self)
         batch, length, _ = x.shape
         if state is not None:
             self._check_state(state, batch)
-        if length == 0:
+        if length == 0 or batch == 0:
             return empty_sequence_output(self, x, state, return_state)
-        u = x.transpose(1, 2).float()  # (B, H, L)
-        if mask is not None:
-            u = u * mask.unsqueeze(1)
-        k = self.kernel(length)
-        n_fft = 2 * length
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(k, n=n_fft), n=n_fft)[..., :length]
-        y = y + self.D.float().unsqueeze(-1) * u
+        u = zero_padding(x.transpose(1, 2).float(), mask, dim=-1)  # (B, H, L), whatever the padding held
+        # a non-finite value at a real position: its channel is NaN from there on, and the FFT
+        # sees a zero there instead (it would spread the NaN over the whole row, past included)
+        poisoned = from_first(~torch.isfinite(u), dim=-1)
+        y = self._convolve(torch.where(poisoned, 0.0, u)) + self.D.float().unsqueeze(-1) * u
         dta, db, c = self._discrete()
         if state is not None:
             # contribution of the initial state: 2 Re(sum_n C_n exp(dtA_n (l + 1)) x0_n)
             steps = torch.arange(1, length + 1, device=x.device)
             powers = torch.exp(dta.unsqueeze(-1) * steps)  # (H, N/2, L)
             y = y + 2 * torch.einsum("hn,bhn,hnl->bhl", c, state, powers).real
+        y = torch.where(poisoned, math.nan, y)
         y = self.dropout(F.gelu(y)).transpose(1, 2).to(x.dtype)
-        out = F.glu(self.out_linear(y), dim=-1)
-        if mask is not None:
-            out = out * mask.unsqueeze(-1).to(out.dtype)
+        out = zero_padding(F.glu(self.out_linear(y), dim=-1), mask)
         if not return_state:
             return out
         return out, self._final_state(u, mask, dta, db, state)
 
+    def _convolve(self, u: torch.Tensor) -> torch.Tensor:
+        """Causal convolution of ``u (B, H, L)`` with the kernel, by FFT: ``(B, H, L)`` float32.
+
+        In float64: an FFT's round-off at every position is relative to the largest value of the
+        whole row, so in float32 a value of 1e3 at position 10 already moved outputs 0-9 (of size
+        ~1) by 6e-6, and 1e8 by 0.2. In float64 the leak is ~1e-16 of the later value, within
+        float32 round-off of the earlier ones up to a ratio of ~1e8 between them (docs/design.md,
+        "Numerics at the edges"); it costs ~2.3x the float32 FFT. The kernel stays float32.
+        """
+        length = u.shape[-1]
+        n_fft = 2 * length  # no wrap-around: the circular convolution of 2L equals the linear one
+        k = torch.fft.rfft(self.kernel(length).double(), n=n_fft)
+        y = torch.fft.irfft(torch.fft.rfft(u.double(), n=n_fft) * k, n=n_fft)[..., :length]
+        return y.float()
+
     def _final_state(self, u, mask, dta, db, state):
-        """State after each row's last real element: ``sum_l exp(dtA (n-1-l)) dB u_l + exp(dtA n) x0``."""
+        """State after each row's last real element: ``sum_l exp(dtA (n-1-l)) dB u_l + exp(dtA n) x0``.
+
+        ``u (B, H, L)`` is zero at padding (a non-finite value at a real position makes the state
+        non-finite); returns ``(B, H, N/2)`` complex64.
+        """
         batch, _, length = u.shape
         if mask is not None:  # move each row's real elements to the end (left padding)
             lengths = mask.sum(1)
             idx = (torch.arange(length, device=u.device) + lengths[:, None]) % length
             u = u.gather(2, idx.unsqueeze(1).expand_as(u))
-            u = u * (torch.arange(length, device=u.device) >= length - lengths[:, None]).unsqueeze(1)
+            left = torch.arange(length, device=u.device) >= length - lengths[:, None]  # (B, L)
+            u = zero_padding(u, left, dim=-1)
         else:
             lengths = torch.full((batch,), length, device=u.device)
         powers = torch.exp(dta.unsqueeze(-1) * torch.arange(length - 1, -1, -1, device=u.device))
@@ -194,6 +220,7 @@ class S4D(nn.Module):
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One recurrent step: ``x_t (B, d_model) -> y_t (B, d_model)``; returns the new state."""
         check_float_tensor("x_t", x_t, ndim=2)
+        check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
         dta, db, c = self._discrete()

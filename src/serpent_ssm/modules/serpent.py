@@ -26,6 +26,7 @@ Options: ``SeRpEntOptions`` / ``SeRpEntConfig`` (``modules.serpent_config``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,13 @@ from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
-from serpent_ssm.utils.validation import check_float_tensor, check_mixer_input, check_shape
+from serpent_ssm.utils.sequence import from_first, zero_padding
+from serpent_ssm.utils.validation import (
+    check_float_tensor,
+    check_mixer_input,
+    check_module_dtype,
+    check_shape,
+)
 
 __all__ = ["SeRpEnt", "SeRpEntConfig", "SeRpEntOptions"]
 
@@ -58,7 +65,11 @@ def _where_state(cond: torch.Tensor, new: Any, old: Any) -> Any:
 class SeRpEnt(nn.Module):
     """SeRpEnt mixer ``(B, L, d_model) -> (B, L, d_model)``; options as in ``SeRpEntConfig``.
 
-    ``forward(x, mask=None, return_info=False)``. Rows that are all padding give zero output.
+    ``forward(x, mask=None, return_info=False)``. Rows that are all padding give zero output;
+    padding may hold anything (NaN and Inf included) without changing a real output. A
+    non-finite value at a real position gives NaN outputs from there on in causal mode (in
+    ``forward`` and ``step``) and over its whole row in non-causal mode, and changes nothing
+    else (see ``_poisoned``).
     In causal mode, ``allocate_state(batch)`` and ``step(x_t, state)`` stream one element at a
     time with constant memory: per branch the running time, the backbone's recurrent state, the
     held output, and the aggregator's state (the open cell's pooled input, or the last ``K``
@@ -183,26 +194,48 @@ class SeRpEnt(nn.Module):
         ``"branches"``: per branch ``rate``, ``delta (B, L)``, ``t (B, L)``, ``index (B, L')``,
         ``valid (B, L')``, ``counts (B,)``.
         """
-        check_mixer_input(x, mask, self.d_model)
+        check_mixer_input(x, mask, self.d_model, self)
         b, length, d = x.shape
         info: dict[str, Any] = {"branches": []}
-        if length == 0:
-            y = x.new_zeros(b, 0, d)
+        if length == 0 or b == 0:
+            y = x.new_zeros(b, length, d)
             return (y, info) if return_info else y
+        xm = zero_padding(x, mask)  # whatever the padding holds, zeros go in
+        deltas = self._branch_intervals(xm)
+        poisoned = self._poisoned(xm, deltas, mask)
+        if mask is not None or bool(poisoned.any()):  # poisoned positions are treated as padding
+            mask = ~poisoned if mask is None else mask & ~poisoned
+            xm = zero_padding(xm, mask)
         lengths = mask.sum(1) if mask is not None else torch.full((b,), length, device=x.device)
-        xm = x * mask.unsqueeze(-1).to(x.dtype) if mask is not None else x
         outs = []
-        for i, delta in enumerate(self._branch_intervals(xm)):
+        for i, delta in enumerate(deltas):
             y_branch, branch_info = self._branch_forward(i, xm, delta, mask, lengths)
             outs.append(y_branch)
             if return_info:
                 info["branches"].append(branch_info)
         if self.full_backbone is not None:
             outs.append(self.full_backbone(xm, mask=mask))
-        y = self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm)
-        if mask is not None:
-            y = y * mask.unsqueeze(-1).to(y.dtype)
+        y = zero_padding(self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm), mask)
+        y = torch.where(poisoned.unsqueeze(-1), math.nan, y)
         return (y, info) if return_info else y
+
+    def _poisoned(
+        self, xm: torch.Tensor, deltas: list[torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Real positions whose outputs are NaN, ``(B, L)`` bool, for ``xm (B, L, D)`` (0 at padding).
+
+        A non-finite value at a real position (in ``xm`` or in a branch's intervals ``Δ (B, L)``,
+        which a finite but huge ``x`` can overflow) has no place on the time axis. In causal mode
+        it poisons its row from there on, in non-causal mode the whole row; the mixer treats
+        poisoned positions as padding and returns NaN there, so nothing raises and no other row
+        or (causal) earlier position changes.
+        """
+        bad = ~torch.isfinite(xm).all(-1)
+        for delta in deltas:
+            bad = bad | ~torch.isfinite(delta)
+        real = mask if mask is not None else torch.ones_like(bad)
+        bad = bad & real
+        return (from_first(bad) if self.config.causal else bad.any(1, keepdim=True)) & real
 
     def _branch_forward(
         self, i: int, xm: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor
@@ -218,11 +251,10 @@ class SeRpEnt(nn.Module):
             buffer = max(1, min(buffer, int(counts.max())))
         index, valid = rs.select_grid(t.detach(), counts, lengths, buffer)
         xc = self.aggregators[i].aggregate(xm, Grid(t, counts, index, valid, lengths, mask, buffer))
-        xc = xc * valid.unsqueeze(-1).to(xc.dtype)
+        xc = zero_padding(xc, valid)
         yc = self.branch_backbone(i)(xc, mask=valid)
         y = rs.restore(yc, t, counts, index, valid, mask, cfg.restore)
-        if mask is not None:
-            delta = delta * mask.to(delta.dtype)
+        delta = zero_padding(delta, mask)
         return y, {"rate": rate, "delta": delta, "t": t, "index": index, "valid": valid, "counts": counts}
 
     # ------------------------------------------------------------------ streaming
@@ -258,15 +290,31 @@ class SeRpEnt(nn.Module):
         """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state."""
         self._check_streaming()
         check_float_tensor("x_t", x_t, ndim=2)
+        check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         if not isinstance(state, dict) or len(state.get("branches", ())) != len(self.aggregators):
             raise ValueError(
                 "state: expected the dict returned by allocate_state() or step(), got something else"
             )
+        rows = state["branches"][0]["t"].shape[0]
+        if rows != x_t.shape[0]:
+            raise ValueError(
+                f"state: expected the state of {x_t.shape[0]} rows (allocate_state({x_t.shape[0]})), "
+                f"got one of {rows} rows"
+            )
         t_old = [st["t"] for st in state["branches"]]
-        t_new = [t + delta.double() for t, delta in zip(t_old, self._branch_intervals(x_t), strict=True)]
+        deltas = self._branch_intervals(x_t)
+        # a non-finite input (or interval) poisons its row: its running times become NaN, no grid
+        # point is crossed any more, and its outputs are NaN from here on
+        bad = ~torch.isfinite(x_t).all(-1)
+        for t, delta in zip(t_old, deltas, strict=True):
+            bad = bad | ~torch.isfinite(delta) | ~torch.isfinite(t)
+        t_new = [torch.where(bad, math.nan, t + dl.double()) for t, dl in zip(t_old, deltas, strict=True)]
         # grid points each element crosses, per branch: one host sync for all branches
-        crossings = [(torch.floor(tn) - torch.floor(to)).long() for to, tn in zip(t_old, t_new, strict=True)]
+        crossings = [
+            torch.where(bad, 0.0, torch.floor(tn) - torch.floor(to)).long()
+            for to, tn in zip(t_old, t_new, strict=True)
+        ]
         most = torch.stack([c.max() for c in crossings]).tolist() if x_t.shape[0] else [0] * len(crossings)
         outs, branches = [], []
         for i, st in enumerate(state["branches"]):
@@ -277,7 +325,8 @@ class SeRpEnt(nn.Module):
         if self.full_backbone is not None:
             y_full, new_state["full"] = self.full_backbone.step(x_t, state["full"])
             outs.append(y_full)
-        return self._gated(self.out_proj(torch.cat(outs, dim=-1)), x_t), new_state
+        y = self._gated(self.out_proj(torch.cat(outs, dim=-1)), x_t)
+        return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
 
     def _branch_step(
         self,

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_scan", "torch_scan"]
+from serpent_ssm.utils.sequence import zero_padding
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_scan", "discretise", "torch_scan", "zero_padded_inputs"]
 
 #: 32 keeps one chunk's (B, D, T, N) working set in the last-level cache for the common sizes
 #: (B=4, D=256, N=16: 2 MiB), which measured fastest on CPU (see benchmarks/scan.py).
@@ -108,26 +110,37 @@ def _grouped(x: torch.Tensor, bt: int, length: int, dtype: torch.dtype) -> torch
     return x
 
 
+def discretise(delta: torch.Tensor, delta_bias, delta_softplus: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``Δ = softplus(delta + delta_bias)`` (or without the softplus) in ``dtype``; ``(Bt, D, L)``."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def zero_padded_inputs(mask: torch.Tensor, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Each per-position ``x (Bt, ..., L)`` with 0 at the padded positions of ``mask (Bt, L)``,
+    by selection (``utils.sequence.zero_padding``); None and time-invariant ``(D, N)`` matrices
+    (rank 2) are returned as they are."""
+    return [x if x is None or x.dim() < 3 else zero_padding(x, mask, dim=-1) for x in xs]
+
+
 def torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, initial_state, return_final_state):
     """The ``"torch"`` backend with ``selective_scan``'s arguments (already validated).
 
-    Discretises ``Δ`` (bias, softplus, ``Δ = 0`` and ``u = 0`` on padding), runs
-    ``chunked_scan``, then adds the skip, applies the gate and zeroes the padding. Computes in
-    float32 (float64 for float64 ``u``); returns ``y (Bt, D, L)`` in ``u``'s dtype and the
-    final state ``(Bt, D, N)`` in the compute dtype when requested.
+    Discretises ``Δ`` (bias, softplus), zeroes ``Δ``, ``u``, ``B``, ``C`` and ``z`` on padding
+    (so no time passes and nothing comes in there, whatever the padding holds), runs
+    ``chunked_scan``, then adds the skip, applies the gate and zeroes the outputs at padding.
+    Computes in float32 (float64 for float64 ``u``); returns ``y (Bt, D, L)`` in ``u``'s dtype
+    and the final state ``(Bt, D, N)`` in the compute dtype when requested.
     """
     bt, d, length = u.shape
     out_dtype = u.dtype
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32  # compute dtype
-    uf, dt = u.to(cdt), delta.to(cdt)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdt)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    if mask is not None:
-        m = mask.unsqueeze(1).to(cdt)
-        dt = dt * m
-        uf = uf * m
+    uf = u.to(cdt)
+    if mask is not None:  # the raw inputs first: no NaN may reach a backward through the softplus
+        delta, uf, B, C, z = zero_padded_inputs(mask, delta, uf, B, C, z)
+    dt = zero_padding(discretise(delta, delta_bias, delta_softplus, cdt), mask, dim=-1)
     Bg, Cg = _grouped(B, bt, length, cdt), _grouped(C, bt, length, cdt)
     h0 = initial_state.to(cdt) if initial_state is not None else uf.new_zeros(bt, d, A.shape[1])
     y, h = chunked_scan(uf, dt, A.to(cdt), Bg, Cg, h0)
@@ -135,7 +148,5 @@ def torch_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, initia
         y = y + D.to(cdt)[:, None] * uf
     if z is not None:
         y = y * F.silu(z.to(cdt))
-    if mask is not None:
-        y = y * m
-    y = y.to(out_dtype)
+    y = zero_padding(y, mask, dim=-1).to(out_dtype)
     return (y, h) if return_final_state else y

@@ -2,8 +2,8 @@
 
 mamba_ssm is optional and imported lazily; nothing here is touched on a machine without it.
 The kernel has no initial state and no mask: the mask is applied by discretising ``Δ`` here
-(softplus and bias first, then ``Δ = 0`` and ``u = 0`` on padding) and passing the result with
-``delta_softplus=False``.
+(softplus and bias first, then ``Δ = 0``, ``u = 0``, ``B = C = z = 0`` on padding, selected with
+``torch.where``) and passing the result with ``delta_softplus=False``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
+
+from serpent_ssm.ops.scan_chunked import discretise, zero_padded_inputs
+from serpent_ssm.utils.sequence import zero_padding
 
 __all__ = ["cuda_kernel_available", "cuda_scan"]
 
@@ -31,22 +33,21 @@ def cuda_kernel_available() -> bool:
 
 
 def cuda_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, mask, return_final_state):
-    """Run mamba_ssm's ``selective_scan_fn`` with our mask semantics. Shapes as in ``selective_scan``."""
+    """Run mamba_ssm's ``selective_scan_fn`` with our mask semantics. Shapes as in ``selective_scan``.
+
+    With a mask, ``Δ`` is discretised here and ``Δ``, ``u``, ``B``, ``C`` and ``z`` are zeroed on
+    padding by selection (the kernel reads every position, so NaN or Inf there would leak).
+    """
     fn = _load_kernel()
     if mask is not None:
-        delta = delta.float()
-        if delta_bias is not None:
-            delta = delta + delta_bias.float()[:, None]
-        if delta_softplus:
-            delta = F.softplus(delta)
-        m = mask.unsqueeze(1)
-        delta = (delta * m).to(u.dtype)
-        u = u * m
+        delta, u, B, C, z = zero_padded_inputs(mask, delta, u, B, C, z)
+        delta = discretise(delta, delta_bias, delta_softplus, torch.float32)
+        delta = zero_padding(delta, mask, dim=-1).to(u.dtype)
         delta_bias, delta_softplus = None, False
     out = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_final_state)
     if mask is None:
         return out
     if return_final_state:
         y, last = out
-        return y * mask.unsqueeze(1), last
-    return out * mask.unsqueeze(1)
+        return zero_padding(y, mask, dim=-1), last
+    return zero_padding(out, mask, dim=-1)

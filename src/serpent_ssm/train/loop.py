@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from serpent_ssm.models import ModelConfig, build_model, count_parameters, save_
 from serpent_ssm.train.checkpoint import load_checkpoint, save_checkpoint
 from serpent_ssm.train.config import DataConfig, RunConfig, model_config_for
 from serpent_ssm.train.run_files import (
+    LOCK,
     RunLock,
     prepare_run_dir,
     read_metrics_file,
@@ -619,12 +621,18 @@ def train(
     """
     out = Path(out_dir)
     proc = _setup_process(cfg)
+    created = not out.exists()
     if proc.main:
         prepare_run_dir(out)
-    with RunLock(out, enabled=proc.main):
-        if proc.main:
-            remove_stale_temporaries(out)
-        return _train_in(cfg, out, proc, resume, on_step, quiet, compare_with, compare_source)
+    try:
+        with RunLock(out, enabled=proc.main):
+            if proc.main:
+                remove_stale_temporaries(out)
+            return _train_in(cfg, out, proc, resume, on_step, quiet, compare_with, compare_source)
+    except BaseException:
+        if proc.main and created and {p.name for p in out.iterdir()} <= {LOCK}:
+            shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no trace
+        raise
 
 
 def _train_in(

@@ -27,6 +27,7 @@ from serpent_ssm.utils.io import atomic_write_text
 
 __all__ = [
     "CODE_COMMIT",
+    "LOCK",
     "METRICS",
     "RUN_CONFIG",
     "RunLock",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "check_module_dtype",
     "check_float_tensor",
     "check_finite",
     "check_mask",
@@ -102,10 +103,28 @@ def check_positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def check_mixer_input(x: object, mask: torch.Tensor | None, d_model: int) -> torch.Tensor | None:
-    """Validate a mixer input ``x (B, L, d_model)`` and its optional right-padding mask ``(B, L)``."""
+def check_mixer_input(
+    x: object, mask: torch.Tensor | None, d_model: int, module: torch.nn.Module | None = None
+) -> torch.Tensor | None:
+    """Validate a mixer input ``x (B, L, d_model)`` and its optional right-padding mask ``(B, L)``;
+    with ``module``, also that ``x`` has the module's floating dtype (outside autocast)."""
     check_float_tensor("x", x, ndim=3)
     check_shape("x", x, (None, None, d_model))
+    if module is not None:
+        check_module_dtype("x", x, module)
     if mask is not None:
         check_mask(mask, x.shape[0], x.shape[1])
     return mask
+
+
+def check_module_dtype(name: str, x: torch.Tensor, module: torch.nn.Module) -> None:
+    """``x`` must have the dtype of ``module``'s floating parameters, unless autocast is on (where
+    mixed dtypes are the point)."""
+    if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
+        return
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(
+            f"{name}: expected {str(dtype).removeprefix('torch.')} like the module's weights, got "
+            f"{str(x.dtype).removeprefix('torch.')} (convert the input, or the module with .to(dtype))"
+        )

@@ -13,6 +13,9 @@ No function here loops over the sequence in Python. The loop twins of the five s
 Index conventions: positions ``l`` are 0-based in tensors; grid point ``k`` (1-based, as in the
 paper) lives in slot ``k − 1`` of the compressed buffer. Times are float64, so that counts and
 selections are exact for long sequences.
+
+Padding and invalid slots are zeroed by selection (``torch.where``), never by multiplying with
+the mask: they may hold anything, NaN and Inf included, without reaching a real output.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def intervals_to_times(
 
     Args:
         delta: ``(B, L)`` non-negative intervals (any float dtype).
-        mask: ``(B, L)`` bool right padding, or None. Padding gets ``Δ = 0``.
+        mask: ``(B, L)`` bool right padding, or None. Padding gets ``Δ = 0``, whatever ``delta``
+            holds there.
         rate: the branch's compression rate ``κ``.
         causal: causal (no rescaling) or non-causal (rescale to ``ceil(κ·n)`` time units).
     Returns:
@@ -88,8 +92,8 @@ def intervals_to_times(
         of grid points, ``ceil(κ·n)`` (non-causal) or ``floor(t_n)`` (causal).
     """
     d = delta.double()
-    if mask is not None:
-        d = d * mask
+    if mask is not None:  # selected, not multiplied: NaN or Inf in the padding must not leak
+        d = torch.where(mask, d, 0.0)
     t = torch.cumsum(d, dim=1)
     if t.shape[1] == 0:
         return t, torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
@@ -162,7 +166,7 @@ def gather_windows(
     pos = torch.where(ok, pos, torch.zeros_like(pos))
     flat = pos.view(b, buffer * window)
     xw = x.gather(1, flat.unsqueeze(-1).expand(b, buffer * window, d)).view(b, buffer, window, d)
-    xw = xw * ok.unsqueeze(-1).to(xw.dtype)
+    xw = torch.where(ok.unsqueeze(-1), xw, 0.0)
     grid = torch.arange(1, buffer + 1, dtype=t.dtype, device=t.device).view(1, buffer, 1)
     offsets = torch.where(
         ok, grid - t.gather(1, flat).view(b, buffer, window), torch.zeros((), dtype=t.dtype)
@@ -171,6 +175,11 @@ def gather_windows(
 
 
 # ----------------------------------------------------------------------------- cell pooling
+def _overlap(t: torch.Tensor, t_prev: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Length of the overlap of ``(t_prev, t]`` with the grid cell ``(cell − 1, cell]`` (any shape)."""
+    return (torch.minimum(t, cell) - torch.maximum(t_prev, cell - 1)).clamp_min(0.0)
+
+
 def cell_pool(
     x: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, buffer: int, mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -180,9 +189,16 @@ def cell_pool(
     is ``(k − 1, k]``. Cell ``k`` receives ``Σ_l o_lk x_l`` with ``o_lk`` the length of the
     overlap, so the weights of a complete cell sum to 1, no element is dropped, an element with
     a long interval (much information) weighs more, and the result is differentiable in ``t``.
-    Only cells ``1..counts`` are filled (a causal row's last, incomplete cell is not).
+    Only cells ``1..counts`` are filled (a causal row's last, incomplete cell is not); padded
+    elements are never read, whatever they hold.
 
-    Args: ``x (B, L, D)``, ``t (B, L)`` float64, ``counts (B,)``, ``buffer`` = ``L'``, mask.
+    Cost ``O((L + L') D)`` whatever the intervals: the intervals are disjoint, so a cell receives
+    the elements whose interval starts in it (one scatter over the elements) and at most one
+    element that started before it, the one whose interval holds the grid point ``k − 1`` (one
+    search per cell). An element spanning many cells is thus found once per cell it covers.
+
+    Args: ``x (B, L, D)``, ``t (B, L)`` float64 non-decreasing, ``counts (B,)``, ``buffer`` =
+    ``L'``, ``mask (B, L)`` or None.
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
     b, length, d = x.shape
@@ -190,17 +206,26 @@ def cell_pool(
     if length == 0 or buffer == 0:
         return out
     t_prev = torch.cat([t.new_zeros(b, 1), t[:, :-1]], dim=1)
-    span = (t - t_prev).detach().max().item()
+    limit = counts.unsqueeze(1).to(t.dtype)
     real = mask if mask is not None else torch.ones(b, length, dtype=torch.bool, device=x.device)
-    first = torch.floor(t_prev.detach()) + 1  # first cell an element can reach
-    for j in range(int(math.ceil(span)) + 1):  # an interval of length s touches <= ceil(s) + 1 cells
-        c = first + j
-        overlap = (torch.minimum(t, c) - torch.maximum(t_prev, c - 1)).clamp_min(0.0)
-        keep = real & (c <= counts.unsqueeze(1).to(c.dtype)) & (overlap > 0)
-        w = (overlap * keep).to(x.dtype).unsqueeze(-1)
-        slot = (c.long() - 1).clamp(0, buffer - 1)
-        out = out.scatter_add(1, slot.unsqueeze(-1).expand(b, length, d), w * x)
-    return out
+    # each element's share of the cell its interval starts in
+    first = torch.floor(t_prev.detach()) + 1
+    share = _overlap(t, t_prev, first)
+    keep = (real & (first <= limit) & (share > 0)).unsqueeze(-1)
+    slot = (first.long() - 1).clamp(0, buffer - 1).unsqueeze(-1).expand(b, length, d)
+    out = out.scatter_add(1, slot, torch.where(keep, share.to(x.dtype).unsqueeze(-1) * x, 0.0))
+    if buffer == 1:
+        return out
+    # cell k >= 2 from the element whose interval holds grid point k - 1 strictly inside it
+    cell = torch.arange(2, buffer + 1, dtype=t.dtype, device=t.device).expand(b, buffer - 1)
+    owner = torch.searchsorted(t.detach().contiguous(), (cell - 1).contiguous(), side="right")
+    inside = owner < length
+    owner = owner.clamp(max=length - 1)
+    t_o, t_prev_o = t.gather(1, owner), t_prev.gather(1, owner)
+    keep = inside & real.gather(1, owner) & (t_prev_o < cell - 1) & (cell <= limit)
+    share = _overlap(t_o, t_prev_o, cell).to(x.dtype).unsqueeze(-1)
+    spill = share * x.gather(1, owner.unsqueeze(-1).expand(b, buffer - 1, d))
+    return torch.cat([out[:, :1], out[:, 1:] + torch.where(keep.unsqueeze(-1), spill, 0.0)], dim=1)
 
 
 # ----------------------------------------------------------------------------- RBF
@@ -233,12 +258,12 @@ def restore(
     ``interp``: linear interpolation in time between grid points ``floor(t_l)`` and
     ``floor(t_l) + 1``, clamped to the valid grid points ``1..count`` (differentiable in ``t``).
     ``scatter``: ``ŷ_{l_k} = ỹ_k`` (summed when an element is selected twice), 0 elsewhere.
-    Returns ``(B, L, D)``, 0 at padded positions.
+    Returns ``(B, L, D)``, 0 at padded positions; invalid slots of ``y`` are never read.
     """
     b, buffer, d = y.shape
     length = t.shape[1]
     if how == "scatter":
-        src = y * valid.unsqueeze(-1).to(y.dtype)
+        src = torch.where(valid.unsqueeze(-1), y, 0.0)
         out = y.new_zeros(b, length, d).scatter_add(1, index.unsqueeze(-1).expand(b, buffer, d), src)
     elif buffer == 0:
         out = y.new_zeros(b, length, d)
@@ -246,7 +271,7 @@ def restore(
         k = torch.minimum(torch.floor(t).long(), counts.unsqueeze(1))  # grid point held, 0 = none
         slot = (k - 1).clamp(0, buffer - 1)
         out = y.gather(1, slot.unsqueeze(-1).expand(b, length, d))
-        out = out * (k >= 1).unsqueeze(-1).to(y.dtype)
+        out = torch.where((k >= 1).unsqueeze(-1), out, 0.0)
     elif how == "interp":
         hi = counts.clamp_min(1).unsqueeze(1).to(t.dtype)
         tc = torch.minimum(torch.maximum(t, torch.ones_like(t)), hi)
@@ -258,9 +283,9 @@ def restore(
         y_lo = y.gather(1, lo_slot.unsqueeze(-1).expand(b, length, d))
         y_hi = y.gather(1, hi_slot.unsqueeze(-1).expand(b, length, d))
         out = (1 - w) * y_lo + w * y_hi
-        out = out * (counts >= 1).view(b, 1, 1).to(y.dtype)
+        out = torch.where((counts >= 1).view(b, 1, 1), out, 0.0)
     else:
         raise ValueError(f"how: expected one of {', '.join(map(repr, RESTORES))}, got {how!r}")
     if mask is not None:
-        out = out * mask.unsqueeze(-1).to(out.dtype)
+        out = torch.where(mask.unsqueeze(-1), out, 0.0)
     return out

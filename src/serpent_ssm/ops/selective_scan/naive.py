@@ -8,8 +8,10 @@ time step after the other, as the recurrence reads::
     h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t                    (h_{-1} = initial_state, or 0)
     y_t = (<C_t, h_t> + D u_t) · z_t σ(z_t)
 
-and a padded position (``mask`` False) leaves the state as it was and outputs 0. So a bug in
-the preprocessing of a fast backend shows up as a difference from this one.
+and a padded position (``mask`` False) leaves the state as it was and outputs 0, whatever
+``u``, ``delta``, ``B``, ``C`` and ``z`` hold there (they are replaced by zeros, by selection,
+before use, so NaN or Inf in the padding reach neither the outputs nor any gradient). So a bug
+in the preprocessing of a fast backend shows up as a difference from this one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ __all__ = ["selective_scan_ref"]
 def _softplus(x: torch.Tensor) -> torch.Tensor:
     """``log(1 + e^x) = −log σ(−x)``, finite for every ``x`` (no threshold), any shape."""
     return -F.logsigmoid(-x)
+
+
+def _real_or_zero(real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``real`` (broadcast), 0 elsewhere: a selection, so NaN or Inf at padding stay out."""
+    return torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _matrix_at(x: torch.Tensor, t: int, batch: int, channels: int) -> torch.Tensor:
@@ -85,22 +92,30 @@ def selective_scan_ref(
         h = torch.zeros(batch, channels, A.shape[1], dtype=cdt, device=u.device)
     ys = []
     for t in range(length):
-        dt = deltaf[:, :, t] if biasf is None else deltaf[:, :, t] + biasf  # (Bt, D)
+        real = mask[:, t, None] if mask is not None else None  # (Bt, 1)
+        dt, u_t = deltaf[:, :, t], uf[:, :, t]  # (Bt, D)
+        b_t, c_t = _matrix_at(Bf, t, batch, channels), _matrix_at(Cf, t, batch, channels)
+        z_t = zf[:, :, t] if zf is not None else None
+        if real is not None:  # padding: whatever it holds, zeros go in (and no gradient comes out)
+            dt, u_t = _real_or_zero(real, dt), _real_or_zero(real, u_t)
+            b_t, c_t = _real_or_zero(real[..., None], b_t), _real_or_zero(real[..., None], c_t)
+            z_t = _real_or_zero(real, z_t) if z_t is not None else None
+        dt = dt if biasf is None else dt + biasf
         if delta_softplus:
             dt = _softplus(dt)
-        u_t = uf[:, :, t]
-        h_t = torch.exp(dt[..., None] * Af) * h + (dt * u_t)[..., None] * _matrix_at(Bf, t, batch, channels)
-        y_t = (h_t * _matrix_at(Cf, t, batch, channels)).sum(-1)
+        if real is not None:  # ... and no time passes
+            dt = _real_or_zero(real, dt)
+        h_t = torch.exp(dt[..., None] * Af) * h + (dt * u_t)[..., None] * b_t
+        y_t = (h_t * c_t).sum(-1)
         if Df is not None:
             y_t = y_t + Df * u_t
-        if zf is not None:
-            y_t = y_t * zf[:, :, t] * torch.sigmoid(zf[:, :, t])
-        if mask is None:
-            h = h_t
-        else:  # padding: no time passes, nothing comes in, nothing comes out
-            real = mask[:, t, None]  # (Bt, 1)
+        if z_t is not None:
+            y_t = y_t * z_t * torch.sigmoid(z_t)
+        if real is not None:  # ... and nothing comes out; the state stays
             h = torch.where(real[..., None], h_t, h)
-            y_t = torch.where(real, y_t, torch.zeros_like(y_t))
+            y_t = _real_or_zero(real, y_t)
+        else:
+            h = h_t
         ys.append(y_t)
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, channels, 0)
     y = y.to(u.dtype)
