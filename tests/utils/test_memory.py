@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from serpent_ssm.utils.memory import PeakRSS, peak_memory_mb, reset_peak_memory, rss_bytes
 
 MIB = 2**20
 
 
-def _touch(n_mib: int) -> torch.Tensor:
-    """``n_mib`` MiB written, so resident. Above glibc's largest mmap threshold (32 MiB) the
-    block is fresh pages from the OS, not heap that earlier tests freed and left resident."""
-    return torch.ones(n_mib * MIB // 4)
+def _touch(n_mib: int) -> mmap.mmap:
+    """``n_mib`` MiB of fresh pages from the OS (an anonymous mapping), one byte written per page
+    so that all are resident: never memory that earlier tests freed and the allocator kept."""
+    buf = mmap.mmap(-1, n_mib * MIB)
+    for offset in range(0, n_mib * MIB, mmap.PAGESIZE):
+        buf[offset] = 1
+    return buf
 
 
 def test_rss_and_sampled_peak():
