@@ -144,7 +144,7 @@ def _migrate_0_1_0(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-_MIGRATIONS = {"0.1.0": _migrate_0_1_0}
+_MIGRATIONS = {"0.1.0": ("0.2.0", _migrate_0_1_0)}  # format -> (the next format, the step to it)
 
 
 def migrate(record: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +158,6 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
         if version not in _MIGRATIONS:
             known = ", ".join([*_MIGRATIONS, FORMAT_VERSION])
             raise ValueError(f"format_version: expected one of {known}, got {version!r}")
-        record = _MIGRATIONS[version](record)
-        version = {"0.1.0": "0.2.0"}[version]
+        version, step = _MIGRATIONS[version]
+        record = step(record)
     return {"format_version": FORMAT_VERSION, **record}
