@@ -192,11 +192,10 @@ def _choose(
     """Next ids ``(B,)`` from ``logits (B, V)``."""
     if temperature == 0:
         return logits.argmax(-1)
-    scaled = logits.float() / temperature
-    if not torch.isfinite(scaled).all():  # a tiny temperature overflows: scale the gaps to the best
-        best = logits.float().amax(-1, keepdim=True)
-        scaled = (logits.float() - best) / temperature  # 0 for the best ids, -inf (or finite) for the rest
-    logits = scaled
+    logits = logits.float()
+    # the gaps to the best id, scaled: softmax is shift-invariant, and a tiny temperature then gives
+    # 0 for the best ids and -inf for the rest (greedy) instead of overflowing to inf - inf = NaN
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
