@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from serpent_ssm.models.config import ModelConfig, build_model, count_parameters
+from serpent_ssm.models import ModelConfig, build_model, count_parameters
 
 HERE = Path(__file__).parent
 MODELS = ("mamba", "s4d", "serpent-mamba", "serpent-s4d")
@@ -109,7 +109,30 @@ TASKS = {
         "paper": (512, 6, 100000),
         "paper_data": {"batch_size": 50},
     },
+    # known informative positions (the digits): where SeRpEnt's grid points land is measured by
+    # `serpent analyze informative`; sized as the learning-parity benchmark (lr 2e-3)
+    "sparse-digits": {
+        "data": {
+            "task": "sparse-digits",
+            "batch_size": 32,
+            "generate": {
+                "n_train": 20000,
+                "n_val": 1000,
+                "n_test": 1000,
+                "length": 1000,
+                "n_digits": 10,
+                "seed": 0,
+            },
+        },
+        "inputs": {"vocab_size": 259, "n_classes": 10},
+        "cpu": (32, 2, 1500),
+        "optim": {"lr": 2.0e-3},
+        "paper": (128, 4, 20000),
+        "paper_data": {"batch_size": 64},
+    },
 }
+# the optimiser of every CPU config; a task's "optim" overrides some of it
+OPTIM = {"lr": 3.0e-3, "weight_decay": 0.05, "ssm_lr": 1.0e-3, "warmup_steps": 100}
 
 
 def _params(name: str, d_model: int, layers: int, inputs: dict) -> int:
@@ -154,7 +177,7 @@ def main() -> None:
             config = {
                 "model": model,
                 "data": spec["data"],
-                "optim": {"lr": 3.0e-3, "weight_decay": 0.05, "ssm_lr": 1.0e-3, "warmup_steps": 100},
+                "optim": {**OPTIM, **spec.get("optim", {})},
                 "train": {
                     "max_steps": steps_cpu,
                     "eval_every": 250,

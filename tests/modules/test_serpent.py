@@ -80,10 +80,23 @@ def test_causality_with_s4d_backbone():
     aggregate=st.sampled_from(["linear", "kernel", "cell"]),
     window=st.integers(1, 4),
     rates=st.sampled_from([(0.5, 0.3, 0.2), (1.0,), (0.05, 0.7)]),
+    intervals=st.sampled_from(
+        [("ours", "score"), ("mean", "score"), ("ours", "backbone"), ("mean", "backbone")]
+    ),
     seed=st.integers(0, 999),
 )
-def test_padding_invariance(lengths, extra, causal, restore, aggregate, window, rates, seed):
-    model = make(seed, causal=causal, restore=restore, aggregate=aggregate, window=window, rates=rates)
+def test_padding_invariance(lengths, extra, causal, restore, aggregate, window, rates, intervals, seed):
+    bounds, source = intervals
+    model = make(
+        seed,
+        causal=causal,
+        restore=restore,
+        aggregate=aggregate,
+        window=window,
+        rates=rates,
+        interval_bounds=bounds,
+        interval_source=source,
+    )
     x = randn(len(lengths), max(lengths) + extra, D, seed=seed)
     assert_padding_invariant(model, x, lengths, 1e-5, 1e-5)
 
@@ -164,10 +177,24 @@ def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
     full=st.booleans(),
     gate=st.booleans(),
     shared=st.booleans(),
+    bounds=st.sampled_from(["ours", "mean"]),
+    from_backbone=st.booleans(),
     seed=st.integers(0, 999),
 )
 def test_step_equals_forward(
-    length, batch, rates, window, restore, aggregate, backbone, full, gate, shared, seed
+    length,
+    batch,
+    rates,
+    window,
+    restore,
+    aggregate,
+    backbone,
+    full,
+    gate,
+    shared,
+    bounds,
+    from_backbone,
+    seed,
 ):
     model = make(
         seed,
@@ -181,6 +208,8 @@ def test_step_equals_forward(
         gate=gate,
         share_intervals=shared,
         init="default" if gate else "identity",  # a gate that is not 1 everywhere
+        interval_bounds=bounds,
+        interval_source="backbone" if from_backbone and backbone == "mamba" else "score",
     )
     x = randn(batch, length, D, seed=seed)
     with torch.no_grad():
@@ -394,8 +423,22 @@ def test_config_errors():
         lambda: SeRpEntConfig(8, causal=True, restore="interp"),
     )
     _raises(
-        "interval_bounds: expected one of 'ours', 'paper', 'fixed', got 'wide'",
+        "interval_bounds: expected one of 'ours', 'paper', 'fixed', 'mean', got 'wide'",
         lambda: SeRpEntConfig(8, interval_bounds="wide"),
+    )
+    _raises(
+        "interval_source: expected one of 'score', 'backbone', got 'attention'",
+        lambda: SeRpEntConfig(8, interval_source="attention"),
+    )
+    _raises(
+        "interval_source: expected 'score' with backbone 's4d' (its Δ does not depend on the input), "
+        "got 'backbone'",
+        lambda: SeRpEntConfig(8, backbone="s4d", interval_source="backbone"),
+    )
+    _raises(
+        "interval_source: expected a backbone with selective intervals (an 'intervals' method, as Mamba "
+        "has), got S4D",
+        lambda: SeRpEnt(8, lambda: S4D(8), causal=True, interval_source="backbone"),
     )
     _raises(
         "backbone: expected one of 'mamba', 's4d' or a factory, got 'lstm'",
@@ -467,3 +510,40 @@ def test_backbone_init_needs_the_full_branch():
         "(it starts the mixer as its full branch; set include_full_branch=true)",
         lambda: SeRpEntConfig(8, init="backbone"),
     )
+
+
+# ----------------------------------------------------------------------------- interval variants
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_intervals_from_the_backbone_are_its_selectivity(causal, shared):
+    """``interval_source="backbone"``: no score network; the score is log of the scoring backbone's
+    mean Δ (both directions when bidirectional), and training moves that backbone's Δ."""
+    model = make(1, causal=causal, interval_source="backbone", share_intervals=shared)
+    assert len(model.scores) == 0
+    x = randn(2, 19, D, seed=1)
+    mask = right_padding_mask([19, 8], 19)
+    _, info = model(x, mask=mask, return_info=True)
+    for i, branch in enumerate(info["branches"]):
+        backbone = model.branch_backbone(0 if shared else i)
+        with torch.no_grad():
+            selectivity = backbone.intervals(x, mask).mean(-1)
+        want = 2 * branch["rate"] * selectivity / (1 + selectivity)  # 2κσ(log m)
+        assert_close(branch["delta"][mask], want[mask], 1e-5, 1e-7, "intervals")
+    info["branches"][0]["delta"][mask].sum().backward()
+    scoring = model.branch_backbone(0)
+    inner = scoring.forward_mixer if not causal else scoring
+    assert inner.dt_proj.weight.grad is not None and inner.dt_proj.weight.grad.abs().sum() > 0
+
+
+def test_mean_bounds_keep_the_causal_grid_where_sigmoid_bounds_collapse():
+    """The causal interval collapse in one picture: scores far below 0 leave "ours" (2κσ(s)) with no
+    grid point at all, while "mean" (κ·e^s / mean e^s) keeps floor(κ·n) of them."""
+    counts = {}
+    for bounds in ("ours", "mean"):
+        model = make(0, causal=True, rates=(0.5, 0.25), interval_bounds=bounds)
+        with torch.no_grad():
+            model.scores[0].weight.zero_()
+            model.scores[0].bias.fill_(-40.0)
+            _, info = model(randn(2, 48, D), return_info=True)
+        counts[bounds] = [b["counts"].tolist() for b in info["branches"]]
+    assert counts == {"ours": [[0, 0], [0, 0]], "mean": [[24, 24], [12, 12]]}

@@ -49,6 +49,48 @@ def test_intervals_to_times_equals_loop(batch):
     assert torch.equal(counts, counts_loop)
 
 
+@given(batches(), st.integers(0, 999), st.floats(0.01, 30.0))
+def test_mean_normalised_intervals_equal_loop(batch, seed, scale):
+    _, mask, rate, causal, _ = batch
+    s = scale * torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed))
+    got = torch.where(mask, rs.mean_normalised_intervals(s, rate, mask, causal).double(), 0.0)
+    torch.testing.assert_close(
+        got, naive.mean_normalised_intervals_loop(s, rate, mask, causal), rtol=1e-5, atol=1e-7
+    )
+    assert (got <= 2 * rate + 1e-6).all() and (got >= 0).all()
+
+
+@given(batches(), st.integers(0, 999))
+def test_mean_normalised_steps_equal_the_causal_intervals(batch, seed):
+    _, _, rate, _, _ = batch
+    s = 5 * torch.randn(3, 17, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    log_sum, steps = torch.full((3,), -math.inf, dtype=torch.float64), []
+    for pos in range(17):
+        delta, log_sum = rs.mean_normalised_step(s[:, pos], log_sum, torch.full((3,), pos + 1.0), rate)
+        steps.append(delta)
+    torch.testing.assert_close(torch.stack(steps, 1), rs.mean_normalised_intervals(s, rate, None, True))
+
+
+def test_mean_normalised_intervals_keep_the_causal_count_whatever_the_scale():
+    """Equal scores give Δ ≡ κ at any level; a sigmoid of the same scores collapses (κ·2σ(−30) ≈ 0)."""
+    s = torch.full((2, 64), -30.0)
+    delta = rs.mean_normalised_intervals(s, 0.25, None, True)
+    assert torch.equal(delta, torch.full_like(s, 0.25))
+    assert rs.intervals_to_times(delta, None, 0.25, True)[1].tolist() == [16, 16]
+    assert rs.intervals_to_times(0.5 * torch.sigmoid(s), None, 0.25, True)[1].tolist() == [0, 0]
+
+
+def test_mean_normalised_intervals_ignore_the_padding():
+    s = torch.randn(2, 10)
+    mask = right_padding_mask([10, 6], 10)
+    bad = s.clone()
+    bad[1, 6:] = 1e30
+    for causal in (False, True):
+        a = rs.mean_normalised_intervals(s, 0.3, mask, causal)
+        b = rs.mean_normalised_intervals(bad, 0.3, mask, causal)
+        assert torch.equal(a[mask], b[mask]) and torch.isfinite(b).all()
+
+
 @given(batches())
 def test_counts_are_exact(batch):
     """Non-causal: exactly ceil(κ·n) grid points; causal: floor(t_n)."""
@@ -305,7 +347,14 @@ def test_padding_contents_never_matter(batch, d, window, data):
 def test_loop_twins_live_apart_from_the_production_ops():
     assert not [name for name in rs.__all__ if name.endswith("_loop")]
     assert all(hasattr(rs, name) for name in rs.__all__)
-    steps = ("intervals_to_times", "select_grid", "gather_windows", "cell_pool", "restore")
+    steps = (
+        "intervals_to_times",
+        "mean_normalised_intervals",
+        "select_grid",
+        "gather_windows",
+        "cell_pool",
+        "restore",
+    )
     assert sorted(naive.__all__) == sorted(f"{name}_loop" for name in steps)
 
 

@@ -19,6 +19,7 @@ TASK_INPUTS = {  # what the task fills in at run time
     "imdb": {"vocab_size": 259, "n_classes": 2},
     "aan": {"vocab_size": 259, "n_classes": 2, "head": "retrieval"},
     "cifar": {"d_input": 1, "n_classes": 10},
+    "sparse-digits": {"vocab_size": 259, "n_classes": 10},
     "english": {"vocab_size": 259, "n_classes": 259, "head": "lm"},
     "wikitext103": {"vocab_size": 259, "n_classes": 259, "head": "lm"},
 }
@@ -45,3 +46,13 @@ def test_serpent_matches_its_backbone_within_10_percent(task, backbone, preset):
     base = _params(CONFIGS / task / f"{backbone}.yaml", preset)
     ours = _params(CONFIGS / task / f"serpent-{backbone}.yaml", preset)
     assert abs(ours / base - 1) <= 0.10, (ours, base)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sparse_digits_configs_are_cpu_sized_and_generate_their_data(model):
+    cfg = load_run_config(CONFIGS / "sparse-digits" / f"{model}.yaml")
+    assert (cfg.model.n_layers, cfg.data.batch_size, cfg.optim.lr) == (2, 32, 2e-3)
+    assert cfg.model.d_model == 32 if model in ("mamba", "s4d") else cfg.model.d_model < 32
+    assert cfg.data.generate == {
+        "n_train": 20000, "n_val": 1000, "n_test": 1000, "length": 1000, "n_digits": 10, "seed": 0
+    }  # fmt: skip

@@ -18,6 +18,7 @@ FACTS = {
     "imdb": (2, 259, None, "classify"),
     "aan": (2, 259, None, "retrieval"),
     "cifar": (10, None, 1, "classify"),
+    "sparse-digits": (10, 259, None, "classify"),
     "english": (259, 259, None, "lm"),
     "wikitext103": (259, 259, None, "lm"),
 }
@@ -59,6 +60,36 @@ def test_load_task_limits_and_vocabulary(tmp_path):
     assert (len(task.train), len(task.val), len(task.test)) == (5, 4, 4)
     assert task.spec is TASKS["listops"] and task.vocab == LISTOPS_VOCAB.to_dict()
     assert (task.n_classes, task.vocab_size, task.d_input, task.head) == FACTS["listops"]
+
+
+def test_sparse_digits_generated_when_absent_and_refused_when_generated_otherwise(tmp_path):
+    import json
+    import re
+
+    from serpent_ssm.data.errors import DataFormatError
+    from serpent_ssm.data.vocab import BYTE_VOCAB
+
+    small = {"n_train": 6, "n_val": 3, "n_test": 2, "length": 30, "n_digits": 3}
+    folder = tmp_path / "sparse-digits"
+    with pytest.raises(DataFormatError, match="missing: expected {train,val,test}.tsv .or set data.generate"):
+        load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path)))
+    task = load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path), generate=small))
+    assert (len(task.train), len(task.val), len(task.test)) == (6, 3, 2)
+    assert task.vocab == BYTE_VOCAB.to_dict() and task.train[0][0].shape == (30,)
+    assert json.loads((folder / "stats.json").read_text())["seed"] == 0  # the generator's default
+    load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path), generate={**small, "seed": 0}))
+    for key, value in (("length", 40), ("n_digits", 2), ("seed", 1), ("n_val", 4)):
+        generate = {**small, key: value}
+        had = small.get(key, 0)
+        want = f"{folder / 'stats.json'}: holds a set generated with {key}={had}, the config asks for {key}="
+        with pytest.raises(DataFormatError, match=f"^{re.escape(want)}{value}; "):
+            load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path), generate=generate))
+    with pytest.raises(
+        DataFormatError, match="holds a set generated with length=30, the config asks for length=1000"
+    ):
+        load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path), generate={"seed": 0}))
+    as_they_are = load_task(config.DataConfig(task="sparse-digits", data_dir=str(tmp_path), generate={}))
+    assert len(as_they_are.train) == 6
 
 
 def test_importing_the_registry_imports_neither_the_config_nor_the_data():

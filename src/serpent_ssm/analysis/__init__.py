@@ -8,7 +8,9 @@ SeRpEnt resampler keep?
 - ``reference_lm``: surprisal under the pretrained SmolLM2-135M (``serpent data fetch smollm2``);
 - ``stats``: Pearson, Spearman, bootstrap confidence intervals, least-squares fit;
 - ``report``: ``serpent analyze intervals`` (correlations, shuffled-text control, figures);
-- ``resampling``: ``serpent analyze resampling`` (what each branch selects on one sample).
+- ``resampling``: ``serpent analyze resampling`` (what each branch selects on one sample);
+- ``informative``: ``serpent analyze informative`` (the share of each branch's grid points on
+  the known informative positions of a sparse-digits run, at its start and its end).
 
-How to run and read both commands: docs/analysis.md.
+How to run and read the commands: docs/analysis.md.
 """

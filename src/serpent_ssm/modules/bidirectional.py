@@ -50,6 +50,19 @@ class Bidirectional(nn.Module):
             raise ValueError("make_mixer: expected a new mixer on every call, got the same object twice")
         self.proj = nn.Linear(2 * d_model, d_model) if combine == "concat" else None
 
+    def intervals(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Both directions' selective intervals at each position, for mixers that have them
+        (``Mamba.intervals``): ``x (B, L, d_model)`` -> ``(B, L, E_fwd + E_bwd)`` (0 at padding)."""
+        for m in (self.forward_mixer, self.backward_mixer):
+            if not callable(getattr(m, "intervals", None)):
+                raise ValueError(
+                    f"intervals: expected wrapped mixers with selective intervals (such as Mamba), "
+                    f"got {type(m).__name__}"
+                )
+        fwd = self.forward_mixer.intervals(x, mask)
+        bwd = reverse_padded(self.backward_mixer.intervals(reverse_padded(x, mask), mask), mask)
+        return torch.cat([fwd, bwd], dim=-1)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, L, d_model)``, ``mask (B, L)`` -> ``(B, L, d_model)`` (0 at padding)."""
         check_mixer_input(x, mask, self.d_model, self)

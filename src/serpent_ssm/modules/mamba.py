@@ -258,12 +258,7 @@ class Mamba(nn.Module):
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E) each
-        window = torch.cat([state["conv"].to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (B, E, k)
-        xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        xc = F.silu(xc)
+        xc, z, conv = self._conv_step(x_t, state["conv"])
         dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt).float())  # (B, E)
         a = -torch.exp(self.A_log.float())
@@ -272,4 +267,27 @@ class Mamba(nn.Module):
         y = (h * c.float().unsqueeze(1)).sum(-1) + self.D.float() * xf
         y = y * F.silu(z.float())
         out = self.out_proj(y.to(x_t.dtype))
-        return out, {"conv": window[:, :, 1:], "ssm": h}
+        return out, {"conv": conv, "ssm": h}
+
+    def _conv_step(
+        self, x_t: torch.Tensor, conv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projections of one element ``x_t (B, d_model)`` with the convolution's last inputs
+        ``conv (B, E, d_conv - 1)``: ``xc (B, E)`` (the scan input), ``z (B, E)``, the new ``conv``."""
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E) each
+        window = torch.cat([conv.to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (B, E, k)
+        xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        return F.silu(xc), z, window[:, :, 1:]
+
+    def intervals_step(self, x_t: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One element of ``intervals``: ``Δ_t (B, E)`` (float32) for ``x_t (B, d_model)`` and the
+        convolution state ``conv (B, E, d_conv - 1)`` (``allocate_state(B)["conv"]`` to start);
+        returns ``Δ_t`` and the new ``conv``."""
+        check_float_tensor("x_t", x_t, ndim=2)
+        check_shape("x_t", x_t, (None, self.d_model))
+        check_shape("conv", conv, (x_t.shape[0], self.d_inner, self.d_conv - 1))
+        xc, _, conv = self._conv_step(x_t, conv)
+        dt = self.x_proj(xc)[:, : self.dt_rank]
+        return F.softplus(self.dt_proj(dt).float()), conv

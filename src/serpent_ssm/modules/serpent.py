@@ -2,8 +2,10 @@
 
 Each branch ``r`` with compression rate ``κ_r``:
 
-1. intervals ``Δ_l = κ_r · 2σ(w·x_l + b)`` (``interval_bounds="ours"``; ``"paper"``:
-   ``κ_r + (1 − κ_r)σ(·)`` in ``[κ_r, 1]``; ``"fixed"``: ``Δ ≡ κ_r``), 0 on padding;
+1. intervals ``Δ_l = κ_r · 2σ(s_l)`` from a score ``s_l = w·x_l + b`` (``interval_bounds="ours"``;
+   ``"paper"``: ``κ_r + (1 − κ_r)σ(·)`` in ``[κ_r, 1]``; ``"fixed"``: ``Δ ≡ κ_r``; ``"mean"``:
+   ``min(2κ_r, κ_r·e^{s_l} / mean e^{s})``), 0 on padding; ``interval_source="backbone"`` takes
+   the score from the backbone's own selectivity (log of Mamba's mean ``Δ`` at ``l``);
 2. times ``t = cumsum(Δ)`` (non-causal: rescaled so that each row has exactly ``ceil(κ_r n)``
    grid points; causal: ``floor(t_n)`` of them);
 3. grid point ``k`` selects ``l_k = min{l : t_l >= k}``;
@@ -91,7 +93,7 @@ class SeRpEnt(nn.Module):
         self.config = cfg
         d = cfg.d_model
         self.d_model = d
-        n_scores = 1 if cfg.share_intervals else len(cfg.rates)
+        n_scores = 0 if cfg.interval_source == "backbone" else self._score_slots()
         self.scores = nn.ModuleList(nn.Linear(d, 1) for _ in range(n_scores))
         for s in self.scores:
             nn.init.zeros_(s.bias)
@@ -120,6 +122,13 @@ class SeRpEnt(nn.Module):
         if self.gate_proj is not None and cfg.init in ("identity", "backbone"):
             nn.init.zeros_(self.gate_proj.weight)
             nn.init.zeros_(self.gate_proj.bias)
+        if cfg.interval_source == "backbone":
+            for j in range(self._score_slots()):
+                if not callable(getattr(self.branch_backbone(j), "intervals", None)):
+                    raise ValueError(
+                        "interval_source: expected a backbone with selective intervals (an "
+                        f"'intervals' method, as Mamba has), got {type(self.branch_backbone(j)).__name__}"
+                    )
 
     @classmethod
     def from_config(cls, config: SeRpEntConfig) -> SeRpEnt:
@@ -130,6 +139,10 @@ class SeRpEnt(nn.Module):
     def state_support(self) -> StateSupport:
         """Causal SeRpEnt streams through ``step``; ``forward`` carries no state across calls."""
         return StateSupport(step=self.config.causal, forward_state=False)
+
+    def _score_slots(self) -> int:
+        """How many score sequences the branches read: 1 shared, or one per branch."""
+        return 1 if self.config.share_intervals else len(self.config.rates)
 
     def branch_backbone(self, i: int) -> nn.Module:
         """The backbone of rate branch ``i`` (the shared one with ``share_backbone``)."""
@@ -155,16 +168,26 @@ class SeRpEnt(nn.Module):
         return (
             f"d_model={c.d_model}, rates={c.rates}, window={c.window}, n_bases={c.n_bases}, "
             f"causal={c.causal}, aggregate={c.aggregate!r}, restore={c.restore!r}, "
-            f"interval_bounds={c.interval_bounds!r}, full_branch={c.include_full_branch}, gate={c.gate}"
+            f"interval_bounds={c.interval_bounds!r}, interval_source={c.interval_source!r}, "
+            f"full_branch={c.include_full_branch}, gate={c.gate}"
         )
 
     # ------------------------------------------------------------------ intervals
-    def _score(self, x: torch.Tensor, branch: int) -> torch.Tensor:
-        """Scalar score per position ``(...,)`` for ``x (..., D)``."""
-        net = self.scores[0 if self.config.share_intervals else branch]
-        return net(x).squeeze(-1)
+    def _scores(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """The score sequences ``s (B, L)`` for ``x (B, L, D)`` (0 at padding): one per score slot."""
+        if self.config.interval_source == "score":
+            return [net(x).squeeze(-1) for net in self.scores]
+        out = []
+        for j in range(self._score_slots()):
+            selectivity = self.branch_backbone(j).intervals(x, mask).mean(-1)  # (B, L), 0 at padding
+            real = mask if mask is not None else torch.ones_like(selectivity, dtype=torch.bool)
+            out.append(
+                torch.log(torch.where(real, selectivity, 1.0).clamp(min=torch.finfo(selectivity.dtype).tiny))
+            )
+        return out
 
     def _intervals(self, s: torch.Tensor, rate: float) -> torch.Tensor:
+        """``Δ`` of the elementwise bounds for scores ``s (...,)``."""
         bounds = self.config.interval_bounds
         if bounds == "ours":
             return 2.0 * rate * torch.sigmoid(s)
@@ -172,13 +195,18 @@ class SeRpEnt(nn.Module):
             return rate + (1.0 - rate) * torch.sigmoid(s)
         return torch.full_like(s, rate)
 
-    def _branch_intervals(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Intervals ``Δ (...,)`` of every branch for ``x (..., D)`` (one score pass when shared)."""
-        shared = self._score(x, 0) if self.config.share_intervals else None
-        return [
-            self._intervals(shared if shared is not None else self._score(x, i), rate)
-            for i, rate in enumerate(self.config.rates)
-        ]
+    def _branch_intervals(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Intervals ``Δ (B, L)`` of every branch for ``x (B, L, D)`` (one score pass when shared)."""
+        cfg = self.config
+        scores = self._scores(x, mask)
+        out = []
+        for i, rate in enumerate(cfg.rates):
+            s = scores[0 if cfg.share_intervals else i]
+            if cfg.interval_bounds == "mean":
+                out.append(rs.mean_normalised_intervals(s, rate, mask, cfg.causal))
+            else:
+                out.append(self._intervals(s, rate))
+        return out
 
     def _gated(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``y ⊙ 2σ(W_g x + b_g)`` with ``gate=True``, else ``y``; shapes ``(..., D)``."""
@@ -201,7 +229,7 @@ class SeRpEnt(nn.Module):
             y = x.new_zeros(b, length, d)
             return (y, info) if return_info else y
         xm = zero_padding(x, mask)  # whatever the padding holds, zeros go in
-        deltas = self._branch_intervals(xm)
+        deltas = self._branch_intervals(xm, mask)
         poisoned = self._poisoned(xm, deltas, mask)
         if mask is not None or bool(poisoned.any()):  # poisoned positions are treated as padding
             mask = ~poisoned if mask is None else mask & ~poisoned
@@ -281,10 +309,58 @@ class SeRpEnt(nn.Module):
                     "aggregator": agg.allocate_state(batch, device, dtype),
                 }
             )
-        state: dict[str, Any] = {"branches": branches}
+        state: dict[str, Any] = {
+            "branches": branches,
+            "scores": self._allocate_score_states(batch, device, dtype),
+        }
         if self.full_backbone is not None:
             state["full"] = self.full_backbone.allocate_state(batch, device=device, dtype=dtype)
         return state
+
+    def _allocate_score_states(
+        self, batch: int, device: torch.device | str, dtype: torch.dtype
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per score slot what the intervals carry from element to element: the convolution state
+        of the backbone whose selectivity scores (``"conv"``), and for ``interval_bounds="mean"``
+        ``log Σ e^s`` so far (``"log_sum" (B,)`` float64) and the count (``"n" (B,)`` float64)."""
+        cfg, slots = self.config, []
+        for j in range(self._score_slots()):
+            st: dict[str, torch.Tensor] = {}
+            if cfg.interval_source == "backbone":
+                st["conv"] = self.branch_backbone(j).allocate_state(batch, device=device, dtype=dtype)["conv"]
+            if cfg.interval_bounds == "mean":
+                st["log_sum"] = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+                st["n"] = torch.zeros(batch, dtype=torch.float64, device=device)
+            slots.append(st)
+        return slots
+
+    def _step_intervals(
+        self, x_t: torch.Tensor, states: list[dict[str, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """``Δ_t (B,)`` of every branch for one element ``x_t (B, D)``, and the new score states."""
+        cfg, scores, new_states = self.config, [], []
+        for j, st in enumerate(states):
+            new = dict(st)
+            if cfg.interval_source == "backbone":
+                selectivity, new["conv"] = self.branch_backbone(j).intervals_step(x_t, st["conv"])
+                s = torch.log(selectivity.mean(-1).clamp(min=torch.finfo(selectivity.dtype).tiny))
+            else:
+                s = self.scores[j](x_t).squeeze(-1)
+            if cfg.interval_bounds == "mean":
+                new["n"] = st["n"] + 1.0
+            scores.append(s)
+            new_states.append(new)
+        deltas = []
+        for i, rate in enumerate(cfg.rates):
+            j = 0 if cfg.share_intervals else i
+            if cfg.interval_bounds == "mean":
+                delta, new_states[j]["log_sum"] = rs.mean_normalised_step(
+                    scores[j], states[j]["log_sum"], new_states[j]["n"], rate
+                )
+                deltas.append(delta)
+            else:
+                deltas.append(self._intervals(scores[j], rate))
+        return deltas, new_states
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state."""
@@ -292,7 +368,11 @@ class SeRpEnt(nn.Module):
         check_float_tensor("x_t", x_t, ndim=2)
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
-        if not isinstance(state, dict) or len(state.get("branches", ())) != len(self.aggregators):
+        if (
+            not isinstance(state, dict)
+            or len(state.get("branches", ())) != len(self.aggregators)
+            or len(state.get("scores", ())) != self._score_slots()
+        ):
             raise ValueError(
                 "state: expected the dict returned by allocate_state() or step(), got something else"
             )
@@ -303,7 +383,7 @@ class SeRpEnt(nn.Module):
                 f"got one of {rows} rows"
             )
         t_old = [st["t"] for st in state["branches"]]
-        deltas = self._branch_intervals(x_t)
+        deltas, score_states = self._step_intervals(x_t, state["scores"])
         # a non-finite input (or interval) poisons its row: its running times become NaN, no grid
         # point is crossed any more, and its outputs are NaN from here on
         bad = ~torch.isfinite(x_t).all(-1)
@@ -321,7 +401,7 @@ class SeRpEnt(nn.Module):
             y, new = self._branch_step(i, x_t, st, t_new[i], crossings[i], int(most[i]))
             outs.append(y)
             branches.append(new)
-        new_state: dict[str, Any] = {"branches": branches}
+        new_state: dict[str, Any] = {"branches": branches, "scores": score_states}
         if self.full_backbone is not None:
             y_full, new_state["full"] = self.full_backbone.step(x_t, state["full"])
             outs.append(y_full)

@@ -20,10 +20,19 @@ from serpent_ssm.modules.backbones import BACKBONES
 from serpent_ssm.ops.resample import RESTORES
 from serpent_ssm.utils.config import check_fields, to_mapping
 
-__all__ = ["AGGREGATES", "INITS", "INTERVAL_BOUNDS", "SeRpEntConfig", "SeRpEntOptions", "resolve_options"]
+__all__ = [
+    "AGGREGATES",
+    "INITS",
+    "INTERVAL_BOUNDS",
+    "INTERVAL_SOURCES",
+    "SeRpEntConfig",
+    "SeRpEntOptions",
+    "resolve_options",
+]
 
 AGGREGATES = ("linear", "kernel", "cell")
-INTERVAL_BOUNDS = ("ours", "paper", "fixed")
+INTERVAL_BOUNDS = ("ours", "paper", "fixed", "mean")
+INTERVAL_SOURCES = ("score", "backbone")
 INITS = ("identity", "default", "backbone")
 RATES = "a list of rates in (0, 1]"
 
@@ -50,8 +59,19 @@ class SeRpEntOptions:
         restore: ``"hold"``, ``"interp"`` or ``"scatter"``; None = ``"hold"`` when causal,
             ``"interp"`` otherwise. ``"interp"`` reads the next grid point, so it is refused in
             causal mode.
-        interval_bounds: ``"ours"`` (``Δ ∈ (0, 2κ)``), ``"paper"`` (``Δ ∈ [κ, 1]``) or
-            ``"fixed"`` (``Δ ≡ κ``, no learned intervals; for ablations and the identity limit).
+        interval_bounds: how a score ``s_l`` becomes an interval: ``"ours"``
+            (``Δ = 2κ·σ(s) ∈ (0, 2κ)``), ``"paper"`` (``Δ ∈ [κ, 1]``), ``"fixed"`` (``Δ ≡ κ``, no
+            learned intervals; for ablations and the identity limit) or ``"mean"``
+            (``Δ_l = min(2κ, κ·e^{s_l} / mean_j e^{s_j})``, the mean over the prefix in causal
+            mode: the mean interval stays near ``κ``, so a causal branch keeps about ``κ·n``
+            grid points; ``ops.resample.mean_normalised_intervals``). In non-causal mode the
+            times are rescaled to ``ceil(κ·n)`` grid points whatever the bounds.
+        interval_source: where the scores come from: ``"score"`` (a linear map of the input,
+            ``s_l = w·x_l + b``) or ``"backbone"`` (the backbone's own selectivity: ``s_l = log``
+            of the mean over channels of Mamba's ``Δ = softplus(dt)`` at ``l``, both directions
+            when bidirectional; the paper's link between selectivity and information; needs a
+            backbone with selective intervals, such as ``"mamba"``). With ``share_intervals``
+            the scores come from branch 0's backbone, otherwise each branch uses its own.
         share_intervals: one score network for all branches [ours] or one per branch.
         include_full_branch: add a ``κ = 1`` branch, the plain backbone on the full sequence;
             None = True when causal, False otherwise [ours, from the ablations: without it a
@@ -85,6 +105,7 @@ class SeRpEntOptions:
     aggregate: str = "cell"
     restore: str | None = None
     interval_bounds: str = "ours"
+    interval_source: str = "score"
     share_intervals: bool = True
     include_full_branch: bool | None = None
     gate: bool = False
@@ -107,11 +128,12 @@ class SeRpEntOptions:
         if self.restore is not None:
             _check_choice("restore", self.restore, RESTORES)
         _check_choice("interval_bounds", self.interval_bounds, INTERVAL_BOUNDS)
+        _check_choice("interval_source", self.interval_source, INTERVAL_SOURCES)
         _check_choice("init", self.init, INITS)
 
     def delta_max(self, rate: float) -> float:
         """Upper bound of the intervals of a branch with rate ``rate``."""
-        return {"ours": 2.0 * rate, "paper": 1.0, "fixed": rate}[self.interval_bounds]
+        return {"ours": 2.0 * rate, "paper": 1.0, "fixed": rate, "mean": 2.0 * rate}[self.interval_bounds]
 
     def options(self) -> SeRpEntOptions:
         """These options alone (a ``SeRpEntConfig`` without width, backbone and mode)."""
@@ -178,6 +200,11 @@ class SeRpEntConfig(SeRpEntOptions):
         elif not callable(self.backbone):
             raise ValueError(
                 f"backbone: expected a name or a callable factory, got {type(self.backbone).__name__}"
+            )
+        if self.interval_source == "backbone" and self.backbone == "s4d":
+            raise ValueError(
+                "interval_source: expected 'score' with backbone 's4d' (its Δ does not depend on "
+                "the input), got 'backbone'"
             )
         for key, value in _mode_defaults(self, self.causal).items():
             setattr(self, key, value)

@@ -39,8 +39,8 @@ _DATA_COUNTS = ("batch_size", "eval_batch_size", "max_len", "size", "pad_to", "l
 @dataclass
 class DataConfig:
     """Which task and how to batch it. ``data_dir``: the root of the official layouts (also
-    where generated sets are cached). ``generate``: for listops/pathfinder, generator arguments
-    used when the files are absent (e.g. ``{n_train: 2000, min_len: 100, max_len: 500}``).
+    where generated sets are cached). ``generate``: for listops/pathfinder/sparse-digits, generator
+    arguments used when the files are absent (e.g. ``{n_train: 2000, min_len: 100, max_len: 500}``).
     Language modelling (english, wikitext103): ``seq_len`` bytes per training window;
     ``limit_eval`` caps the bytes of the validation/test text that are scored."""
 

@@ -62,12 +62,21 @@ __all__ = [
     "evaluate",
     "evaluate_lm",
     "evaluate_split",
+    "initial_model",
     "make_optimizer",
     "train",
 ]
 
 
 # ----------------------------------------------------------------------------- pieces
+def initial_model(cfg: RunConfig) -> nn.Module:
+    """The model of ``cfg`` at step 0, on the CPU: the global RNG seeded with ``train.seed``, then
+    ``build_model`` of the resolved config (``model_config_for``). ``train`` starts from it; the
+    analysis rebuilds a run's starting weights with it (under ``torch.random.fork_rng``)."""
+    torch.manual_seed(cfg.train.seed)
+    return build_model(model_config_for(cfg.model, cfg.data.task))
+
+
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.AdamW:
     o = cfg.optim
     decay, no_decay, special = [], [], {}
@@ -650,8 +659,7 @@ def _train_in(
     task = load_task(cfg.data)
     mcfg = model_config_for(cfg.model, cfg.data.task)
     compare = _comparison(cfg, task, compare_with, compare_source)  # before the seed: no RNG use
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(mcfg).to(proc.device)
+    model = initial_model(cfg).to(proc.device)
     n_params = count_parameters(model)
     if compare is not None:
         compare["ratio"] = n_params / compare["parameters"]

@@ -6,8 +6,9 @@ A sequence ``x (B, L, D)`` is laid on a time axis by per-position intervals ``Δ
 its time offset ``δ_kj = k − t_j`` expanded in Gaussian radial basis functions. After a backbone
 runs on the compressed sequence, its output is restored to length ``L``.
 
-No function here loops over the sequence in Python. The loop twins of the five steps
-(``intervals_to_times``, ``select_grid``, ``gather_windows``, ``cell_pool``, ``restore``) live in
+No function here loops over the sequence in Python. The loop twins of the six steps
+(``mean_normalised_intervals``, ``intervals_to_times``, ``select_grid``, ``gather_windows``,
+``cell_pool``, ``restore``) live in
 ``resample.naive``, apart from these production ops; the tests compare the two.
 
 Index conventions: positions ``l`` are 0-based in tensors; grid point ``k`` (1-based, as in the
@@ -32,6 +33,8 @@ __all__ = [
     "compressed_length",
     "gather_windows",
     "intervals_to_times",
+    "mean_normalised_intervals",
+    "mean_normalised_step",
     "rbf_centers",
     "rbf_features",
     "restore",
@@ -75,6 +78,59 @@ def compressed_length(rate: float, length: int, causal: bool, delta_max: float) 
 
 
 # ----------------------------------------------------------------------------- times
+def mean_normalised_intervals(
+    s: torch.Tensor, rate: float, mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """Intervals whose mean is held near ``κ``: ``Δ_l = min(2κ, κ · e^{s_l} / mean_j e^{s_j})``.
+
+    Args:
+        s: ``(B, L)`` scores (any float dtype).
+        rate: the branch's compression rate ``κ``.
+        mask: ``(B, L)`` bool right padding, or None; padding never enters a mean.
+        causal: the mean runs over the prefix ``j <= l`` (so ``Δ_l`` reads nothing later) or
+            over every real position of the row.
+    Returns:
+        ``Δ (B, L)`` in ``s``'s dtype, in ``(0, 2κ]``: a sequence of equal scores gets ``Δ ≡ κ``,
+        so the branch keeps about ``κ·n`` grid points whatever the scores' scale (in causal mode
+        the count is ``floor(Σ Δ)``, which unbounded intervals can collapse towards 0).
+        Computed in float64 with log-sum-exp. Padding holds finite values (any value there is
+        replaced before use, so nothing non-finite reaches a gradient).
+    """
+    sd = s.double()
+    if causal:  # right padding comes after every real element: prefixes of real positions are real
+        if mask is not None:
+            sd = torch.where(mask, sd, 0.0)
+        n = torch.arange(1, s.shape[1] + 1, device=s.device, dtype=torch.float64)
+        log_mean = torch.logcumsumexp(sd, dim=1) - torch.log(n)
+    else:
+        if mask is not None:
+            sd = torch.where(mask, sd, -1e300)
+            n = mask.sum(1, keepdim=True).clamp(min=1).double()
+        else:
+            n = torch.full((s.shape[0], 1), float(s.shape[1]), device=s.device, dtype=torch.float64)
+        log_mean = torch.logsumexp(sd, dim=1, keepdim=True) - torch.log(n)
+    return (rate * torch.exp(sd - log_mean)).clamp(max=2.0 * rate).to(s.dtype)
+
+
+def mean_normalised_step(
+    s_t: torch.Tensor, log_sum: torch.Tensor, n: torch.Tensor, rate: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One causal step of ``mean_normalised_intervals``.
+
+    Args:
+        s_t: ``(B,)`` the scores of the new elements.
+        log_sum: ``(B,)`` float64, ``log Σ_{j<l} e^{s_j}`` of the elements before (``-inf`` for none).
+        n: ``(B,)`` float64, the number of elements up to and including this one.
+        rate: ``κ``.
+    Returns:
+        ``Δ_t (B,)`` in ``s_t``'s dtype and the new ``log_sum (B,)``.
+    """
+    sd = s_t.double()
+    log_sum = torch.logaddexp(log_sum, sd)
+    delta = (rate * torch.exp(sd - (log_sum - torch.log(n)))).clamp(max=2.0 * rate)
+    return delta.to(s_t.dtype), log_sum
+
+
 def intervals_to_times(
     delta: torch.Tensor, mask: torch.Tensor | None, rate: float, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ __all__ = [
     "cell_pool_loop",
     "gather_windows_loop",
     "intervals_to_times_loop",
+    "mean_normalised_intervals_loop",
     "restore_loop",
     "select_grid_loop",
 ]
@@ -52,6 +53,25 @@ def intervals_to_times_loop(
             if acc > 0:
                 t[i] = t[i] / acc * counts[i].item()
     return t, counts
+
+
+def mean_normalised_intervals_loop(
+    s: torch.Tensor, rate: float, mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """Loop twin of ``mean_normalised_intervals``: ``s (B, L)`` -> ``Δ (B, L)`` float64 (0 at padding).
+
+    ``Δ_l = min(2κ, κ · e^{s_l} / m_l)`` with ``m_l`` the plain mean of ``e^{s_j}`` over
+    ``j <= l`` (causal) or over the row's real positions.
+    """
+    b, length = s.shape
+    out = torch.zeros(b, length, dtype=torch.float64)
+    for row in range(b):
+        n = _real_length(mask, row, length)
+        values = [math.exp(float(s[row, j])) for j in range(n)]
+        for pos in range(n):
+            pool = values[: pos + 1] if causal else values
+            out[row, pos] = min(2.0 * rate, rate * values[pos] / (sum(pool) / len(pool)))
+    return out
 
 
 def select_grid_loop(
