@@ -190,6 +190,17 @@ def test_typed_config_converts_mappings():
             ["data.task=english", "model.causal=false"],
             "model.causal: expected true (or unset) for a language",
         ),
+        (
+            ["model.n_layers=4", "model.serpent.layers=[1, 4]"],
+            "model.serpent.layers: expected layer indices below n_layers=4, got [1, 4]",
+        ),
+        (
+            ["model.serpent.layers=[0, 0]"],
+            "model.serpent.layers: expected distinct layer indices >= 0 (or null for every layer), "
+            "got [0, 0]",
+        ),
+        (["model.serpent.layers=[]"], "model.serpent.layers: expected distinct layer indices >= 0"),
+        (["model.serpent.layers=1"], "model.serpent.layers: expected a list of layer indices, got 1"),
     ],
 )
 def test_bad_model_values_name_the_full_key_path(overrides, message):
@@ -210,3 +221,29 @@ def test_bad_model_values_fail_in_the_cli_before_any_data(tmp_path, capsys):
         assert code == 2 and "Traceback" not in err
         assert err.startswith(f"serpent: error: model.{key.split('=')[0].removeprefix('model.')}: "), err
     assert not missing.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("head", ["classify", "lm"])
+def test_serpent_layers_put_the_plain_backbone_elsewhere(tmp_path, head):
+    """``model.serpent.layers``: SeRpEnt in the listed layers, the plain backbone (bidirectional
+    when non-causal) in the others; saved and loaded as such, and a causal stack still streams."""
+    from serpent_ssm.modules import Bidirectional, Mamba, SeRpEnt
+
+    inputs = {"vocab_size": 20} if head == "lm" else {"d_input": 1}
+    cfg = ModelConfig(
+        name="serpent-mamba", head=head, d_model=16, n_layers=4, serpent={"layers": [1, 2]}, **inputs
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    plain = Mamba if head == "lm" else Bidirectional
+    kinds = [type(block.mixer) for block in (model.blocks if head == "lm" else model.encoder.blocks)]
+    assert kinds == [plain, SeRpEnt, SeRpEnt, plain]
+    save_pretrained(model, tmp_path)
+    loaded = from_pretrained(tmp_path).eval()
+    x = torch.randint(1, 20, (2, 12)) if head == "lm" else torch.rand(2, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    if head == "lm":
+        with torch.no_grad():
+            out = model.generate(x[:, :3], max_new_tokens=4, temperature=0.0)
+        assert out.shape == (2, 7)

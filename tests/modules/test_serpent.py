@@ -179,6 +179,7 @@ def test_identity_limit_equals_the_backbone(aggregate, backbone, causal):
     shared=st.booleans(),
     bounds=st.sampled_from(["ours", "mean"]),
     from_backbone=st.booleans(),
+    lean=st.booleans(),
     seed=st.integers(0, 999),
 )
 def test_step_equals_forward(
@@ -194,6 +195,7 @@ def test_step_equals_forward(
     shared,
     bounds,
     from_backbone,
+    lean,
     seed,
 ):
     model = make(
@@ -210,6 +212,8 @@ def test_step_equals_forward(
         init="default" if gate else "identity",  # a gate that is not 1 everywhere
         interval_bounds=bounds,
         interval_source="backbone" if from_backbone and backbone == "mamba" else "score",
+        mix="gates" if lean else "dense",
+        cell_proj=not lean,
     )
     x = randn(batch, length, D, seed=seed)
     with torch.no_grad():
@@ -426,6 +430,8 @@ def test_config_errors():
         "interval_bounds: expected one of 'ours', 'paper', 'fixed', 'mean', got 'wide'",
         lambda: SeRpEntConfig(8, interval_bounds="wide"),
     )
+    _raises("mix: expected one of 'dense', 'gates', got 'sum'", lambda: SeRpEntConfig(8, mix="sum"))
+    _raises("cell_proj: expected a boolean, got 'no'", lambda: SeRpEntConfig(8, cell_proj="no"))
     _raises(
         "interval_source: expected one of 'score', 'backbone', got 'attention'",
         lambda: SeRpEntConfig(8, interval_source="attention"),
@@ -547,3 +553,36 @@ def test_mean_bounds_keep_the_causal_grid_where_sigmoid_bounds_collapse():
             _, info = model(randn(2, 48, D), return_info=True)
         counts[bounds] = [b["counts"].tolist() for b in info["branches"]]
     assert counts == {"ours": [[0, 0], [0, 0]], "mean": [[24, 24], [12, 12]]}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lean_shared_mixer_has_its_backbones_parameters_and_starts_as_it(causal):
+    """share_backbone + mix="gates" + cell_proj=False + init="backbone": one backbone's parameters
+    plus the score network and the gates (O(D)), and the output is the backbone's at the start."""
+    model = make(
+        5,
+        causal=causal,
+        share_backbone=True,
+        include_full_branch=True,
+        init="backbone",
+        mix="gates",
+        cell_proj=False,
+    )
+    n_backbone = sum(p.numel() for p in model.full_backbone.parameters())
+    n_branches = len(model.config.rates) + 1
+    assert sum(p.numel() for p in model.parameters()) == n_backbone + (D + 1) + (n_branches * D + D)
+    x = randn(3, 21, D, seed=5)
+    mask = right_padding_mask([21, 9, 1], 21)
+    with torch.no_grad():
+        assert torch.equal(model(x, mask=mask), model.full_backbone(x, mask=mask) * mask[..., None])
+    assert_padding_invariant(model, x, [21, 9, 1], 1e-5, 1e-6)
+
+
+def test_gates_mix_the_branches_per_channel():
+    model = make(6, mix="gates", init="default")
+    with torch.no_grad():
+        model.out_proj.weight.copy_(torch.randn(model.out_proj.weight.shape))
+        model.out_proj.bias.copy_(torch.randn(D))
+    branches = randn(2, 5, 3 * D, seed=6)
+    want = sum(branches[..., b * D : (b + 1) * D] * model.out_proj.weight[b] for b in range(3))
+    assert_close(model.out_proj(branches), want + model.out_proj.bias, 1e-6, 1e-6, "gates")

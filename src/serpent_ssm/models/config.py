@@ -90,6 +90,12 @@ class ModelConfig:
             raise ValueError(f"serpent: only for the serpent-* models, got it with name {self.name!r}")
         if self.serpent is None and self.name.startswith("serpent-"):
             self.serpent = SeRpEntOptions()
+        if self.serpent is not None and self.serpent.layers is not None:
+            if max(self.serpent.layers) >= self.n_layers:
+                raise ValueError(
+                    f"serpent.layers: expected layer indices below n_layers={self.n_layers}, "
+                    f"got {list(self.serpent.layers)}"
+                )
         try:
             self.backbone = backbone_options(backbone_name(self.name), self.backbone)
         except ValueError as exc:

@@ -36,7 +36,9 @@ def make_mixer_factory(
     ``mamba`` / ``s4d``: the backbone (wrapped in ``Bidirectional`` when not causal);
     ``serpent-mamba`` / ``serpent-s4d``: a ``SeRpEnt`` mixer over that backbone. ``backbone_kwargs``
     (a mapping or the backbone's options dataclass) and ``serpent_kwargs`` (a mapping or
-    ``SeRpEntOptions``) are checked here, before any mixer is built.
+    ``SeRpEntOptions``) are checked here, before any mixer is built. With the SeRpEnt option
+    ``layers``, the factory builds the layers of one stack in order (call ``i`` is layer ``i``):
+    SeRpEnt at those indices, the plain backbone elsewhere; build a new factory per model.
     """
     backbone = backbone_name(name)
     options = backbone_options(backbone, backbone_kwargs)
@@ -46,4 +48,25 @@ def make_mixer_factory(
         serpent_kwargs = SeRpEntOptions(**(serpent_kwargs or {}))
     kwargs = dataclasses.asdict(options)
     config = SeRpEntConfig.from_options(d_model, backbone, serpent_kwargs, causal, kwargs)
-    return lambda: SeRpEnt(d_model, config=config)
+    if serpent_kwargs.layers is None:
+        return lambda: SeRpEnt(d_model, config=config)
+    return _LayerPattern(
+        lambda: SeRpEnt(d_model, config=config),
+        lambda: make_backbone(backbone, d_model, options, bidirectional=not causal),
+        serpent_kwargs.layers,
+    )
+
+
+class _LayerPattern:
+    """A mixer factory for a stack whose layers ``layers`` (0-based) are SeRpEnt and the others
+    the plain backbone: call ``i`` (counted from 0) builds layer ``i``'s mixer, so a model calls it
+    once per layer, in order, as ``SequenceEncoder`` and ``CausalLM`` do."""
+
+    def __init__(
+        self, serpent: Callable[[], nn.Module], plain: Callable[[], nn.Module], layers: tuple[int, ...]
+    ):
+        self.serpent, self.plain, self.layers, self.calls = serpent, plain, frozenset(layers), 0
+
+    def __call__(self) -> nn.Module:
+        layer, self.calls = self.calls, self.calls + 1
+        return self.serpent() if layer in self.layers else self.plain()

@@ -64,6 +64,26 @@ def _where_state(cond: torch.Tensor, new: Any, old: Any) -> Any:
     raise ValueError(f"state: expected tensors, dicts or tuples of tensors, got {type(new).__name__}")
 
 
+class BranchGates(nn.Module):
+    """``mix="gates"``: ``(..., n·D)`` (the branch outputs, concatenated) -> ``(..., D)``,
+    ``y = Σ_b weight[b] ⊙ ŷ_b + bias``; ``weight (n, D)`` starts at ``1/n`` (the mean of the
+    branches) or, with ``full_only``, at 1 for the last branch (the full one) and 0 for the rest."""
+
+    def __init__(self, n: int, d: int, full_only: bool = False) -> None:
+        super().__init__()
+        self.n, self.d = n, d
+        weight = torch.full((n, d), 1.0 / n)
+        if full_only:
+            weight.zero_()
+            weight[-1] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, branches: torch.Tensor) -> torch.Tensor:
+        y = branches.unflatten(-1, (self.n, self.d))
+        return (y * self.weight).sum(-2) + self.bias
+
+
 class SeRpEnt(nn.Module):
     """SeRpEnt mixer ``(B, L, d_model) -> (B, L, d_model)``; options as in ``SeRpEntConfig``.
 
@@ -98,7 +118,16 @@ class SeRpEnt(nn.Module):
         for s in self.scores:
             nn.init.zeros_(s.bias)
         self.aggregators = nn.ModuleList(
-            make_aggregator(d, cfg.window, cfg.n_bases, cfg.aggregate, cfg.causal, cfg.delta_max(r), cfg.init)
+            make_aggregator(
+                d,
+                cfg.window,
+                cfg.n_bases,
+                cfg.aggregate,
+                cfg.causal,
+                cfg.delta_max(r),
+                cfg.init,
+                cfg.cell_proj,
+            )
             for r in cfg.rates
         )
         if cfg.share_backbone:  # one module, registered once per role; its weights are stored once
@@ -109,8 +138,11 @@ class SeRpEnt(nn.Module):
             self.backbones = nn.ModuleList(self._make_backbone() for _ in cfg.rates)
             self.full_backbone = self._make_backbone() if cfg.include_full_branch else None
         n_branches = len(cfg.rates) + int(cfg.include_full_branch)
-        self.out_proj = nn.Linear(n_branches * d, d)
-        if cfg.init in ("identity", "backbone"):
+        if cfg.mix == "gates":
+            self.out_proj: nn.Module = BranchGates(n_branches, d, full_only=cfg.init == "backbone")
+        else:
+            self.out_proj = nn.Linear(n_branches * d, d)
+        if cfg.init in ("identity", "backbone") and cfg.mix == "dense":
             with torch.no_grad():
                 if cfg.init == "identity":  # the mean of the branches
                     self.out_proj.weight.copy_(torch.eye(d).repeat(1, n_branches) / n_branches)
@@ -169,7 +201,8 @@ class SeRpEnt(nn.Module):
             f"d_model={c.d_model}, rates={c.rates}, window={c.window}, n_bases={c.n_bases}, "
             f"causal={c.causal}, aggregate={c.aggregate!r}, restore={c.restore!r}, "
             f"interval_bounds={c.interval_bounds!r}, interval_source={c.interval_source!r}, "
-            f"full_branch={c.include_full_branch}, gate={c.gate}"
+            f"full_branch={c.include_full_branch}, gate={c.gate}, share_backbone={c.share_backbone}, "
+            f"mix={c.mix!r}, cell_proj={c.cell_proj}"
         )
 
     # ------------------------------------------------------------------ intervals

@@ -47,12 +47,14 @@ class Grid(NamedTuple):
 
 
 class CellAggregator(nn.Module):
-    """Overlap-weighted pooling into grid cells, then ``proj: D -> D`` (identity at ``init="identity"``)."""
+    """Overlap-weighted pooling into grid cells, then ``proj: D -> D`` (identity at
+    ``init="identity"``; with ``proj=False`` no map at all, and no parameters)."""
 
-    def __init__(self, d: int, init: str) -> None:
+    def __init__(self, d: int, init: str, proj: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Linear(d, d)
-        if init == "identity":
+        self.d = d
+        self.proj = nn.Linear(d, d) if proj else nn.Identity()
+        if init == "identity" and proj:
             with torch.no_grad():
                 self.proj.weight.copy_(torch.eye(d))
                 self.proj.bias.zero_()
@@ -63,7 +65,7 @@ class CellAggregator(nn.Module):
 
     def allocate_state(self, batch: int, device, dtype) -> dict[str, torch.Tensor]:
         """``acc (B, D)``: the open cell's pooled input so far."""
-        return {"acc": torch.zeros(batch, self.proj.in_features, dtype=dtype, device=device)}
+        return {"acc": torch.zeros(batch, self.d, dtype=dtype, device=device)}
 
     def grid_inputs(
         self, x_t: torch.Tensor, t_old: torch.Tensor, t_new: torch.Tensor, state: dict, n: int
@@ -163,9 +165,16 @@ class WindowAggregator(nn.Module):
 
 
 def make_aggregator(
-    d: int, window: int, n_bases: int, kind: str, causal: bool, delta_max: float, init: str
+    d: int,
+    window: int,
+    n_bases: int,
+    kind: str,
+    causal: bool,
+    delta_max: float,
+    init: str,
+    cell_proj: bool = True,
 ) -> nn.Module:
     """The aggregator of ``aggregate=kind`` (``"cell"``, ``"linear"`` or ``"kernel"``)."""
     if kind == "cell":
-        return CellAggregator(d, init)
+        return CellAggregator(d, init, cell_proj)
     return WindowAggregator(d, window, n_bases, kind, causal, delta_max, init)

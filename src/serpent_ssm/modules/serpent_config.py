@@ -25,6 +25,7 @@ __all__ = [
     "INITS",
     "INTERVAL_BOUNDS",
     "INTERVAL_SOURCES",
+    "MIXES",
     "SeRpEntConfig",
     "SeRpEntOptions",
     "resolve_options",
@@ -34,6 +35,7 @@ AGGREGATES = ("linear", "kernel", "cell")
 INTERVAL_BOUNDS = ("ours", "paper", "fixed", "mean")
 INTERVAL_SOURCES = ("score", "backbone")
 INITS = ("identity", "default", "backbone")
+MIXES = ("dense", "gates")
 RATES = "a list of rates in (0, 1]"
 
 
@@ -93,6 +95,17 @@ class SeRpEntOptions:
             weights) [ours]: a SeRpEnt mixer then has about one backbone's parameters, so at a
             matched parameter count it is as wide as its backbone. Each branch keeps its own
             recurrent state when streaming.
+        mix: how the branch outputs combine: ``"dense"`` (one ``Linear(n·D -> D)`` over their
+            concatenation) or ``"gates"`` [ours]: a learned weight per branch and channel and a
+            bias, ``y = Σ_b g_b ⊙ ŷ_b + c`` (``n·D + D`` parameters instead of ``n·D² + D``).
+        cell_proj: the ``D -> D`` map after cell pooling (``aggregate="cell"``); False: none, the
+            pooled input goes to the backbone as it is (whose input projection follows anyway).
+            With ``share_backbone``, ``mix="gates"`` and ``cell_proj=False`` a SeRpEnt mixer has
+            its backbone's parameters plus ``O(D)``: as wide as its backbone at a matched count.
+        layers: the layers of a model's stack (0-based) that get the SeRpEnt mixer; the others get
+            the plain backbone (bidirectional when non-causal), as hourglass and dynamic-pooling
+            models keep full resolution at both ends. None = every layer. A model option: one
+            mixer ignores it.
         trim_buffer: cut each compressed buffer to the batch's largest count instead of its
             static bound (``ceil(2κL)`` in causal mode, twice the usual count): the backbones
             then process about ``Σκ·L`` elements instead of ``2Σκ·L``. Outputs are the same;
@@ -113,6 +126,9 @@ class SeRpEntOptions:
     init: str = "identity"
     trim_buffer: bool = True
     share_backbone: bool = False
+    mix: str = "dense"
+    cell_proj: bool = True
+    layers: tuple[int, ...] | None = field(default=None, metadata={"expected": "a list of layer indices"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -130,6 +146,17 @@ class SeRpEntOptions:
         _check_choice("interval_bounds", self.interval_bounds, INTERVAL_BOUNDS)
         _check_choice("interval_source", self.interval_source, INTERVAL_SOURCES)
         _check_choice("init", self.init, INITS)
+        _check_choice("mix", self.mix, MIXES)
+        if self.layers is not None:
+            if (
+                not self.layers
+                or any(i < 0 for i in self.layers)
+                or len(set(self.layers)) != len(self.layers)
+            ):
+                raise ValueError(
+                    "layers: expected distinct layer indices >= 0 (or null for every layer), "
+                    f"got {list(self.layers)}"
+                )
 
     def delta_max(self, rate: float) -> float:
         """Upper bound of the intervals of a branch with rate ``rate``."""

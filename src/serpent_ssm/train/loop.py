@@ -526,7 +526,7 @@ def _optimisation_step(run: _Run, step: int, indices: Iterator[list[int]]) -> fl
 
 def _log_window(run: _Run, done: int) -> None:
     """Write the logging window's line after step ``done`` and start the next window."""
-    record = run.pos.window.record(done, run.optimizer.param_groups[0]["lr"])
+    record = {**run.pos.window.record(done, run.optimizer.param_groups[0]["lr"]), "elapsed_s": run.elapsed()}
     run.log.write(record)
     if run.bar is not None:
         run.bar.set_postfix(
@@ -542,7 +542,7 @@ def _validate(run: _Run, done: int) -> None:
     if run.proc.main:
         spec = run.task.spec
         metrics = evaluate_split(run.model, run.task, "val", run.cfg.data, run.proc.device, exact=False)
-        run.log.write({"step": done, "split": "val", **metrics})
+        run.log.write({"step": done, "split": "val", **metrics, "elapsed_s": run.elapsed()})
         if spec.improves(metrics[spec.metric], run.pos.best_val):
             run.pos.best_val = metrics[spec.metric]
             save_pretrained(run.model, run.out / "best")
