@@ -43,13 +43,12 @@ def test_forward_carries_state_across_windows(name):
     assert lm.state_support == StateSupport(step=True, forward_state=True)
 
 
-def test_serpent_forward_has_no_state_and_says_so():
+def test_serpent_forward_carries_its_state():
+    """Every model name declares both (tests/modules/test_serpent_chunks.py checks the values)."""
     lm = _lm("serpent-mamba")
-    assert lm.state_support == StateSupport(step=True, forward_state=False)
-    with pytest.raises(
-        ValueError, match=r"^state: SeRpEnt\.forward carries no state across calls; use step\(\)"
-    ):
-        lm(torch.zeros(1, 4, dtype=torch.long), return_state=True)
+    assert lm.state_support == StateSupport(step=True, forward_state=True)
+    logits, state = lm(torch.zeros(1, 4, dtype=torch.long), return_state=True)
+    assert logits.shape == (1, 4, lm.vocab_size) and len(state) == len(lm.blocks)
 
 
 class _PlainMixer(torch.nn.Module):

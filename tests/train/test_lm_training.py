@@ -87,18 +87,19 @@ def test_generate_command(wikitext_dir, tmp_path, capsys):
     assert "--prompt: expected at least one character, got an empty prompt" in capsys.readouterr().err
 
 
-def test_training_validation_of_serpent_runs_windows_in_parallel(monkeypatch):
-    """exact=False never steps one position at a time; with one window per row it is exact."""
+def test_serpent_evaluation_carries_the_state_through_forward(monkeypatch):
+    """A SeRpEnt LM is scored window by window with the state carried through ``forward``: no
+    step() at all, the same loss for any window size, and the training loop's validation
+    (exact=False) scores exactly what ``serpent eval`` does."""
     torch.manual_seed(0)
     lm = CausalLM("serpent-mamba", 259, 16, 1)
     stream = torch.frombuffer(bytearray(TEXT[:301]), dtype=torch.uint8)
-    exact = evaluate_lm(lm, stream, seq_len=1000, batch_size=2)
-
-    def no_step(*args, **kwargs):
-        raise AssertionError("step() called")
-
-    monkeypatch.setattr(lm, "step", no_step)
-    fast = evaluate_lm(lm, stream, seq_len=1000, batch_size=2, exact=False)
-    assert fast["n"] == exact["n"] and fast["loss"] == pytest.approx(exact["loss"], rel=1e-5)
-    windows = evaluate_lm(lm, stream, seq_len=37, batch_size=2, exact=False)  # 37..73 bytes of context
-    assert windows["n"] == 300 and math.isfinite(windows["loss"])
+    steps = []
+    original = lm.step
+    monkeypatch.setattr(lm, "step", lambda *a: steps.append(1) or original(*a))
+    whole = evaluate_lm(lm, stream, seq_len=1000, batch_size=2)
+    for seq_len, exact in ((37, True), (37, False), (1000, False)):
+        other = evaluate_lm(lm, stream, seq_len=seq_len, batch_size=2, exact=exact)
+        assert other["n"] == whole["n"] == 300
+        assert other["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert not steps

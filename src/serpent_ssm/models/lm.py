@@ -91,7 +91,7 @@ class CausalLM(nn.Module):
 
         ``state``/``return_state`` carry the recurrent state from one call to the next, so a
         long text can be processed window by window, where ``state_support.forward_state``
-        (Mamba and S4D backbones; a SeRpEnt model streams through ``step()`` instead).
+        (every model name: Mamba, S4D and causal SeRpEnt carry their state through ``forward``).
         """
         self._check_ids(ids)
         h = self.embedding(ids)
@@ -172,7 +172,7 @@ class CausalLM(nn.Module):
         if self.state_support.forward_state:  # the prompt in one parallel pass
             logits, state = self(ids, return_state=True)
             logits = logits[:, -1]
-        else:  # SeRpEnt: its forward takes no state, so the prompt goes through the recurrence
+        else:  # a mixer whose forward takes no state: the prompt goes through the recurrence
             state = self.allocate_state(ids.shape[0])
             for t in range(ids.shape[1]):
                 logits, state = self.step(ids[:, t], state)

@@ -90,8 +90,8 @@ class Block(nn.Module):
         reaches no real output and no gradient (the norms' and the MLP's included).
 
         ``state`` / ``return_state``: passed to mixers whose ``forward`` carries a recurrent
-        state across calls (``state_support(mixer).forward_state``: Mamba, S4D), for processing
-        a long sequence in chunks.
+        state across calls (``state_support(mixer).forward_state``: Mamba, S4D, causal SeRpEnt),
+        for processing a long sequence in chunks.
         """
         x = zero_padding(x, mask)
         if state is None and not return_state:

@@ -155,24 +155,43 @@ class Mamba(nn.Module):
         dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L); the bias is added by the scan
         return conv_in, xc, z, dt, b, c
 
-    def intervals(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def intervals(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, conv: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The selective intervals ``Δ = softplus(dt_proj(·) + bias)`` that ``forward`` scans with.
 
         Args:
             x: ``(B, L, d_model)``.
             mask: ``(B, L)`` bool, True = real, right padding; padded positions get ``Δ = 0``
                 (no time passes there).
+            conv: for a chunk of a longer sequence, the convolution state before it
+                (``(B, E, d_conv - 1)``, as in ``allocate_state``/``forward``'s state).
         Returns:
             ``(B, L, d_inner)`` in float32 (float64 for float64 ``x``), from the arguments that
-            ``forward`` passes to the scan, as its ``"torch"`` backend computes it.
+            ``forward`` passes to the scan, as its ``"torch"`` backend computes it; with
+            ``conv``, also the convolution state after each row's last real element.
         """
         check_mixer_input(x, mask, self.d_model, self)
+        if conv is not None:
+            check_shape("conv", conv, (x.shape[0], self.d_inner, self.d_conv - 1))
         cdt = torch.promote_types(x.dtype, torch.float32)  # the scan's compute dtype
         if x.shape[1] == 0:
-            return x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
-        dt = self._project(zero_padding(x, mask), None)[3]
+            empty = x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
+            return empty if conv is None else (empty, conv)
+        conv_in, _, _, dt, _, _ = self._project(
+            zero_padding(x, mask), None if conv is None else {"conv": conv}
+        )
         delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.float().to(cdt)[:, None])  # (B, E, L)
-        return zero_padding(delta, mask, dim=-1).transpose(1, 2)
+        delta = zero_padding(delta, mask, dim=-1).transpose(1, 2)
+        return delta if conv is None else (delta, self._conv_state(conv_in, mask))
+
+    def _conv_state(self, conv_in: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The last ``d_conv - 1`` inputs up to each row's last real element, ``(B, E, d_conv - 1)``,
+        from ``conv_in (B, E, d_conv - 1 + L)`` (``_project``'s)."""
+        batch, length = conv_in.shape[0], conv_in.shape[2] - (self.d_conv - 1)
+        lengths = mask.sum(1) if mask is not None else torch.full((batch,), length, device=conv_in.device)
+        idx = lengths[:, None] + torch.arange(self.d_conv - 1, device=conv_in.device)  # positions in conv_in
+        return conv_in.gather(2, idx[:, None, :].expand(batch, self.d_inner, self.d_conv - 1))
 
     def forward(
         self,
@@ -202,7 +221,6 @@ class Mamba(nn.Module):
             return empty_sequence_output(self, x, state, return_state)
         x = zero_padding(x, mask)  # zeros in, so that no NaN reaches the projections' gradients
         conv_in, xc, z, dt, b, c = self._project(x, state)
-        k = self.d_conv
         a = -torch.exp(self.A_log.float())
         y, h = selective_scan(
             xc,
@@ -222,11 +240,7 @@ class Mamba(nn.Module):
         out = zero_padding(self.out_proj(y.transpose(1, 2)), mask)
         if not return_state:
             return out
-        # conv state: the last k-1 inputs up to the last real element of each row
-        lengths = mask.sum(1) if mask is not None else torch.full((batch,), length, device=x.device)
-        idx = lengths[:, None] + torch.arange(k - 1, device=x.device)  # positions in conv_in
-        conv_state = conv_in.gather(2, idx[:, None, :].expand(batch, self.d_inner, k - 1))
-        return out, {"conv": conv_state, "ssm": h}
+        return out, {"conv": self._conv_state(conv_in, mask), "ssm": h}
 
     # ------------------------------------------------------------------ recurrence
     def allocate_state(
@@ -282,12 +296,13 @@ class Mamba(nn.Module):
         return F.silu(xc), z, window[:, :, 1:]
 
     def intervals_step(self, x_t: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One element of ``intervals``: ``Δ_t (B, E)`` (float32) for ``x_t (B, d_model)`` and the
+        """One element of ``intervals``: ``Δ_t (B, E)`` (its dtype) for ``x_t (B, d_model)`` and the
         convolution state ``conv (B, E, d_conv - 1)`` (``allocate_state(B)["conv"]`` to start);
         returns ``Δ_t`` and the new ``conv``."""
         check_float_tensor("x_t", x_t, ndim=2)
         check_shape("x_t", x_t, (None, self.d_model))
         check_shape("conv", conv, (x_t.shape[0], self.d_inner, self.d_conv - 1))
         xc, _, conv = self._conv_step(x_t, conv)
-        dt = self.x_proj(xc)[:, : self.dt_rank]
-        return F.softplus(self.dt_proj(dt).float()), conv
+        dt = self.dt_proj.weight @ self.x_proj(xc)[:, : self.dt_rank].unsqueeze(-1)  # (B, E, 1)
+        cdt = torch.promote_types(x_t.dtype, torch.float32)  # as ``intervals``
+        return F.softplus(dt[..., 0].to(cdt) + self.dt_proj.bias.float().to(cdt)), conv

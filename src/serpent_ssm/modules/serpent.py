@@ -37,7 +37,7 @@ from torch import nn
 
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
-from serpent_ssm.modules.protocol import StateSupport
+from serpent_ssm.modules.protocol import StateSupport, state_support
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
@@ -62,6 +62,17 @@ def _where_state(cond: torch.Tensor, new: Any, old: Any) -> Any:
     if isinstance(new, (tuple, list)):
         return type(new)(_where_state(cond, n, o) for n, o in zip(new, old, strict=True))
     raise ValueError(f"state: expected tensors, dicts or tuples of tensors, got {type(new).__name__}")
+
+
+def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
+    """The score of ``interval_source="backbone"``: ``log`` of the mean ``Δ`` (clamped above 0)."""
+    return torch.log(selectivity.clamp(min=torch.finfo(selectivity.dtype).tiny))
+
+
+def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
+    """``forward``'s return value: ``y``, then ``info`` and ``state`` as asked."""
+    extra = ((info,) if return_info else ()) + ((state,) if return_state else ())
+    return (y, *extra) if extra else y
 
 
 class BranchGates(nn.Module):
@@ -169,8 +180,13 @@ class SeRpEnt(nn.Module):
 
     @property
     def state_support(self) -> StateSupport:
-        """Causal SeRpEnt streams through ``step``; ``forward`` carries no state across calls."""
-        return StateSupport(step=self.config.causal, forward_state=False)
+        """Causal SeRpEnt streams through ``step`` and carries its state through ``forward`` when
+        its backbones do (Mamba, S4D)."""
+        causal = self.config.causal
+        chunks = causal and all(
+            state_support(m).forward_state for m in (*self.backbones, self.full_backbone) if m is not None
+        )
+        return StateSupport(step=causal, forward_state=chunks)
 
     def _score_slots(self) -> int:
         """How many score sequences the branches read: 1 shared, or one per branch."""
@@ -206,18 +222,35 @@ class SeRpEnt(nn.Module):
         )
 
     # ------------------------------------------------------------------ intervals
-    def _scores(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """The score sequences ``s (B, L)`` for ``x (B, L, D)`` (0 at padding): one per score slot."""
-        if self.config.interval_source == "score":
-            return [net(x).squeeze(-1) for net in self.scores]
-        out = []
+    def _scores(
+        self, x: torch.Tensor, mask: torch.Tensor | None, states: list[dict] | None = None
+    ) -> tuple[list[torch.Tensor], list[dict] | None]:
+        """The score sequences ``s (B, L)`` for ``x (B, L, D)`` (0 at padding), one per score
+        slot, and, for a causal chunk from the score ``states``, the states after it."""
+        cfg = self.config
+        scores, new_states = [], None if states is None else []
         for j in range(self._score_slots()):
-            selectivity = self.branch_backbone(j).intervals(x, mask).mean(-1)  # (B, L), 0 at padding
-            real = mask if mask is not None else torch.ones_like(selectivity, dtype=torch.bool)
-            out.append(
-                torch.log(torch.where(real, selectivity, 1.0).clamp(min=torch.finfo(selectivity.dtype).tiny))
-            )
-        return out
+            new = None if states is None else dict(states[j])
+            if cfg.interval_source == "score":
+                s = self.scores[j](x).squeeze(-1)
+            else:
+                bb = self.branch_backbone(j)
+                if new is None:
+                    selectivity = bb.intervals(x, mask)
+                else:
+                    selectivity, new["conv"] = bb.intervals(x, mask, conv=states[j]["conv"])
+                real = (
+                    mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+                )
+                s = _log_selectivity(torch.where(real, selectivity.mean(-1), 1.0))  # (B, L)
+            if new is not None and cfg.interval_bounds == "mean":
+                new["log_sum"], new["n"] = rs.mean_normalised_carry(
+                    s, mask, states[j]["log_sum"], states[j]["n"]
+                )
+            scores.append(s)
+            if new_states is not None:
+                new_states.append(new)
+        return scores, new_states
 
     def _intervals(self, s: torch.Tensor, rate: float) -> torch.Tensor:
         """``Δ`` of the elementwise bounds for scores ``s (...,)``."""
@@ -228,18 +261,22 @@ class SeRpEnt(nn.Module):
             return rate + (1.0 - rate) * torch.sigmoid(s)
         return torch.full_like(s, rate)
 
-    def _branch_intervals(self, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """Intervals ``Δ (B, L)`` of every branch for ``x (B, L, D)`` (one score pass when shared)."""
+    def _branch_intervals(
+        self, x: torch.Tensor, mask: torch.Tensor | None, states: list[dict] | None = None
+    ) -> tuple[list[torch.Tensor], list[dict] | None]:
+        """Intervals ``Δ (B, L)`` of every branch for ``x (B, L, D)`` (one score pass when shared)
+        and, for a causal chunk from the score ``states``, the states after it."""
         cfg = self.config
-        scores = self._scores(x, mask)
+        scores, new_states = self._scores(x, mask, states)
         out = []
         for i, rate in enumerate(cfg.rates):
-            s = scores[0 if cfg.share_intervals else i]
+            j = 0 if cfg.share_intervals else i
             if cfg.interval_bounds == "mean":
-                out.append(rs.mean_normalised_intervals(s, rate, mask, cfg.causal))
+                carry = None if states is None else (states[j]["log_sum"], states[j]["n"])
+                out.append(rs.mean_normalised_intervals(scores[j], rate, mask, cfg.causal, carry))
             else:
-                out.append(self._intervals(s, rate))
-        return out
+                out.append(self._intervals(scores[j], rate))
+        return out, new_states
 
     def _gated(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``y ⊙ 2σ(W_g x + b_g)`` with ``gate=True``, else ``y``; shapes ``(..., D)``."""
@@ -247,41 +284,70 @@ class SeRpEnt(nn.Module):
 
     # ------------------------------------------------------------------ full sequence
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, return_info: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        return_info: bool = False,
+        state: dict[str, Any] | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[Any, ...]:
         """Mix ``x (B, L, d_model)`` with optional right-padding ``mask (B, L)``.
 
-        Returns ``y (B, L, d_model)`` (0 at padding) and, with ``return_info``, a dict with
-        ``"branches"``: per branch ``rate``, ``delta (B, L)``, ``t (B, L)``, ``index (B, L')``,
-        ``valid (B, L')``, ``counts (B,)``.
+        Returns ``y (B, L, d_model)`` (0 at padding), then, with ``return_info``, a dict with
+        ``"branches"``: per branch ``rate``, ``delta (B, L)``, ``t (B, L)`` (the running time),
+        ``index (B, L')``, ``valid (B, L')``, ``counts (B,)`` (the grid points of this call), then,
+        with ``return_state``, the state after each row's last real element.
+
+        Causal mode carries the streaming state across calls (``state_support.forward_state``):
+        ``state`` (from ``allocate_state``, ``step`` or an earlier ``forward``) continues a
+        sequence, so a text can be processed in chunks of any sizes, with the same outputs and
+        final state as one call over the whole text or ``step`` element by element.
         """
         check_mixer_input(x, mask, self.d_model, self)
         b, length, d = x.shape
+        if state is not None or return_state:
+            self._check_chunking()
+            state = self.allocate_state(b, x.device, x.dtype) if state is None else state
+            self._check_state(state, b)
         info: dict[str, Any] = {"branches": []}
         if length == 0 or b == 0:
-            y = x.new_zeros(b, length, d)
-            return (y, info) if return_info else y
+            return _outputs(x.new_zeros(b, length, d), info, state, return_info, return_state)
         xm = zero_padding(x, mask)  # whatever the padding holds, zeros go in
-        deltas = self._branch_intervals(xm, mask)
-        poisoned = self._poisoned(xm, deltas, mask)
+        deltas, score_states = self._branch_intervals(xm, mask, None if state is None else state["scores"])
+        poisoned = self._poisoned(xm, deltas, mask, state)
         if mask is not None or bool(poisoned.any()):  # poisoned positions are treated as padding
             mask = ~poisoned if mask is None else mask & ~poisoned
             xm = zero_padding(xm, mask)
         lengths = mask.sum(1) if mask is not None else torch.full((b,), length, device=x.device)
-        outs = []
+        outs, branches = [], []
         for i, delta in enumerate(deltas):
-            y_branch, branch_info = self._branch_forward(i, xm, delta, mask, lengths)
+            st = None if state is None else state["branches"][i]
+            y_branch, branch_info, new = self._branch_forward(i, xm, delta, mask, lengths, st)
             outs.append(y_branch)
+            branches.append(new)
             if return_info:
                 info["branches"].append(branch_info)
-        if self.full_backbone is not None:
+        new_state = None if state is None else {"branches": branches, "scores": score_states}
+        if self.full_backbone is not None and state is None:
             outs.append(self.full_backbone(xm, mask=mask))
+        elif self.full_backbone is not None:
+            y_full, new_state["full"] = self.full_backbone(
+                xm, mask=mask, state=state["full"], return_state=True
+            )
+            outs.append(y_full)
         y = zero_padding(self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm), mask)
         y = torch.where(poisoned.unsqueeze(-1), math.nan, y)
-        return (y, info) if return_info else y
+        if new_state is not None:  # a poisoned row stays poisoned: its times become NaN
+            for br in new_state["branches"]:
+                br["t"] = torch.where(poisoned.any(1), math.nan, br["t"])
+        return _outputs(y, info, new_state, return_info, return_state)
 
     def _poisoned(
-        self, xm: torch.Tensor, deltas: list[torch.Tensor], mask: torch.Tensor | None
+        self,
+        xm: torch.Tensor,
+        deltas: list[torch.Tensor],
+        mask: torch.Tensor | None,
+        state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Real positions whose outputs are NaN, ``(B, L)`` bool, for ``xm (B, L, D)`` (0 at padding).
 
@@ -294,34 +360,95 @@ class SeRpEnt(nn.Module):
         bad = ~torch.isfinite(xm).all(-1)
         for delta in deltas:
             bad = bad | ~torch.isfinite(delta)
+        if state is not None:  # a row poisoned in an earlier chunk
+            for br in state["branches"]:
+                bad = bad | ~torch.isfinite(br["t"]).unsqueeze(1)
         real = mask if mask is not None else torch.ones_like(bad)
         bad = bad & real
         return (from_first(bad) if self.config.causal else bad.any(1, keepdim=True)) & real
 
     def _branch_forward(
-        self, i: int, xm: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Branch ``i`` on the masked input ``xm (B, L, D)`` with intervals ``delta (B, L)``:
-        its output restored to ``(B, L, D)`` and its resampling (see ``forward``'s info)."""
+        self,
+        i: int,
+        xm: torch.Tensor,
+        delta: torch.Tensor,
+        mask: torch.Tensor | None,
+        lengths: torch.Tensor,
+        st: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any] | None]:
+        """Branch ``i`` on the masked input ``xm (B, L, D)`` with intervals ``delta (B, L)``: its
+        output restored to ``(B, L, D)``, its resampling (see ``forward``'s info) and, for a
+        causal chunk from the branch state ``st``, the state after it.
+
+        A chunk counts time from the state's (``t0``): its grid points are those after
+        ``base = floor(t0)``, numbered from 1, so the resampling ops see local times
+        ``t0 − base + Σ Δ`` and the first cell may hold inputs of earlier chunks."""
         cfg = self.config
         rate, length = cfg.rates[i], xm.shape[1]
         t, counts = rs.intervals_to_times(delta, mask, rate, cfg.causal)  # masks Δ itself
+        if st is not None:  # a poisoned row (NaN time) is all padding here: any finite time will do
+            t0 = torch.where(torch.isfinite(st["t"]), st["t"], 0.0)
+            base = torch.floor(t0)
+            start = t0 - base
+            elapsed, t = t[:, -1], t + start.unsqueeze(1)
+            counts = torch.floor(t[:, -1]).long()
         buffer = rs.compressed_length(rate, length, cfg.causal, cfg.delta_max(rate))
         counts = counts.clamp(max=buffer)
         if cfg.trim_buffer:  # slots past the batch's largest count are padding in every row
             buffer = max(1, min(buffer, int(counts.max())))
         index, valid = rs.select_grid(t.detach(), counts, lengths, buffer)
-        xc = self.aggregators[i].aggregate(xm, Grid(t, counts, index, valid, lengths, mask, buffer))
-        xc = zero_padding(xc, valid)
-        yc = self.branch_backbone(i)(xc, mask=valid)
+        grid = Grid(t, counts, index, valid, lengths, mask, buffer)
+        if st is None:
+            xc = self.aggregators[i].aggregate(xm, grid)
+            yc = self.branch_backbone(i)(zero_padding(xc, valid), mask=valid)
+        else:
+            xc, agg_state = self.aggregators[i].aggregate_chunk(xm, grid, st["aggregator"], start, base)
+            yc, b_state = self.branch_backbone(i)(
+                zero_padding(xc, valid), mask=valid, state=st["backbone"], return_state=True
+            )
         y = rs.restore(yc, t, counts, index, valid, mask, cfg.restore)
-        delta = zero_padding(delta, mask)
-        return y, {"rate": rate, "delta": delta, "t": t, "index": index, "valid": valid, "counts": counts}
+        info = {"rate": rate, "delta": zero_padding(delta, mask), "t": t, "index": index, "valid": valid}
+        info["counts"] = counts
+        if st is None:
+            return y, info, None
+        info["t"] = t + base.unsqueeze(1)
+        if cfg.restore == "hold":  # before the chunk's first grid point: the state's held output
+            y = zero_padding(
+                torch.where((torch.floor(t) < 1).unsqueeze(-1), st["held"].unsqueeze(1), y), mask
+            )
+        last = yc.gather(1, (counts - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, yc.shape[2]))[:, 0]
+        held = torch.where((counts >= 1).unsqueeze(1), last, st["held"])
+        new = {"t": t0 + elapsed, "held": held, "backbone": b_state, "aggregator": agg_state}
+        return y, info, new
 
     # ------------------------------------------------------------------ streaming
     def _check_streaming(self) -> None:
         if not self.config.causal:
             raise ValueError("step: expected a causal SeRpEnt (causal=True), got a non-causal one")
+
+    def _check_chunking(self) -> None:
+        if not self.state_support.forward_state:
+            raise ValueError(
+                "state: expected a causal SeRpEnt whose backbones carry a state through forward "
+                f"(causal=True, backbone forward_state), got causal={self.config.causal}"
+            )
+
+    def _check_state(self, state: Any, rows: int) -> None:
+        """``state`` is one of this mixer's streaming states, for ``rows`` rows."""
+        if (
+            not isinstance(state, dict)
+            or len(state.get("branches", ())) != len(self.aggregators)
+            or len(state.get("scores", ())) != self._score_slots()
+        ):
+            raise ValueError(
+                "state: expected the dict returned by allocate_state(), step() or forward(), "
+                "got something else"
+            )
+        have = state["branches"][0]["t"].shape[0]
+        if have != rows:
+            raise ValueError(
+                f"state: expected the state of {rows} rows (allocate_state({rows})), got one of {have} rows"
+            )
 
     def allocate_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -376,7 +503,7 @@ class SeRpEnt(nn.Module):
             new = dict(st)
             if cfg.interval_source == "backbone":
                 selectivity, new["conv"] = self.branch_backbone(j).intervals_step(x_t, st["conv"])
-                s = torch.log(selectivity.mean(-1).clamp(min=torch.finfo(selectivity.dtype).tiny))
+                s = _log_selectivity(selectivity.mean(-1))
             else:
                 s = self.scores[j](x_t).squeeze(-1)
             if cfg.interval_bounds == "mean":
@@ -401,20 +528,7 @@ class SeRpEnt(nn.Module):
         check_float_tensor("x_t", x_t, ndim=2)
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
-        if (
-            not isinstance(state, dict)
-            or len(state.get("branches", ())) != len(self.aggregators)
-            or len(state.get("scores", ())) != self._score_slots()
-        ):
-            raise ValueError(
-                "state: expected the dict returned by allocate_state() or step(), got something else"
-            )
-        rows = state["branches"][0]["t"].shape[0]
-        if rows != x_t.shape[0]:
-            raise ValueError(
-                f"state: expected the state of {x_t.shape[0]} rows (allocate_state({x_t.shape[0]})), "
-                f"got one of {rows} rows"
-            )
+        self._check_state(state, x_t.shape[0])
         t_old = [st["t"] for st in state["branches"]]
         deltas, score_states = self._step_intervals(x_t, state["scores"])
         # a non-finite input (or interval) poisons its row: its running times become NaN, no grid

@@ -13,6 +13,10 @@ its step update, so that the mixer itself has no aggregation fork:
   last ``K`` inputs, their times, and how many inputs were seen.
 
 Full sequence: ``aggregate(x, grid) -> (B, L', D)``, with the branch's resampling in a ``Grid``.
+A chunk of a longer causal sequence: ``aggregate_chunk(x, grid, state, t_start, base) ->
+((B, L', D), new_state)``, the grid counted from the chunk's first cell, which may already hold
+inputs of earlier chunks (``grid.t`` = the global times minus ``base (B,)``, the grid points before
+the chunk; ``t_start (B,)`` = where the chunk's time starts in its first cell).
 Streaming: ``allocate_state(batch, device, dtype)``, then per element
 ``grid_inputs(x_t, t_old, t_new, state, n) -> ([x_k (B, D)] * n, new_state)``: the inputs of the
 grid points ``floor(t_old) + 1 .. floor(t_old) + n`` (rows that cross fewer get values that the
@@ -62,6 +66,17 @@ class CellAggregator(nn.Module):
     def aggregate(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """``x (B, L, D)`` -> grid inputs ``(B, L', D)``: each cell's overlap-weighted sum."""
         return self.proj(rs.cell_pool(x, grid.t, grid.counts, grid.buffer, grid.mask))
+
+    def aggregate_chunk(
+        self, x: torch.Tensor, grid: Grid, state: dict, t_start: torch.Tensor, base: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A causal chunk (see module doc): the cells it completes, the first one adding the
+        state's open cell, and the new open cell (the cell after the last grid point crossed)."""
+        b, d = x.shape[0], self.d
+        pooled = rs.cell_pool(x, grid.t, grid.counts + 1, grid.buffer + 1, grid.mask, t_start)
+        pooled = torch.cat([pooled[:, :1] + state["acc"].unsqueeze(1), pooled[:, 1:]], dim=1)
+        open_cell = pooled.gather(1, grid.counts.view(b, 1, 1).expand(b, 1, d))[:, 0]
+        return self.proj(pooled[:, : grid.buffer]), {"acc": open_cell}
 
     def allocate_state(self, batch: int, device, dtype) -> dict[str, torch.Tensor]:
         """``acc (B, D)``: the open cell's pooled input so far."""
@@ -136,6 +151,26 @@ class WindowAggregator(nn.Module):
         g = grid
         xw, offsets, ok = rs.gather_windows(x, g.t, g.index, g.valid, g.lengths, self.window, self.causal)
         return self._map(xw, offsets, ok)
+
+    def aggregate_chunk(
+        self, x: torch.Tensor, grid: Grid, state: dict, t_start: torch.Tensor, base: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A causal chunk (see module doc): each window may reach back into the state's last
+        ``K`` inputs (those the row has seen); the new state holds the last ``K`` real inputs."""
+        g, k = grid, self.window
+        xs = torch.cat([state["x"], x], dim=1)  # (B, K + L, D): the state's inputs, then the chunk's
+        ts = torch.cat([state["times"] - base.unsqueeze(1), g.t], dim=1)  # times from ``base``
+        index, lengths = g.index + k, g.lengths + k
+        xw, offsets, ok = rs.gather_windows(xs, ts, index, g.valid, lengths, k, True)
+        neighbour = index.unsqueeze(-1) + torch.tensor(rs.window_offsets(k, True), device=x.device)
+        seen = state["seen"].clamp(max=k).view(-1, 1, 1)
+        ok = ok & (neighbour >= k - seen)  # state slots the row has not filled are not inputs
+        xw = torch.where(ok.unsqueeze(-1), xw, 0.0)
+        y = self._map(xw, torch.where(ok, offsets, 0.0), ok)
+        last = (lengths.unsqueeze(1) - k + torch.arange(k, device=x.device)).clamp_min(0)  # (B, K)
+        new_x = xs.gather(1, last.unsqueeze(-1).expand(-1, -1, xs.shape[2]))
+        new_t = ts.gather(1, last) + base.unsqueeze(1)
+        return y, {"seen": state["seen"] + g.lengths, "x": new_x, "times": new_t}
 
     def allocate_state(self, batch: int, device, dtype) -> dict[str, torch.Tensor]:
         """``seen (B,)``, the last ``K`` inputs ``x (B, K, D)`` and their times ``(B, K)`` float64."""

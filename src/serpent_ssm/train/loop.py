@@ -159,13 +159,13 @@ def evaluate_lm(
 
     The stream is cut into ``batch_size`` contiguous rows ``(rows, T // rows)`` scored in
     parallel, window by window (``seq_len`` bytes). What ``model.state_support`` declares decides
-    how the recurrent state crosses windows: ``forward_state`` (Mamba, S4D): ``forward`` carries
-    it from each window to the next, so every byte is predicted from all the bytes before it in
-    its row. Otherwise (SeRpEnt) ``exact=True`` carries it through ``step()`` (one position at a
-    time: slow, for final evaluations; needs ``step``), and ``exact=False`` (the training loop's
-    validation) runs each window in parallel after the previous window as left context, so every
-    byte sees at least ``seq_len`` bytes before it. At most ``batch_size - 1`` bytes at the end
-    are not scored.
+    how the recurrent state crosses windows: ``forward_state`` (every model of this library:
+    Mamba, S4D and causal SeRpEnt): ``forward`` carries it from each window to the next, so every
+    byte is predicted from all the bytes before it in its row, and ``exact`` changes nothing.
+    A model of mixers without it (a user's backbone) is scored, with ``exact=True``, through
+    ``step()`` (one position at a time: slow; needs ``step``), and with ``exact=False`` each
+    window in parallel after the previous window as left context, so every byte sees at least
+    ``seq_len`` bytes before it. At most ``batch_size - 1`` bytes at the end are not scored.
     """
     if stream.dtype != torch.uint8 or stream.dim() != 1 or len(stream) < 2:
         raise ValueError(

@@ -33,6 +33,7 @@ __all__ = [
     "compressed_length",
     "gather_windows",
     "intervals_to_times",
+    "mean_normalised_carry",
     "mean_normalised_intervals",
     "mean_normalised_step",
     "rbf_centers",
@@ -79,7 +80,11 @@ def compressed_length(rate: float, length: int, causal: bool, delta_max: float) 
 
 # ----------------------------------------------------------------------------- times
 def mean_normalised_intervals(
-    s: torch.Tensor, rate: float, mask: torch.Tensor | None, causal: bool
+    s: torch.Tensor,
+    rate: float,
+    mask: torch.Tensor | None,
+    causal: bool,
+    carry: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Intervals whose mean is held near ``κ``: ``Δ_l = min(2κ, κ · e^{s_l} / mean_j e^{s_j})``.
 
@@ -89,6 +94,8 @@ def mean_normalised_intervals(
         mask: ``(B, L)`` bool right padding, or None; padding never enters a mean.
         causal: the mean runs over the prefix ``j <= l`` (so ``Δ_l`` reads nothing later) or
             over every real position of the row.
+        carry: causal only, for a chunk of a longer sequence: ``(log_sum (B,), n (B,))`` float64,
+            ``log Σ e^s`` and the count of the elements before the chunk (``mean_normalised_carry``).
     Returns:
         ``Δ (B, L)`` in ``s``'s dtype, in ``(0, 2κ]``: a sequence of equal scores gets ``Δ ≡ κ``,
         so the branch keeps about ``κ·n`` grid points whatever the scores' scale (in causal mode
@@ -101,7 +108,11 @@ def mean_normalised_intervals(
         if mask is not None:
             sd = torch.where(mask, sd, 0.0)
         n = torch.arange(1, s.shape[1] + 1, device=s.device, dtype=torch.float64)
-        log_mean = torch.logcumsumexp(sd, dim=1) - torch.log(n)
+        log_sum = torch.logcumsumexp(sd, dim=1)
+        if carry is not None:
+            log_sum = torch.logaddexp(log_sum, carry[0].unsqueeze(1))
+            n = n + carry[1].unsqueeze(1)
+        log_mean = log_sum - torch.log(n)
     else:
         if mask is not None:
             sd = torch.where(mask, sd, -1e300)
@@ -110,6 +121,23 @@ def mean_normalised_intervals(
             n = torch.full((s.shape[0], 1), float(s.shape[1]), device=s.device, dtype=torch.float64)
         log_mean = torch.logsumexp(sd, dim=1, keepdim=True) - torch.log(n)
     return (rate * torch.exp(sd - log_mean)).clamp(max=2.0 * rate).to(s.dtype)
+
+
+def mean_normalised_carry(
+    s: torch.Tensor, mask: torch.Tensor | None, log_sum: torch.Tensor, n: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The carry of ``mean_normalised_intervals`` after a causal chunk: ``s (B, L)`` scores,
+    ``mask (B, L)`` or None, ``log_sum (B,)`` and ``n (B,)`` float64 before it -> after it
+    (padding not counted)."""
+    sd = s.double()
+    if mask is not None:
+        sd = torch.where(mask, sd, -math.inf)
+        n = n + mask.sum(1).double()
+    else:
+        n = n + s.shape[1]
+    if s.shape[1] == 0:
+        return log_sum, n
+    return torch.logaddexp(log_sum, torch.logsumexp(sd, dim=1)), n
 
 
 def mean_normalised_step(
@@ -237,11 +265,17 @@ def _overlap(t: torch.Tensor, t_prev: torch.Tensor, cell: torch.Tensor) -> torch
 
 
 def cell_pool(
-    x: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, buffer: int, mask: torch.Tensor | None
+    x: torch.Tensor,
+    t: torch.Tensor,
+    counts: torch.Tensor,
+    buffer: int,
+    mask: torch.Tensor | None,
+    t_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Time-weighted pooling of every element into the grid cells its interval overlaps.
 
-    Element ``l`` occupies the time interval ``(t_{l-1}, t_l]`` (``t_{-1} = 0``); grid cell ``k``
+    Element ``l`` occupies the time interval ``(t_{l-1}, t_l]`` (``t_{-1} = t_start``, 0 by
+    default; a chunk of a longer causal sequence starts inside cell 1); grid cell ``k``
     is ``(k − 1, k]``. Cell ``k`` receives ``Σ_l o_lk x_l`` with ``o_lk`` the length of the
     overlap, so the weights of a complete cell sum to 1, no element is dropped, an element with
     a long interval (much information) weighs more, and the result is differentiable in ``t``.
@@ -254,14 +288,15 @@ def cell_pool(
     search per cell). An element spanning many cells is thus found once per cell it covers.
 
     Args: ``x (B, L, D)``, ``t (B, L)`` float64 non-decreasing, ``counts (B,)``, ``buffer`` =
-    ``L'``, ``mask (B, L)`` or None.
+    ``L'``, ``mask (B, L)`` or None, ``t_start (B,)`` float64 in ``[0, 1)`` or None.
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
     b, length, d = x.shape
     out = x.new_zeros(b, buffer, d)
     if length == 0 or buffer == 0:
         return out
-    t_prev = torch.cat([t.new_zeros(b, 1), t[:, :-1]], dim=1)
+    start = t.new_zeros(b, 1) if t_start is None else t_start.to(t.dtype).unsqueeze(1)
+    t_prev = torch.cat([start, t[:, :-1]], dim=1)
     limit = counts.unsqueeze(1).to(t.dtype)
     real = mask if mask is not None else torch.ones(b, length, dtype=torch.bool, device=x.device)
     # each element's share of the cell its interval starts in

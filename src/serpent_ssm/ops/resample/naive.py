@@ -131,17 +131,22 @@ def gather_windows_loop(
 
 
 def cell_pool_loop(
-    x: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, buffer: int, mask: torch.Tensor | None
+    x: torch.Tensor,
+    t: torch.Tensor,
+    counts: torch.Tensor,
+    buffer: int,
+    mask: torch.Tensor | None,
+    t_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loop twin of ``cell_pool``: ``x (B, L, D)`` -> ``(B, buffer, D)``.
 
     Cell ``k <= counts`` sums every real element weighted by the overlap of its interval
-    ``(t_{l-1}, t_l]`` with ``(k − 1, k]``.
+    ``(t_{l-1}, t_l]`` with ``(k − 1, k]`` (``t_{-1} = t_start``, 0 without it).
     """
     b, length, d = x.shape
     out = torch.zeros(b, buffer, d, dtype=x.dtype)
     for i in range(b):
-        prev = 0.0
+        prev = 0.0 if t_start is None else float(t_start[i])
         for l in range(_real_length(mask, i, length)):
             tl = float(t[i, l])
             for k in range(1, int(counts[i]) + 1):

@@ -1,0 +1,198 @@
+"""Causal SeRpEnt carries its streaming state through ``forward``: any split of a sequence into
+chunks gives the outputs and the final state of one ``forward`` over the whole sequence and of
+``step`` element by element, for every option, with padding."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serpent_ssm.models import CausalLM
+from serpent_ssm.modules import S4D, SeRpEnt
+from serpent_ssm.modules.protocol import StateSupport
+
+from tests.helpers import assert_close, right_padding_mask, run_steps
+
+D = 8
+SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
+
+
+def make(seed=0, backbone="mamba", **options):
+    torch.manual_seed(seed)
+    model = SeRpEnt(D, backbone, backbone_kwargs=SMALL[backbone], causal=True, **options).double().eval()
+    with torch.no_grad():  # scores with some spread, so that the intervals differ along the sequence
+        for net in model.scores:
+            net.weight.mul_(4.0)
+    return model
+
+
+def flat(state, prefix=""):
+    """``{path: tensor}`` of a nested state (complex tensors as their real and imaginary parts)."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: torch.view_as_real(state) if state.is_complex() else state}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    out = {}
+    for k, v in items:
+        out.update(flat(v, f"{prefix}/{k}"))
+    return out
+
+
+def assert_states_close(got, want, what):
+    got, want = flat(got), flat(want)
+    assert got.keys() == want.keys(), what
+    for k in want:
+        assert_close(
+            got[k].double(), want[k].double(), 1e-5, 1e-6, f"{what} {k}"
+        )  # Mamba keeps float32 states
+
+
+def split(length, cuts):
+    """Chunk boundaries of ``range(length)`` from cut points in (0, 1)."""
+    points = sorted({0, length, *(int(c * length) for c in cuts)})
+    return list(zip(points[:-1], points[1:], strict=True))
+
+
+def run_chunks(model, x, bounds, mask=None):
+    state, outs = None, []
+    with torch.no_grad():
+        for lo, hi in bounds:
+            m = None if mask is None else mask[:, lo:hi]
+            y, state = model(x[:, lo:hi], mask=m, state=state, return_state=True)
+            outs.append(y)
+    return torch.cat(outs, 1), state
+
+
+OPTIONS = st.fixed_dictionaries(
+    {
+        "aggregate": st.sampled_from(["cell", "linear", "kernel"]),
+        "restore": st.sampled_from(["hold", "scatter"]),
+        "include_full_branch": st.booleans(),
+        "gate": st.booleans(),
+        "interval_bounds": st.sampled_from(["ours", "mean", "paper"]),
+        "share_backbone": st.booleans(),
+        "share_intervals": st.booleans(),
+        "window": st.integers(1, 4),
+        "rates": st.sampled_from([(0.5, 0.3, 0.2), (0.9,), (0.25, 0.6)]),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    options=OPTIONS,
+    backbone=st.sampled_from(["mamba", "s4d"]),
+    from_backbone=st.booleans(),
+    length=st.integers(1, 30),
+    batch=st.integers(1, 3),
+    cuts=st.lists(st.floats(0.01, 0.99), max_size=5),
+    seed=st.integers(0, 999),
+)
+def test_chunks_equal_one_forward_and_steps(options, backbone, from_backbone, length, batch, cuts, seed):
+    source = "backbone" if from_backbone and backbone == "mamba" else "score"
+    model = make(seed, backbone, interval_source=source, init="default", **options)
+    x = torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y_chunks, state_chunks = run_chunks(model, x, split(length, cuts))
+    with torch.no_grad():
+        y_whole, state_whole = model(x, return_state=True)
+        y_plain = model(x)
+        state_steps = model.allocate_state(batch, dtype=torch.float64)
+        for t in range(length):
+            _, state_steps = model.step(x[:, t], state_steps)
+    assert torch.equal(y_whole, y_plain)  # a zero state is no state
+    assert_close(y_chunks, y_whole, 1e-5, 1e-6, "chunked outputs")
+    assert_close(run_steps(model, x), y_whole, 1e-5, 1e-6, "step outputs")
+    assert_states_close(state_chunks, state_whole, "chunks vs whole")
+    assert_states_close(state_chunks, state_steps, "chunks vs steps")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    options=OPTIONS,
+    lengths=st.lists(st.integers(0, 25), min_size=1, max_size=3),
+    extra=st.integers(0, 5),
+    cuts=st.lists(st.floats(0.01, 0.99), max_size=4),
+    seed=st.integers(0, 999),
+)
+def test_padded_chunks_end_in_each_rows_own_state(options, lengths, extra, cuts, seed):
+    """Right padding across chunks (a row's padding runs to the end of the sequence): each row's
+    outputs and final state are those of its real elements alone; padding may hold anything."""
+    model = make(seed, init="default", **options)
+    total = max(lengths) + extra
+    x = torch.randn(
+        len(lengths), total, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+    mask = right_padding_mask(lengths, total)
+    x = torch.where(mask.unsqueeze(-1), x, torch.nan)
+    y, state = run_chunks(model, x, split(total, cuts), mask) if total else (x, None)
+    if not total:
+        return
+    for b, n in enumerate(lengths):
+        assert torch.count_nonzero(y[b, n:]) == 0
+        with torch.no_grad():
+            y_b, state_b = model(x[b : b + 1, :n], return_state=True)
+        assert_close(y[b, :n], y_b[0], 1e-5, 1e-6, f"row {b}")
+        got = flat(state)
+        for k, v in flat(state_b).items():
+            assert_close(got[k][b].double(), v[0].double(), 1e-5, 1e-6, f"row {b} {k}")
+
+
+def test_a_poisoned_row_stays_poisoned_across_chunks():
+    model = make(1)
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    x[0, 4] = torch.inf
+    with torch.no_grad():
+        y1, state = model(x[:, :6], return_state=True)
+        y2, _ = model(x[:, 6:], state=state, return_state=True)
+    assert torch.isnan(y1[0, 4:]).all() and torch.isfinite(y1[0, :4]).all() and torch.isfinite(y1[1]).all()
+    assert torch.isnan(y2[0]).all() and torch.isfinite(y2[1]).all()
+
+
+def test_state_support_and_refusals():
+    assert make(0).state_support == StateSupport(step=True, forward_state=True)
+    torch.manual_seed(0)
+    non_causal = SeRpEnt(D, "mamba", backbone_kwargs=SMALL["mamba"])
+    assert non_causal.state_support == StateSupport()
+    message = (
+        "state: expected a causal SeRpEnt whose backbones carry a state through forward "
+        "(causal=True, backbone forward_state), got causal=False"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        non_causal(torch.randn(1, 5, D), return_state=True)
+
+    class NoChunks(S4D):
+        state_support = StateSupport(step=True)
+
+    custom = SeRpEnt(D, lambda: NoChunks(D, d_state=4), causal=True)
+    assert custom.state_support == StateSupport(step=True, forward_state=False)
+    with pytest.raises(ValueError, match="^state: expected a causal SeRpEnt whose backbones carry a state"):
+        custom(torch.randn(1, 5, D), return_state=True)
+    with pytest.raises(
+        ValueError, match=re.escape("state: expected the state of 2 rows (allocate_state(2))")
+    ):
+        make(0)(torch.randn(2, 5, D, dtype=torch.float64), state=make(0).allocate_state(3))
+
+
+@pytest.mark.parametrize("name", ["serpent-mamba", "serpent-s4d"])
+def test_serpent_language_model_runs_in_chunks(name):
+    """CausalLM: chunked forward = one forward = step by step; generate prefills in one pass."""
+    torch.manual_seed(0)
+    lm = CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)}).double().eval()
+    assert lm.state_support == StateSupport(step=True, forward_state=True)
+    ids = torch.randint(0, 259, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = lm(ids)
+        first, state = lm(ids[:, :17], return_state=True)
+        second, _ = lm(ids[:, 17:], state=state, return_state=True)
+        steps = run_steps(lm, ids)
+    assert_close(torch.cat([first, second], 1), whole, 1e-5, 1e-6, "chunked logits")
+    assert_close(steps, whole, 1e-5, 1e-6, "step logits")
+    calls = []
+    original = lm.step
+    lm.step = lambda *a: calls.append(1) or original(*a)
+    with torch.no_grad():
+        out = lm.generate(ids[:, :25], max_new_tokens=3, temperature=0.0)
+    assert out.shape == (2, 28) and len(calls) == 3  # the prompt in one pass, then one step a token
