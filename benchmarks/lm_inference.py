@@ -1,0 +1,132 @@
+"""Inference of our causal LMs with the recurrent state: prefill, evaluation and decoding.
+
+    python benchmarks/lm_inference.py                       # the English configs' models
+    python benchmarks/lm_inference.py --prompts 1024 --eval-bytes 20000 --gen-tokens 64   # quick
+
+Models: ``configs/english/mamba.yaml`` and ``configs/english/serpent-mamba.yaml`` as configured
+(4 layers; d_model 128 and 56, parameters matched within 10 %), plus ``serpent-mamba`` at the
+backbone's width (``--same-width``, on by default), random initialisation, fp32, on the CPU.
+
+Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every ratio):
+  prefill s (one pass)    ``model(ids, return_state=True)`` on a prompt of N bytes, batch 1: the
+                          state after the prompt, which ``generate`` starts from
+  prefill s (steps)       the same state through ``step()`` byte by byte (what a model without a
+                          chunked forward has to do); only up to ``--max-step-prefill`` bytes
+  eval bytes/s            ``train.loop.evaluate_lm`` over ``--eval-bytes`` bytes of random text,
+                          windows of 512 bytes, 16 rows, the state carried (what ``serpent eval``
+                          runs)
+  decode tokens/s         greedy ``generate``: ``--gen-tokens`` new tokens after a 16-byte prompt,
+                          at batch 1 and batch 8 (tokens of all rows per second)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from serpent_ssm.models import build_model
+from serpent_ssm.models.build import count_parameters
+from serpent_ssm.train.config import load_run_config, model_config_for
+from serpent_ssm.train.loop import evaluate_lm
+
+
+def build(config: str, overrides: list[str]) -> torch.nn.Module:
+    cfg = load_run_config(config, overrides)
+    torch.manual_seed(0)
+    return build_model(model_config_for(cfg.model, cfg.data.task)).eval()
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@torch.no_grad()
+def prefill_by_steps(model, ids: torch.Tensor) -> None:
+    state = model.allocate_state(ids.shape[0])
+    for t in range(ids.shape[1]):
+        _, state = model.step(ids[:, t], state)
+
+
+def measure(name: str, model, args) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    row = {"model": name, "params": count_parameters(model)}
+    for n in args.prompts:
+        ids = torch.randint(3, 259, (1, n), generator=gen)
+        with torch.no_grad():
+            row[f"prefill {n}"] = best_of(lambda ids=ids: model(ids, return_state=True), args.repeats)
+        if n <= args.max_step_prefill:
+            row[f"steps {n}"] = best_of(lambda ids=ids: prefill_by_steps(model, ids), 1)
+    stream = torch.randint(0, 256, (args.eval_bytes,), generator=gen, dtype=torch.uint8)
+    seconds = best_of(lambda: evaluate_lm(model, stream, seq_len=512, batch_size=16), 1)
+    row["eval bytes/s"] = args.eval_bytes / seconds
+    for batch in (1, 8):
+        prompt = torch.randint(3, 259, (batch, 16), generator=gen)
+        model.generate(prompt, max_new_tokens=4, temperature=0.0)  # warm-up
+        seconds = best_of(
+            lambda prompt=prompt: model.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0),
+            args.repeats,
+        )
+        row[f"decode b{batch}"] = batch * args.gen_tokens / seconds
+    return row
+
+
+def table(rows: list[dict], args) -> str:
+    base = rows[0]
+    cols = [f"prefill {n}" for n in args.prompts] + [
+        f"steps {n}" for n in args.prompts if n <= args.max_step_prefill
+    ]
+    head = [
+        "model",
+        "params",
+        *[f"{c} s" for c in cols],
+        "eval bytes/s",
+        "decode b1 tok/s",
+        "decode b8 tok/s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], f"{r['params']:,}"]
+        cells += [f"{r[c]:.3f} ({r[c] / base[c]:.2f}×)" if c in r and c in base else "" for c in cols]
+        for c in ("eval bytes/s", "decode b1", "decode b8"):
+            cells.append(f"{r[c]:,.0f} ({r[c] / base[c]:.2f}×)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, nargs="+", default=[1024, 8192, 32768])
+    p.add_argument("--max-step-prefill", type=int, default=8192)
+    p.add_argument("--eval-bytes", type=int, default=200_000)
+    p.add_argument("--gen-tokens", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-same-width", dest="same_width", action="store_false")
+    args = p.parse_args()
+    models = [
+        ("mamba", build("configs/english/mamba.yaml", [])),
+        ("serpent-mamba (matched parameters)", build("configs/english/serpent-mamba.yaml", [])),
+    ]
+    if args.same_width:
+        models.append(
+            ("serpent-mamba (same width)", build("configs/english/serpent-mamba.yaml", ["model.d_model=128"]))
+        )
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"seconds are the best of {args.repeats}"
+    )
+    rows = []
+    for name, model in models:
+        rows.append(measure(name, model, args))
+        print(f"measured {name}", flush=True)
+    print(table(rows, args))
+
+
+if __name__ == "__main__":
+    main()
