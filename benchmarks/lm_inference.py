@@ -22,7 +22,6 @@ Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -31,20 +30,13 @@ from serpent_ssm.models.build import count_parameters
 from serpent_ssm.train.config import load_run_config, model_config_for
 from serpent_ssm.train.loop import evaluate_lm
 
+from _common import best_time
+
 
 def build(config: str, overrides: list[str]) -> torch.nn.Module:
     cfg = load_run_config(config, overrides)
     torch.manual_seed(0)
     return build_model(model_config_for(cfg.model, cfg.data.task)).eval()
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 @torch.no_grad()
@@ -60,16 +52,16 @@ def measure(name: str, model, args) -> dict:
     for n in args.prompts:
         ids = torch.randint(3, 259, (1, n), generator=gen)
         with torch.no_grad():
-            row[f"prefill {n}"] = best_of(lambda ids=ids: model(ids, return_state=True), args.repeats)
+            row[f"prefill {n}"] = best_time(lambda ids=ids: model(ids, return_state=True), args.repeats)
         if n <= args.max_step_prefill:
-            row[f"steps {n}"] = best_of(lambda ids=ids: prefill_by_steps(model, ids), 1)
+            row[f"steps {n}"] = best_time(lambda ids=ids: prefill_by_steps(model, ids), 1)
     stream = torch.randint(0, 256, (args.eval_bytes,), generator=gen, dtype=torch.uint8)
-    seconds = best_of(lambda: evaluate_lm(model, stream, seq_len=512, batch_size=16), 1)
+    seconds = best_time(lambda: evaluate_lm(model, stream, seq_len=512, batch_size=16), 1)
     row["eval bytes/s"] = args.eval_bytes / seconds
     for batch in (1, 8):
         prompt = torch.randint(3, 259, (batch, 16), generator=gen)
         model.generate(prompt, max_new_tokens=4, temperature=0.0)  # warm-up
-        seconds = best_of(
+        seconds = best_time(
             lambda prompt=prompt: model.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0),
             args.repeats,
         )

@@ -181,8 +181,16 @@ def main() -> None:
     if "--write" not in sys.argv[1:]:
         print(text)
         return
-    readme = HERE / "README.md"
-    start, end = "<!-- tables: python results/summarize.py --write -->", "<!-- end of tables -->"
+    write_between(
+        HERE / "README.md",
+        "<!-- tables: python results/summarize.py --write -->",
+        "<!-- end of tables -->",
+        text,
+    )
+
+
+def write_between(readme: Path, start: str, end: str, text: str) -> None:
+    """Replace what ``readme`` holds between the marker lines ``start`` and ``end`` by ``text``."""
     body = readme.read_text()
     head, rest = body.split(start, 1)
     tail = rest.split(end, 1)[1]

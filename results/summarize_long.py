@@ -26,7 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from summarize import fmt
+from summarize import fmt, write_between
 
 from serpent_ssm.train.tasks import task_spec
 
@@ -168,7 +168,9 @@ def plot(task: str) -> Path | None:
 
 
 def tables() -> str:
-    return "\n\n".join(table(task) for task in TITLES if (LONG / task).is_dir()) + "\n"
+    return (
+        "\n\n".join(table(task) for task in TITLES if (LONG / task).is_dir() and finished_runs(task)) + "\n"
+    )
 
 
 def main() -> None:
@@ -179,13 +181,8 @@ def main() -> None:
     for task in TITLES:
         if (LONG / task).is_dir():
             plot(task)
-    readme = HERE / "README.md"
     start = "<!-- long tables: python results/summarize_long.py --write -->"
-    end = "<!-- end of long tables -->"
-    body = readme.read_text()
-    head, rest = body.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    readme.write_text(f"{head}{start}\n\n{text}\n{end}{tail}")
+    write_between(HERE / "README.md", start, "<!-- end of long tables -->", text)
 
 
 if __name__ == "__main__":
