@@ -4,6 +4,7 @@ chunks gives the outputs and the final state of one ``forward`` over the whole s
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -48,6 +49,12 @@ def assert_states_close(got, want, what):
         assert_close(
             got[k].double(), want[k].double(), 1e-5, 1e-6, f"{what} {k}"
         )  # Mamba keeps float32 states
+
+
+def row_of(state, b):
+    """Row ``b`` of a streaming state as ``{path: tensor}``: the branches' stacked states hold
+    the rows on dim 1, the score states on dim 0."""
+    return {k: v[b] if k.startswith("/scores") else v[:, b] for k, v in flat(state).items()}
 
 
 def split(length, cuts):
@@ -135,9 +142,9 @@ def test_padded_chunks_end_in_each_rows_own_state(options, lengths, extra, cuts,
         with torch.no_grad():
             y_b, state_b = model(x[b : b + 1, :n], return_state=True)
         assert_close(y[b, :n], y_b[0], 1e-5, 1e-6, f"row {b}")
-        got = flat(state)
-        for k, v in flat(state_b).items():
-            assert_close(got[k][b].double(), v[0].double(), 1e-5, 1e-6, f"row {b} {k}")
+        got, want = row_of(state, b), row_of(state_b, 0)
+        for k, v in want.items():
+            assert_close(got[k].double(), v.double(), 1e-5, 1e-6, f"row {b} {k}")
 
 
 def test_a_poisoned_row_stays_poisoned_across_chunks():
@@ -196,3 +203,96 @@ def test_serpent_language_model_runs_in_chunks(name):
     with torch.no_grad():
         out = lm.generate(ids[:, :25], max_new_tokens=3, temperature=0.0)
     assert out.shape == (2, 28) and len(calls) == 3  # the prompt in one pass, then one step a token
+
+
+FUSED = st.fixed_dictionaries(
+    {
+        "restore": st.sampled_from(["hold", "scatter"]),
+        "include_full_branch": st.booleans(),
+        "gate": st.booleans(),
+        "interval_bounds": st.sampled_from(["ours", "mean", "paper", "fixed"]),
+        "interval_source": st.sampled_from(["score", "backbone"]),
+        "share_backbone": st.booleans(),
+        "share_intervals": st.booleans(),
+        "lean": st.booleans(),
+        "rates": st.sampled_from([(0.5, 0.3, 0.2), (0.5,), (0.25, 0.45)]),
+    }
+)
+
+
+def branch_by_branch(model):
+    """A copy of ``model`` whose ``step`` takes the branch-by-branch path."""
+    other = copy.deepcopy(model)
+    other._fused_step = False
+    return other
+
+
+@settings(max_examples=40, deadline=None)
+@given(options=FUSED, length=st.integers(1, 25), batch=st.integers(1, 3), seed=st.integers(0, 999))
+def test_fused_step_equals_branch_by_branch_steps(options, length, batch, seed):
+    """The causal defaults (cell aggregation, Mamba backbones, Δ ≤ 1) step every branch in one
+    stacked backbone step; outputs and states equal the branch-by-branch path's."""
+    lean = options.pop("lean")
+    model = make(seed, init="default", mix="gates" if lean else "dense", cell_proj=not lean, **options)
+    assert model._fused_step
+    reference = branch_by_branch(model)
+    x = torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x[:, length // 2] *= 40.0  # big inputs: long intervals, so that grid points are crossed
+    with torch.no_grad():
+        s_fused, s_ref = model.allocate_state(batch), reference.allocate_state(batch)
+        for t in range(length):
+            y_fused, s_fused = model.step(x[:, t], s_fused)
+            y_ref, s_ref = reference.step(x[:, t], s_ref)
+            assert_close(y_fused, y_ref, 1e-5, 1e-6, f"output at {t}")  # float32 SSM states
+            assert torch.equal(torch.floor(s_fused["t"]), torch.floor(s_ref["t"]))  # same grid points
+    assert_states_close(s_fused, s_ref, "fused vs branch by branch")
+
+
+def test_which_mixers_step_fused():
+    assert make(0)._fused_step  # the causal defaults
+    assert not make(0, rates=(0.9,))._fused_step  # Δ up to 1.8: two grid points per element
+    assert not make(0, aggregate="linear")._fused_step
+    assert not make(0, backbone="s4d")._fused_step
+    assert not SeRpEnt(D, "mamba", backbone_kwargs=SMALL["mamba"])._fused_step  # non-causal
+
+
+def test_fused_step_follows_parameter_changes_and_passes_gradients():
+    """The stacked weights are cached without gradients; a changed parameter (an optimiser
+    step, load_state_dict) is seen at the next step, and with gradients they flow back."""
+    model = make(3, include_full_branch=True)
+    x = torch.randn(2, D, dtype=torch.float64)
+
+    def start():  # every branch about to cross a grid point
+        state = model.allocate_state(2)
+        state["t"].fill_(0.999)
+        return state
+
+    with torch.no_grad():
+        before, _ = model.step(x, start())
+        model.backbones[1].out_proj.weight.mul_(2.0)
+        model.full_backbone.in_proj.weight.add_(0.1)
+        after, _ = model.step(x, start())
+        want, _ = branch_by_branch(model).step(x, start())
+    assert not torch.allclose(before, after)
+    assert_close(after, want, 1e-5, 1e-6, "after the change")
+    y, _ = model.step(x, start())
+    y.sum().backward()
+    for name in ("full_backbone.in_proj.weight", "backbones.0.in_proj.weight", "aggregators.2.proj.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("name", ["mamba", "s4d", "serpent-mamba", "serpent-s4d"])
+def test_select_state_picks_rows_of_every_models_state(name):
+    """``CausalLM.select_state`` (beam search's reorder) gives the state of the chosen rows: the
+    rows continue exactly as the same rows of a run started from those rows alone."""
+    torch.manual_seed(0)
+    lm = CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)} if name.startswith("serpent") else None)
+    lm = lm.double().eval()
+    ids = torch.randint(3, 259, (3, 12), generator=torch.Generator().manual_seed(2))
+    index = torch.tensor([2, 0, 2, 1])
+    with torch.no_grad():
+        _, state = lm(ids[:, :7], return_state=True)
+        picked = lm.select_state(state, index)
+        got, _ = lm(ids[index, 7:], state=picked, return_state=True)
+        want = lm(ids[index])[:, 7:]
+    assert_close(got, want, 1e-5, 1e-6, "continued rows")

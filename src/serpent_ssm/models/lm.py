@@ -93,18 +93,32 @@ class CausalLM(nn.Module):
         long text can be processed window by window, where ``state_support.forward_state``
         (every model name: Mamba, S4D and causal SeRpEnt carry their state through ``forward``).
         """
+        out = self.features(ids, mask, state, return_state)
+        if not return_state and state is None:
+            return self.head(out)
+        return self.head(out[0]), out[1]
+
+    def features(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: list[Any] | None = None,
+        return_state: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[Any]]:
+        """``forward`` without the head: the final normalised hidden states ``(B, L, d_model)``
+        (and the state, as ``forward``)."""
         self._check_ids(ids)
         h = self.embedding(ids)
         if state is None and not return_state:
             for block in self.blocks:
                 h = block(h, mask=mask)
-            return self.head(self.norm(h))
+            return self.norm(h)
         states = state if state is not None else [None] * len(self.blocks)
         new_state = []
         for block, st in zip(self.blocks, states, strict=True):
             h, st = block(h, mask=mask, state=st, return_state=True)
             new_state.append(st)
-        return self.head(self.norm(h)), new_state
+        return self.norm(h), new_state
 
     @property
     def state_support(self) -> StateSupport:
@@ -118,6 +132,10 @@ class CausalLM(nn.Module):
         """One recurrent state per block (fixed size: it does not grow with the tokens seen)."""
         device = device if device is not None else self.embedding.weight.device
         return [blk.allocate_state(batch, device=device, dtype=dtype) for blk in self.blocks]
+
+    def select_state(self, state: list[Any], index: torch.Tensor) -> list[Any]:
+        """Rows ``index (B',)`` int64 of a state (beam search reorders its beams with it)."""
+        return [blk.select_state(st, index) for blk, st in zip(self.blocks, state, strict=True)]
 
     def step(self, ids_t: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """One token per row: ``ids_t (B,)`` -> logits ``(B, vocab_size)`` and the new state."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serpent_ssm.modules.protocol import StateSupport, state_support
+from serpent_ssm.modules.protocol import StateSupport, select_rows, state_support
 from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import check_positive_int
 
@@ -116,6 +116,10 @@ class Block(nn.Module):
     def allocate_state(self, batch: int, device=None, dtype=None) -> Any:
         """The mixer's recurrent state (the block itself keeps none)."""
         return self.mixer.allocate_state(batch, device=device, dtype=dtype)
+
+    def select_state(self, state: Any, index: torch.Tensor) -> Any:
+        """Rows ``index (B',)`` of the mixer's recurrent state (``modules.protocol.select_rows``)."""
+        return select_rows(self.mixer, state, index)
 
     def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """One recurrent step ``x_t (B, d_model) -> (B, d_model)`` through the mixer's ``step``."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from serpent_ssm.modules._shared import empty_sequence_output
 from serpent_ssm.modules.protocol import StateSupport
+from serpent_ssm.ops.mamba_step import MambaStepWeights, conv_step, mamba_step
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
 from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import (
@@ -272,28 +273,27 @@ class Mamba(nn.Module):
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
-        xc, z, conv = self._conv_step(x_t, state["conv"])
-        dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt).float())  # (B, E)
-        a = -torch.exp(self.A_log.float())
-        xf = xc.float()
-        h = torch.exp(dt.unsqueeze(-1) * a) * state["ssm"] + (dt * xf).unsqueeze(-1) * b.float().unsqueeze(1)
-        y = (h * c.float().unsqueeze(1)).sum(-1) + self.D.float() * xf
-        y = y * F.silu(z.float())
-        out = self.out_proj(y.to(x_t.dtype))
-        return out, {"conv": conv, "ssm": h}
+        y, conv, ssm = mamba_step(x_t, state["conv"], state["ssm"], self.step_weights())
+        return y, {"conv": conv, "ssm": ssm}
 
-    def _conv_step(
-        self, x_t: torch.Tensor, conv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The projections of one element ``x_t (B, d_model)`` with the convolution's last inputs
-        ``conv (B, E, d_conv - 1)``: ``xc (B, E)`` (the scan input), ``z (B, E)``, the new ``conv``."""
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E) each
-        window = torch.cat([conv.to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (B, E, k)
-        xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        return F.silu(xc), z, window[:, :, 1:]
+    def step_weights(self) -> MambaStepWeights:
+        """The weights one step reads (``ops.mamba_step``), the parameters themselves: gradients
+        flow through them."""
+        return MambaStepWeights(
+            in_w=self.in_proj.weight,
+            in_b=self.in_proj.bias,
+            conv_w=self.conv1d.weight[:, 0, :],
+            conv_b=self.conv1d.bias,
+            x_w=self.x_proj.weight,
+            dt_w=self.dt_proj.weight,
+            dt_b=self.dt_proj.bias,
+            a=-torch.exp(self.A_log.float()),
+            d=self.D.float(),
+            out_w=self.out_proj.weight,
+            out_b=self.out_proj.bias,
+            dt_rank=self.dt_rank,
+            d_state=self.d_state,
+        )
 
     def intervals_step(self, x_t: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One element of ``intervals``: ``Δ_t (B, E)`` (its dtype) for ``x_t (B, d_model)`` and the
@@ -302,7 +302,7 @@ class Mamba(nn.Module):
         check_float_tensor("x_t", x_t, ndim=2)
         check_shape("x_t", x_t, (None, self.d_model))
         check_shape("conv", conv, (x_t.shape[0], self.d_inner, self.d_conv - 1))
-        xc, _, conv = self._conv_step(x_t, conv)
+        xc, _, conv = conv_step(x_t, conv, self.step_weights())
         dt = self.dt_proj.weight @ self.x_proj(xc)[:, : self.dt_rank].unsqueeze(-1)  # (B, E, 1)
         cdt = torch.promote_types(x_t.dtype, torch.float32)  # as ``intervals``
         return F.softplus(dt[..., 0].to(cdt) + self.dt_proj.bias.float().to(cdt)), conv

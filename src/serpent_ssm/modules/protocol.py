@@ -14,15 +14,23 @@ depends on the instance's options):
 ``state_support(mixer)`` is the single place that reads the declaration; ``Block``,
 ``CausalLM.generate`` and the language-model evaluation ask it and nothing else. A mixer that
 declares nothing supports neither.
+
+A state is a tensor or a nest of dicts, lists and tuples of tensors (``map_state`` walks it).
+Its rows are on dim 0 of every tensor unless the mixer says otherwise with a
+``select_state(state, index)`` method; ``select_rows(mixer, state, index)`` picks rows (beam
+search reorders its beams with it) either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["StateSupport", "state_support"]
+__all__ = ["StateSupport", "map_state", "select_rows", "state_support"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +56,25 @@ def state_support(mixer: nn.Module) -> StateSupport:
             f"{type(mixer).__name__}.state_support: expected a StateSupport, got {type(declared).__name__}"
         )
     return declared
+
+
+def map_state(fn: Callable[..., torch.Tensor], *states: Any) -> Any:
+    """``fn`` applied leaf by leaf to recurrent states of the same structure (tensors, dicts,
+    lists, tuples); returns a state of that structure."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return fn(*states)
+    if isinstance(first, dict):
+        return {k: map_state(fn, *(st[k] for st in states)) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(map_state(fn, *parts) for parts in zip(*states, strict=True))
+    raise ValueError(f"state: expected tensors, dicts or tuples of tensors, got {type(first).__name__}")
+
+
+def select_rows(mixer: nn.Module, state: Any, index: torch.Tensor) -> Any:
+    """Rows ``index (B',)`` (int64) of ``state``, one of ``mixer``'s recurrent states: the mixer's
+    own ``select_state`` when it has one, else ``index_select`` on dim 0 of every tensor."""
+    own = getattr(mixer, "select_state", None)
+    if callable(own):
+        return own(state, index)
+    return map_state(lambda t: t.index_select(0, index.to(t.device)), state)

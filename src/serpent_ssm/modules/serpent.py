@@ -37,10 +37,12 @@ from torch import nn
 
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
-from serpent_ssm.modules.protocol import StateSupport, state_support
+from serpent_ssm.modules.mamba import Mamba
+from serpent_ssm.modules.protocol import StateSupport, map_state, state_support
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
+from serpent_ssm.ops.mamba_step import MambaStepWeights, mamba_step, stack_step_weights
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
     check_float_tensor,
@@ -53,15 +55,18 @@ __all__ = ["SeRpEnt", "SeRpEntConfig", "SeRpEntOptions"]
 
 
 def _where_state(cond: torch.Tensor, new: Any, old: Any) -> Any:
-    """Per-row select between two recurrent states of the same structure (tensors, dicts, tuples)."""
-    if isinstance(new, torch.Tensor):
-        c = cond.view(-1, *([1] * (new.dim() - 1)))
-        return torch.where(c, new, old)
-    if isinstance(new, dict):
-        return {k: _where_state(cond, new[k], old[k]) for k in new}
-    if isinstance(new, (tuple, list)):
-        return type(new)(_where_state(cond, n, o) for n, o in zip(new, old, strict=True))
-    raise ValueError(f"state: expected tensors, dicts or tuples of tensors, got {type(new).__name__}")
+    """Per-row select ``cond (B,)`` between two recurrent states of the same structure."""
+    return map_state(lambda n, o: torch.where(cond.view(-1, *([1] * (n.dim() - 1))), n, o), new, old)
+
+
+def _stack_states(states: list[Any]) -> Any:
+    """States of the same structure -> one with a leading dim, ``len(states)``, on every leaf."""
+    return map_state(lambda *leaves: torch.stack(leaves), *states)
+
+
+def _index_state(state: Any, i: int) -> Any:
+    """Entry ``i`` of a state stacked by ``_stack_states`` (views)."""
+    return map_state(lambda leaf: leaf[i], state)
 
 
 def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
@@ -165,6 +170,14 @@ class SeRpEnt(nn.Module):
         if self.gate_proj is not None and cfg.init in ("identity", "backbone"):
             nn.init.zeros_(self.gate_proj.weight)
             nn.init.zeros_(self.gate_proj.bias)
+        # step() runs every branch as one stacked backbone step when each crosses at most one
+        # grid point per element, with plain Mamba backbones and cell aggregation
+        self._fused_step = (
+            cfg.causal
+            and cfg.aggregate == "cell"
+            and all(cfg.delta_max(r) <= 1.0 for r in cfg.rates)
+            and all(type(m) is Mamba for m in (*self.backbones, self.full_backbone) if m is not None)
+        )
         if cfg.interval_source == "backbone":
             for j in range(self._score_slots()):
                 if not callable(getattr(self.branch_backbone(j), "intervals", None)):
@@ -321,26 +334,43 @@ class SeRpEnt(nn.Module):
         lengths = mask.sum(1) if mask is not None else torch.full((b,), length, device=x.device)
         outs, branches = [], []
         for i, delta in enumerate(deltas):
-            st = None if state is None else state["branches"][i]
+            st = None if state is None else self._branch_state(state, i)
             y_branch, branch_info, new = self._branch_forward(i, xm, delta, mask, lengths, st)
             outs.append(y_branch)
             branches.append(new)
             if return_info:
                 info["branches"].append(branch_info)
-        new_state = None if state is None else {"branches": branches, "scores": score_states}
         if self.full_backbone is not None and state is None:
             outs.append(self.full_backbone(xm, mask=mask))
         elif self.full_backbone is not None:
-            y_full, new_state["full"] = self.full_backbone(
-                xm, mask=mask, state=state["full"], return_state=True
-            )
+            full = _index_state(state["backbone"], len(deltas))
+            y_full, full = self.full_backbone(xm, mask=mask, state=full, return_state=True)
             outs.append(y_full)
         y = zero_padding(self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm), mask)
         y = torch.where(poisoned.unsqueeze(-1), math.nan, y)
-        if new_state is not None:  # a poisoned row stays poisoned: its times become NaN
-            for br in new_state["branches"]:
-                br["t"] = torch.where(poisoned.any(1), math.nan, br["t"])
+        new_state = None
+        if state is not None:  # a poisoned row stays poisoned: its times become NaN
+            t = torch.stack([br["t"] for br in branches])
+            new_state = {
+                "t": torch.where(poisoned.any(1), math.nan, t),
+                "held": torch.stack([br["held"] for br in branches]),
+                "aggregator": _stack_states([br["aggregator"] for br in branches]),
+                "backbone": _stack_states(
+                    [br["backbone"] for br in branches] + ([full] if self.full_backbone is not None else [])
+                ),
+                "scores": score_states,
+            }
         return _outputs(y, info, new_state, return_info, return_state)
+
+    def _branch_state(self, state: dict[str, Any], i: int) -> dict[str, Any]:
+        """Branch ``i``'s part of a streaming state (views): ``t (B,)``, ``held (B, D)`` and its
+        aggregator's and backbone's states."""
+        return {
+            "t": state["t"][i],
+            "held": state["held"][i],
+            "aggregator": _index_state(state["aggregator"], i),
+            "backbone": _index_state(state["backbone"], i),
+        }
 
     def _poisoned(
         self,
@@ -361,8 +391,7 @@ class SeRpEnt(nn.Module):
         for delta in deltas:
             bad = bad | ~torch.isfinite(delta)
         if state is not None:  # a row poisoned in an earlier chunk
-            for br in state["branches"]:
-                bad = bad | ~torch.isfinite(br["t"]).unsqueeze(1)
+            bad = bad | ~torch.isfinite(state["t"]).all(0).unsqueeze(1)
         real = mask if mask is not None else torch.ones_like(bad)
         bad = bad & real
         return (from_first(bad) if self.config.causal else bad.any(1, keepdim=True)) & real
@@ -433,49 +462,62 @@ class SeRpEnt(nn.Module):
                 f"(causal=True, backbone forward_state), got causal={self.config.causal}"
             )
 
-    def _check_state(self, state: Any, rows: int) -> None:
-        """``state`` is one of this mixer's streaming states, for ``rows`` rows."""
+    def _check_state(self, state: Any, rows: int | None = None) -> None:
+        """``state`` is one of this mixer's streaming states (for ``rows`` rows, when given)."""
+        t = state.get("t") if isinstance(state, dict) else None
         if (
-            not isinstance(state, dict)
-            or len(state.get("branches", ())) != len(self.aggregators)
+            not isinstance(t, torch.Tensor)
+            or t.dim() != 2
+            or t.shape[0] != len(self.aggregators)
             or len(state.get("scores", ())) != self._score_slots()
+            or not {"held", "aggregator", "backbone"} <= set(state)
         ):
             raise ValueError(
                 "state: expected the dict returned by allocate_state(), step() or forward(), "
                 "got something else"
             )
-        have = state["branches"][0]["t"].shape[0]
-        if have != rows:
+        if rows is not None and t.shape[1] != rows:
             raise ValueError(
-                f"state: expected the state of {rows} rows (allocate_state({rows})), got one of {have} rows"
+                f"state: expected the state of {rows} rows (allocate_state({rows})), "
+                f"got one of {t.shape[1]} rows"
             )
 
     def allocate_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> dict[str, Any]:
-        """Streaming state for ``batch`` rows (causal mode only): per branch the running time
-        ``t (B,)`` float64, the held output ``(B, D)``, the backbone's state and the aggregator's."""
+        """Streaming state for ``batch`` rows (causal mode only), every branch's stacked on a
+        leading dim: the running times ``t (R, B)`` float64, the held outputs ``held (R, B, D)``,
+        the aggregators' states (leaves ``(R, B, ...)``), the backbones' states (leaves
+        ``(R + F, B, ...)``: the rate branches', then the full branch's when there is one) and
+        the score states ``scores`` (a list, one dict per score slot)."""
         self._check_streaming()
         device = device if device is not None else self.out_proj.weight.device
         dtype = dtype if dtype is not None else self.out_proj.weight.dtype
-        branches = []
-        for i, agg in enumerate(self.aggregators):
-            bb = self.branch_backbone(i)
-            branches.append(
-                {
-                    "t": torch.zeros(batch, dtype=torch.float64, device=device),
-                    "held": torch.zeros(batch, self.d_model, dtype=dtype, device=device),
-                    "backbone": bb.allocate_state(batch, device=device, dtype=dtype),
-                    "aggregator": agg.allocate_state(batch, device, dtype),
-                }
-            )
-        state: dict[str, Any] = {
-            "branches": branches,
+        rates = len(self.aggregators)
+        backbones = [self.branch_backbone(i) for i in range(rates)]
+        if self.full_backbone is not None:
+            backbones.append(self.full_backbone)
+        aggregators = [a.allocate_state(batch, device, dtype) for a in self.aggregators]
+        backbone_states = [m.allocate_state(batch, device=device, dtype=dtype) for m in backbones]
+        return {
+            "t": torch.zeros(rates, batch, dtype=torch.float64, device=device),
+            "held": torch.zeros(rates, batch, self.d_model, dtype=dtype, device=device),
+            "aggregator": _stack_states(aggregators),
+            "backbone": _stack_states(backbone_states),
             "scores": self._allocate_score_states(batch, device, dtype),
         }
-        if self.full_backbone is not None:
-            state["full"] = self.full_backbone.allocate_state(batch, device=device, dtype=dtype)
-        return state
+
+    def select_state(self, state: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+        """Rows ``index (B',)`` of a streaming state (the branches' stacked states keep their rows
+        on dim 1, the score states on dim 0); ``modules.protocol.select_rows`` calls it."""
+        self._check_state(state)
+
+        def rows(dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda t: t.index_select(dim, index.to(t.device))
+
+        selected = {k: map_state(rows(1), state[k]) for k in ("t", "held", "aggregator", "backbone")}
+        selected["scores"] = map_state(rows(0), state["scores"])
+        return selected
 
     def _allocate_score_states(
         self, batch: int, device: torch.device | str, dtype: torch.dtype
@@ -494,10 +536,25 @@ class SeRpEnt(nn.Module):
             slots.append(st)
         return slots
 
-    def _step_intervals(
+    def _rate_factors(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``(2, R, 1)``: per branch the offset and scale of ``Δ = offset + scale·σ(s)`` (``"ours"``,
+        ``"paper"``, ``"fixed"``; the values that ``_intervals`` computes with a Python float, so
+        both give the same bits) or the rates twice (``"mean"``, float64); cached per dtype."""
+        cfg, key = self.config, (dtype, device)
+        cache = self.__dict__.setdefault("_rate_factor_cache", {})
+        if key not in cache:
+            bounds = cfg.interval_bounds
+            pairs = [
+                {"ours": (0.0, 2.0 * r), "paper": (r, 1.0 - r), "fixed": (r, 0.0), "mean": (r, r)}[bounds]
+                for r in cfg.rates
+            ]
+            cache[key] = torch.tensor(pairs, dtype=dtype, device=device).T.unsqueeze(-1)
+        return cache[key]
+
+    def _step_deltas(
         self, x_t: torch.Tensor, states: list[dict[str, torch.Tensor]]
-    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """``Δ_t (B,)`` of every branch for one element ``x_t (B, D)``, and the new score states."""
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """``Δ_t (R, B)`` of every branch for one element ``x_t (B, D)``, and the new score states."""
         cfg, scores, new_states = self.config, [], []
         for j, st in enumerate(states):
             new = dict(st)
@@ -506,54 +563,147 @@ class SeRpEnt(nn.Module):
                 s = _log_selectivity(selectivity.mean(-1))
             else:
                 s = self.scores[j](x_t).squeeze(-1)
-            if cfg.interval_bounds == "mean":
-                new["n"] = st["n"] + 1.0
             scores.append(s)
             new_states.append(new)
+        if cfg.interval_bounds != "mean":
+            offset, scale = self._rate_factors(scores[0].dtype, x_t.device)
+            s = scores[0] if len(scores) == 1 else torch.stack(scores)  # (B,) or (R, B)
+            if cfg.interval_bounds == "fixed":
+                return offset.expand(len(cfg.rates), x_t.shape[0]), new_states
+            sig = torch.sigmoid(s)
+            return (scale * sig if cfg.interval_bounds == "ours" else offset + scale * sig), new_states
+        rates = self._rate_factors(torch.float64, x_t.device)[0]  # (R, 1)
         deltas = []
-        for i, rate in enumerate(cfg.rates):
-            j = 0 if cfg.share_intervals else i
-            if cfg.interval_bounds == "mean":
-                delta, new_states[j]["log_sum"] = rs.mean_normalised_step(
-                    scores[j], states[j]["log_sum"], new_states[j]["n"], rate
-                )
-                deltas.append(delta)
-            else:
-                deltas.append(self._intervals(scores[j], rate))
-        return deltas, new_states
+        for j, (s, st, new) in enumerate(zip(scores, states, new_states, strict=True)):
+            new["n"] = st["n"] + 1.0
+            rate = rates if len(scores) == 1 else rates[j]  # one slot serves every branch
+            delta, new["log_sum"] = rs.mean_normalised_step(s, st["log_sum"], new["n"], rate)
+            deltas.append(delta)
+        return (deltas[0] if len(deltas) == 1 else torch.stack(deltas)), new_states
 
     def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state."""
+        """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state.
+
+        Mixers whose every branch crosses at most one grid point per element (``Δ ≤ 1``), with
+        Mamba backbones and cell aggregation (the causal defaults), run all branches' backbones
+        as one stacked step (``ops.mamba_step``) with no host synchronisation; the others step
+        branch by branch."""
         self._check_streaming()
         check_float_tensor("x_t", x_t, ndim=2)
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
-        t_old = [st["t"] for st in state["branches"]]
-        deltas, score_states = self._step_intervals(x_t, state["scores"])
-        # a non-finite input (or interval) poisons its row: its running times become NaN, no grid
-        # point is crossed any more, and its outputs are NaN from here on
-        bad = ~torch.isfinite(x_t).all(-1)
-        for t, delta in zip(t_old, deltas, strict=True):
-            bad = bad | ~torch.isfinite(delta) | ~torch.isfinite(t)
-        t_new = [torch.where(bad, math.nan, t + dl.double()) for t, dl in zip(t_old, deltas, strict=True)]
-        # grid points each element crosses, per branch: one host sync for all branches
-        crossings = [
-            torch.where(bad, 0.0, torch.floor(tn) - torch.floor(to)).long()
-            for to, tn in zip(t_old, t_new, strict=True)
-        ]
-        most = torch.stack([c.max() for c in crossings]).tolist() if x_t.shape[0] else [0] * len(crossings)
+        deltas, score_states = self._step_deltas(x_t, state["scores"])
+        # a non-finite input (or interval, or time) poisons its row: its running times become NaN,
+        # no grid point is crossed any more, and its outputs are NaN from here on
+        t_new = state["t"] + deltas.double()  # (R, B)
+        bad = ~(torch.isfinite(x_t).all(-1) & torch.isfinite(t_new).all(0))
+        t_new = torch.where(bad, math.nan, t_new)
+        if self._fused_step:
+            out, new_state = self._step_fused(x_t, state, t_new)
+        else:
+            out, new_state = self._step_branches(x_t, state, t_new, bad)
+        new_state["scores"] = score_states
+        y = self._gated(self.out_proj(out.transpose(0, 1).flatten(1)), x_t)
+        return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
+
+    def _fused_weights(self) -> tuple[MambaStepWeights, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The stacked step weights of the branch backbones (then the full one's) and the stacked
+        cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
+        ``cell_proj=False``). Without gradients they are cached: a parameter changed in place
+        (an optimiser step, ``load_state_dict``) bumps its version counter and ``.to()`` clears
+        the cache, so the next step rebuilds them (a parameter replaced by a new object is not
+        seen: call ``.to()`` or build the model again after that)."""
+        cache = self.__dict__.get("_fused_cache")
+        if cache is not None and not torch.is_grad_enabled():
+            params, version, weights = cache
+            if sum(p._version for p in params) == version:
+                return weights
+        r = len(self.aggregators)
+        backbones = [self.branch_backbone(i) for i in range(r)]
+        backbones += [self.full_backbone] if self.full_backbone is not None else []
+        projs = [a.proj for a in self.aggregators] if self.config.cell_proj else []
+        if self.config.share_backbone:  # one module's weights broadcast over the branches
+            weights = backbones[0].step_weights()
+        else:
+            weights = stack_step_weights([m.step_weights() for m in backbones])
+        proj = None
+        if projs:
+            proj = (
+                torch.stack([p.weight.mT for p in projs]),
+                torch.stack([p.bias for p in projs]).unsqueeze(1),
+            )
+        if not torch.is_grad_enabled():
+            owners = (*backbones[: 1 if self.config.share_backbone else None], *projs)
+            params = [p for m in owners for p in m.parameters()]
+            self.__dict__["_fused_cache"] = (params, sum(p._version for p in params), (weights, proj))
+        return weights, proj
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
+        """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
+        weights."""
+        self.__dict__.pop("_fused_cache", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _step_fused(
+        self, x_t: torch.Tensor, state: dict[str, Any], t_new: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Every branch at once: the branch outputs ``(R + F, B, D)`` and the new state (no scores).
+
+        Each branch crosses at most one grid point (``Δ ≤ 1``): cell ``floor(t_old) + 1`` closes
+        when ``floor(t_new) > floor(t_old)``, and its backbone steps on that cell's input; every
+        backbone steps and the rows that crossed nothing keep their old state."""
+        rates = len(self.aggregators)
+        weights, proj = self._fused_weights()
+        t_old = state["t"]
+        k_old, k_new = torch.floor(t_old), torch.floor(t_new)
+        crossed = k_new > k_old  # (R, B); NaN times (poisoned rows) cross nothing
+        share = torch.minimum(t_new, k_old + 1.0) - t_old  # of the closing cell
+        rest = t_new - torch.maximum(t_old, k_new)  # of the cell left open
+        parts = torch.stack([share, rest]).to(x_t.dtype).unsqueeze(-1) * x_t  # (2, R, B, D)
+        acc = state["aggregator"]["acc"]
+        pooled = parts[0] + acc
+        new_acc = torch.where(crossed.unsqueeze(-1), parts[1], acc + parts[1])
+        xk = pooled if proj is None else torch.baddbmm(proj[1], pooled, proj[0])
+        active = crossed
+        if self.full_backbone is not None:
+            xk = torch.cat([xk, x_t.unsqueeze(0)])
+            active = torch.cat([crossed, crossed.new_ones(1, crossed.shape[1])])
+        bst = state["backbone"]
+        y, conv, ssm = mamba_step(xk, bst["conv"], bst["ssm"], weights)
+        keep = active.view(*active.shape, 1, 1)
+        backbone = {"conv": torch.where(keep, conv, bst["conv"]), "ssm": torch.where(keep, ssm, bst["ssm"])}
+        held = torch.where(crossed.unsqueeze(-1), y[:rates], state["held"])
+        out = held if self.config.restore == "hold" else y[:rates] * crossed.unsqueeze(-1).to(y.dtype)
+        if self.full_backbone is not None:
+            out = torch.cat([out, y[rates:]])
+        new = {"t": t_new, "held": held, "aggregator": {"acc": new_acc}, "backbone": backbone}
+        return out, new
+
+    def _step_branches(
+        self, x_t: torch.Tensor, state: dict[str, Any], t_new: torch.Tensor, bad: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Branch by branch (any number of grid points per element, any backbone and aggregator):
+        the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
+        crossings = torch.where(bad, 0.0, torch.floor(t_new) - torch.floor(state["t"])).long()  # (R, B)
+        most = crossings.max(1).values.tolist() if x_t.shape[0] else [0] * len(self.aggregators)
         outs, branches = [], []
-        for i, st in enumerate(state["branches"]):
-            y, new = self._branch_step(i, x_t, st, t_new[i], crossings[i], int(most[i]))
+        for i in range(len(self.aggregators)):  # one host sync above for all branches
+            y, new = self._branch_step(i, x_t, self._branch_state(state, i), t_new[i], crossings[i], most[i])
             outs.append(y)
             branches.append(new)
-        new_state: dict[str, Any] = {"branches": branches, "scores": score_states}
+        backbones = [br["backbone"] for br in branches]
         if self.full_backbone is not None:
-            y_full, new_state["full"] = self.full_backbone.step(x_t, state["full"])
+            y_full, full = self.full_backbone.step(x_t, _index_state(state["backbone"], len(branches)))
             outs.append(y_full)
-        y = self._gated(self.out_proj(torch.cat(outs, dim=-1)), x_t)
-        return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
+            backbones.append(full)
+        new = {
+            "t": t_new,
+            "held": torch.stack([br["held"] for br in branches]),
+            "aggregator": _stack_states([br["aggregator"] for br in branches]),
+            "backbone": _stack_states(backbones),
+        }
+        return torch.stack(outs), new
 
     def _branch_step(
         self,

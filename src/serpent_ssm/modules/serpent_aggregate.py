@@ -134,8 +134,16 @@ class WindowAggregator(nn.Module):
         # in (-Δmax, 0]; a neighbour r places before it up to r·Δmax above, one r places after
         # it (non-causal) down to -(r + 1)·Δmax.
         before, after = -offsets[0], offsets[-1]
-        centers, self.sigma = rs.rbf_centers(n_bases, -(after + 1) * delta_max, before * delta_max)
+        self._rbf_span = (n_bases, -(after + 1) * delta_max, before * delta_max)
+        centers, self.sigma = rs.rbf_centers(*self._rbf_span)
         self.register_buffer("rbf_centers", centers, persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the RBF centres (a buffer that is not saved: loaders that build the module
+        without running its construction, as transformers' ``from_pretrained`` does, call this)."""
+        centers, _ = rs.rbf_centers(*self._rbf_span)
+        with torch.no_grad():
+            self.rbf_centers = centers.to(device=self.rbf_centers.device, dtype=self.rbf_centers.dtype)
 
     def _map(self, xw: torch.Tensor, offsets: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
         """Window ``xw (B, L', K, D)``, ``offsets (B, L', K)``, ``ok (B, L', K)`` -> ``(B, L', D)``."""
