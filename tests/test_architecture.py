@@ -21,7 +21,8 @@ LAYERS = {
     "models": {"modules", "ops", "utils"},
     "train": {"models", "modules", "ops", "data", "utils"},
     "analysis": {"train", "models", "modules", "ops", "data", "utils"},
-    "cli": {"analysis", "train", "models", "modules", "ops", "data", "utils"},
+    "hf": {"models", "modules", "ops", "data", "utils"},  # transformers classes over the models
+    "cli": {"analysis", "hf", "train", "models", "modules", "ops", "data", "utils"},
 }
 
 

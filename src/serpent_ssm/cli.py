@@ -6,6 +6,7 @@ serpent backends        which selective-scan backends this machine can run
 serpent train CONFIG.yaml [--set a.b=v ...] [--out DIR] [--resume]   train (torchrun for DDP)
 serpent eval RUN_DIR [--split test]    evaluate a run's best model
 serpent generate RUN_DIR --prompt TEXT continue a prompt with a trained language model
+serpent export-hf RUN_DIR OUT          a run's model in the transformers layout (extra hf)
 serpent analyze intervals RUN_DIR [--input FILE]    intervals vs information (correlations, JSON, PNG)
 serpent analyze resampling RUN_DIR [--input FILE]   what SeRpEnt's resampler selects (PNG)
 serpent analyze informative RUN_DIR [--n 256]       SeRpEnt's grid points on a sparse-digits run's digits
@@ -295,6 +296,13 @@ def cmd_analyze_informative(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from serpent_ssm.hf import export_run
+
+    print(export_run(args.run_dir, args.out, args.which))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from serpent_ssm.train.report import report_table
 
@@ -337,6 +345,13 @@ def _add_run_parsers(sub) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--which", default="best", choices=["best", "final"])
     gen.set_defaults(func=cmd_generate)
+    exp = sub.add_parser(
+        "export-hf", help="write a run's model in the transformers layout (AutoModel*.from_pretrained)"
+    )
+    exp.add_argument("run_dir")
+    exp.add_argument("out", help="folder for config.json, model.safetensors and the tokenizer")
+    exp.add_argument("--which", default="best", choices=["best", "final"])
+    exp.set_defaults(func=cmd_export_hf)
     _add_analyze_parsers(sub)
     rep = sub.add_parser("report", help="markdown table over finished runs")
     rep.add_argument("run_dirs", nargs="+")

@@ -296,3 +296,26 @@ def test_select_state_picks_rows_of_every_models_state(name):
         got, _ = lm(ids[index, 7:], state=picked, return_state=True)
         want = lm(ids[index])[:, 7:]
     assert_close(got, want, 1e-5, 1e-6, "continued rows")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_wrapped_layer_applies_in_step(shared):
+    """A layer that an adapter wraps (a LoRA layer; here a Linear plus an offset) is called, never
+    read as a weight: with separate backbones step() goes branch by branch, with a shared one
+    the fused step calls the shared layers; both equal forward()."""
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 0.5
+
+    model = make(2, include_full_branch=True, share_backbone=shared)
+    model.backbones[0].in_proj = Shifted(model.backbones[0].in_proj)
+    assert (model._fused_weights() is None) is not shared
+    x = torch.randn(2, 20, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5.0
+    with torch.no_grad():
+        y = model(x)
+    assert_close(run_steps(model, x), y, 1e-5, 1e-6, "step outputs")

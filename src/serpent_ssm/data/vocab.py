@@ -49,7 +49,9 @@ class Vocab:
             raise KeyError(f"unknown token {exc.args[0]!r} (vocabulary {self.name!r})") from None
 
     def encode_bytes(self, data: bytes) -> torch.Tensor:
-        """Bytes -> ``(L,)`` int64 ids ``byte + 3``."""
+        """Bytes -> ``(L,)`` int64 ids ``byte + 3`` (``L`` may be 0)."""
+        if not data:
+            return torch.empty(0, dtype=torch.int64)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64) + len(RESERVED_TOKENS)
 
     def decode_bytes(self, ids: torch.Tensor) -> bytes:

@@ -277,20 +277,17 @@ class Mamba(nn.Module):
         return y, {"conv": conv, "ssm": ssm}
 
     def step_weights(self) -> MambaStepWeights:
-        """The weights one step reads (``ops.mamba_step``), the parameters themselves: gradients
-        flow through them."""
+        """What one step reads (``ops.mamba_step``): the projection layers themselves (whatever
+        wraps them applies) and the parameters (gradients flow through them)."""
         return MambaStepWeights(
-            in_w=self.in_proj.weight,
-            in_b=self.in_proj.bias,
+            in_proj=self.in_proj,
             conv_w=self.conv1d.weight[:, 0, :],
             conv_b=self.conv1d.bias,
-            x_w=self.x_proj.weight,
-            dt_w=self.dt_proj.weight,
-            dt_b=self.dt_proj.bias,
+            x_proj=self.x_proj,
+            dt_proj=self.dt_proj,
             a=-torch.exp(self.A_log.float()),
             d=self.D.float(),
-            out_w=self.out_proj.weight,
-            out_b=self.out_proj.bias,
+            out_proj=self.out_proj,
             dt_rank=self.dt_rank,
             d_state=self.d_state,
         )

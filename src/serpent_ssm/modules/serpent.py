@@ -599,44 +599,56 @@ class SeRpEnt(nn.Module):
         t_new = state["t"] + deltas.double()  # (R, B)
         bad = ~(torch.isfinite(x_t).all(-1) & torch.isfinite(t_new).all(0))
         t_new = torch.where(bad, math.nan, t_new)
-        if self._fused_step:
-            out, new_state = self._step_fused(x_t, state, t_new)
+        fused = self._fused_weights() if self._fused_step else None
+        if fused is not None:
+            out, new_state = self._step_fused(x_t, state, t_new, *fused)
         else:
             out, new_state = self._step_branches(x_t, state, t_new, bad)
         new_state["scores"] = score_states
         y = self._gated(self.out_proj(out.transpose(0, 1).flatten(1)), x_t)
         return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
 
-    def _fused_weights(self) -> tuple[MambaStepWeights, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The stacked step weights of the branch backbones (then the full one's) and the stacked
-        cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
-        ``cell_proj=False``). Without gradients they are cached: a parameter changed in place
-        (an optimiser step, ``load_state_dict``) bumps its version counter and ``.to()`` clears
-        the cache, so the next step rebuilds them (a parameter replaced by a new object is not
-        seen: call ``.to()`` or build the model again after that)."""
-        cache = self.__dict__.get("_fused_cache")
-        if cache is not None and not torch.is_grad_enabled():
-            params, version, weights = cache
-            if sum(p._version for p in params) == version:
-                return weights
+    def _fused_weights(self) -> tuple[MambaStepWeights, tuple[torch.Tensor, torch.Tensor] | None] | None:
+        """The step weights of the branch backbones (then the full one's), stacked, and the
+        stacked cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
+        ``cell_proj=False``). With ``share_backbone`` the shared module's own layers serve every
+        branch. None when a layer to be stacked is not a plain ``nn.Linear`` (an adapter such as
+        a LoRA layer wraps it): ``step`` then goes branch by branch, through the layers.
+
+        Without gradients they are cached: a parameter changed in place (an optimiser step,
+        ``load_state_dict``) bumps its version counter, a replaced layer has a new identity, and
+        ``.to()`` clears the cache, so the next step rebuilds them (a parameter replaced by a new
+        object inside the same layer is not seen: call ``.to()`` after that)."""
         r = len(self.aggregators)
         backbones = [self.branch_backbone(i) for i in range(r)]
         backbones += [self.full_backbone] if self.full_backbone is not None else []
-        projs = [a.proj for a in self.aggregators] if self.config.cell_proj else []
-        if self.config.share_backbone:  # one module's weights broadcast over the branches
+        owners = backbones[:1] if self.config.share_backbone else backbones
+        stacked = [a.proj for a in self.aggregators] if self.config.cell_proj else []
+        if not self.config.share_backbone:
+            stacked += [getattr(m, n) for m in owners for n in ("in_proj", "x_proj", "dt_proj", "out_proj")]
+        if any(type(layer) is not nn.Linear for layer in stacked):
+            return None
+        cache = self.__dict__.get("_fused_cache")
+        layers = tuple(map(id, stacked))
+        if cache is not None and not torch.is_grad_enabled():
+            params, key, weights = cache
+            if key == (layers, sum(p._version for p in params)):
+                return weights
+        if self.config.share_backbone:
             weights = backbones[0].step_weights()
         else:
             weights = stack_step_weights([m.step_weights() for m in backbones])
         proj = None
-        if projs:
+        if self.config.cell_proj:
+            projs = [a.proj for a in self.aggregators]
             proj = (
                 torch.stack([p.weight.mT for p in projs]),
                 torch.stack([p.bias for p in projs]).unsqueeze(1),
             )
         if not torch.is_grad_enabled():
-            owners = (*backbones[: 1 if self.config.share_backbone else None], *projs)
-            params = [p for m in owners for p in m.parameters()]
-            self.__dict__["_fused_cache"] = (params, sum(p._version for p in params), (weights, proj))
+            params = [p for m in (*owners, *stacked) for p in m.parameters()]
+            key = (layers, sum(p._version for p in params))
+            self.__dict__["_fused_cache"] = (params, key, (weights, proj))
         return weights, proj
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
@@ -646,7 +658,12 @@ class SeRpEnt(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _step_fused(
-        self, x_t: torch.Tensor, state: dict[str, Any], t_new: torch.Tensor
+        self,
+        x_t: torch.Tensor,
+        state: dict[str, Any],
+        t_new: torch.Tensor,
+        weights: MambaStepWeights,
+        proj: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Every branch at once: the branch outputs ``(R + F, B, D)`` and the new state (no scores).
 
@@ -654,7 +671,6 @@ class SeRpEnt(nn.Module):
         when ``floor(t_new) > floor(t_old)``, and its backbone steps on that cell's input; every
         backbone steps and the rows that crossed nothing keep their old state."""
         rates = len(self.aggregators)
-        weights, proj = self._fused_weights()
         t_old = state["t"]
         k_old, k_new = torch.floor(t_old), torch.floor(t_new)
         crossed = k_new > k_old  # (R, B); NaN times (poisoned rows) cross nothing

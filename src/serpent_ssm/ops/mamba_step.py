@@ -1,10 +1,10 @@
 """One recurrent step of the Mamba (S6) mixer, for one module or for a stack of modules at once.
 
-``Mamba.step`` runs ``mamba_step`` with its own weights (``Mamba.step_weights()``: the parameters
-as they are, 2-D linear weights ``(out, in)``). A SeRpEnt mixer steps all of its branch
-backbones in one call: ``stack_step_weights`` stacks ``R`` modules' weights (3-D linear weights
-``(R, in, out)``, the other fields with leading ``(R, 1)`` dims that broadcast over the batch),
-and the input, the convolution state and the SSM state get a leading ``R`` dim. Modules that
+``Mamba.step`` runs ``mamba_step`` with its own weights (``Mamba.step_weights()``: its projection
+layers themselves, and its parameters). A SeRpEnt mixer steps all of its branch backbones in one
+call: ``stack_step_weights`` stacks ``R`` modules' weights (``StackedLinear`` projections, the
+other fields with leading ``(R, 1)`` dims that broadcast over the batch), and the input, the
+convolution state and the SSM state get a leading ``R`` dim. Modules that
 share their weights need no stack: one module's weights broadcast over a leading ``R`` dim as
 they are. The plain reference is ``Mamba.step`` of each module in turn (tests pin one to the
 other).
@@ -12,46 +12,51 @@ other).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["MambaStepWeights", "conv_step", "mamba_step", "stack_step_weights"]
+__all__ = ["MambaStepWeights", "StackedLinear", "conv_step", "mamba_step", "stack_step_weights"]
+
+
+class StackedLinear:
+    """``R`` linear maps applied at once: ``x (R, B, in) -> (R, B, out)`` with ``weight
+    (R, in, out)`` and ``bias (R, 1, out)`` or None."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
+
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 class MambaStepWeights(NamedTuple):
     """What one step reads, one module's (shapes on the left) or a stack of ``R`` modules'
     (``stack_step_weights``, on the right); ``E = d_inner``, ``N = d_state``, ``K = d_conv``.
 
-    in_w ``(2E, D)`` | ``(R, D, 2E)``, in_b ``(2E,)`` | ``(R, 1, 2E)`` or None, conv_w ``(E, K)`` |
-    ``(R, 1, E, K)``, conv_b ``(E,)`` | ``(R, 1, E)`` or None, x_w ``(dt_rank + 2N, E)`` |
-    ``(R, E, dt_rank + 2N)``, dt_w ``(E, dt_rank)`` | ``(R, dt_rank, E)``, dt_b ``(E,)`` |
-    ``(R, 1, E)``, a ``= −exp(A_log)`` float ``(E, N)`` | ``(R, 1, E, N)``, d float ``(E,)`` |
-    ``(R, 1, E)``, out_w ``(D, E)`` | ``(R, E, D)``, out_b ``(D,)`` | ``(R, 1, D)`` or None.
+    The projections ``in_proj`` (``D -> 2E``), ``x_proj`` (``E -> dt_rank + 2N``), ``dt_proj``
+    (``dt_rank -> E``) and ``out_proj`` (``E -> D``) are callables: one module's own layers (so
+    whatever wraps them, an adapter or a hook, applies) or ``StackedLinear``s. conv_w ``(E, K)``
+    | ``(R, 1, E, K)``, conv_b ``(E,)`` | ``(R, 1, E)`` or None, a ``= −exp(A_log)`` float
+    ``(E, N)`` | ``(R, 1, E, N)``, d float ``(E,)`` | ``(R, 1, E)``.
     """
 
-    in_w: torch.Tensor
-    in_b: torch.Tensor | None
+    in_proj: Linear
     conv_w: torch.Tensor
     conv_b: torch.Tensor | None
-    x_w: torch.Tensor
-    dt_w: torch.Tensor
-    dt_b: torch.Tensor
+    x_proj: Linear
+    dt_proj: Linear
     a: torch.Tensor
     d: torch.Tensor
-    out_w: torch.Tensor
-    out_b: torch.Tensor | None
+    out_proj: Linear
     dt_rank: int
     d_state: int
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``x (..., in) -> (..., out)`` with one weight ``(out, in)`` or a stack ``(R, in, out)``
-    applied to ``x (R, B, in)``."""
-    if w.dim() == 2:
-        return F.linear(x, w, b)
-    return torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)
 
 
 def conv_step(
@@ -60,7 +65,7 @@ def conv_step(
     """The input projection and causal convolution of one element ``x (..., D)`` with the last
     ``K − 1`` inputs ``conv (..., E, K − 1)``: ``xc (..., E)`` (the scan input, after SiLU),
     the gate ``z (..., E)`` and the new ``conv``."""
-    xs, z = _linear(x, w.in_w, w.in_b).chunk(2, dim=-1)
+    xs, z = w.in_proj(x).chunk(2, dim=-1)
     window = torch.cat([conv.to(xs.dtype), xs.unsqueeze(-1)], dim=-1)  # (..., E, K)
     xc = (window * w.conv_w).sum(-1)
     if w.conv_b is not None:
@@ -76,50 +81,49 @@ def mamba_step(
     weights, ``(R, B)`` with a stack of ``R`` (or with one module's, shared by all ``R``).
     The state update runs in float32 whatever the weights' dtype."""
     xc, z, conv = conv_step(x, conv, w)
-    dt, b, c = _linear(xc, w.x_w, None).split([w.dt_rank, w.d_state, w.d_state], dim=-1)
-    dt = F.softplus(_linear(dt, w.dt_w, w.dt_b).float())  # (..., E)
+    dt, b, c = w.x_proj(xc).split([w.dt_rank, w.d_state, w.d_state], dim=-1)
+    dt = F.softplus(w.dt_proj(dt).float())  # (..., E)
     xf = xc.float()
     h = torch.exp(dt.unsqueeze(-1) * w.a) * ssm + (dt * xf).unsqueeze(-1) * b.float().unsqueeze(-2)
     y = (h * c.float().unsqueeze(-2)).sum(-1) + w.d * xf
     y = y * F.silu(z.float())
-    return _linear(y.to(x.dtype), w.out_w, w.out_b), conv, h
+    return w.out_proj(y.to(x.dtype)), conv, h
 
 
 def stack_step_weights(weights: list[MambaStepWeights]) -> MambaStepWeights:
     """Stack the step weights of ``R`` modules of the same shapes (each as ``Mamba.step_weights()``
-    returns them) into the stacked layout of ``MambaStepWeights``."""
+    returns them, with plain ``nn.Linear`` projections) into the stacked layout."""
     first = weights[0]
-    for w in weights[1:]:
-        if (w.dt_rank, w.d_state, w.in_w.shape, w.in_b is None, w.conv_b is None, w.out_b is None) != (
-            first.dt_rank,
-            first.d_state,
-            first.in_w.shape,
-            first.in_b is None,
-            first.conv_b is None,
-            first.out_b is None,
-        ):
-            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
 
-    def linear(name: str) -> torch.Tensor:
-        return torch.stack([getattr(w, name).mT for w in weights])
+    def linear(name: str) -> StackedLinear:
+        layers = [getattr(w, name) for w in weights]
+        odd = [type(m).__name__ for m in layers if type(m) is not nn.Linear]
+        if odd:
+            raise ValueError(f"weights: expected plain nn.Linear {name} layers to stack, got {odd[0]}")
+        if len({(m.weight.shape, m.bias is None) for m in layers}) != 1:
+            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
+        bias = None if layers[0].bias is None else torch.stack([m.bias for m in layers]).unsqueeze(1)
+        return StackedLinear(torch.stack([m.weight.mT for m in layers]), bias)
 
     def rows(name: str) -> torch.Tensor | None:
-        if getattr(first, name) is None:
+        values = [getattr(w, name) for w in weights]
+        if values[0] is None:
             return None
-        return torch.stack([getattr(w, name) for w in weights]).unsqueeze(1)
+        if len({v.shape for v in values}) != 1 or any(v is None for v in values):
+            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
+        return torch.stack(values).unsqueeze(1)
 
+    if len({(w.dt_rank, w.d_state) for w in weights}) != 1:
+        raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
     return MambaStepWeights(
-        in_w=linear("in_w"),
-        in_b=rows("in_b"),
+        in_proj=linear("in_proj"),
         conv_w=rows("conv_w"),
         conv_b=rows("conv_b"),
-        x_w=linear("x_w"),
-        dt_w=linear("dt_w"),
-        dt_b=rows("dt_b"),
+        x_proj=linear("x_proj"),
+        dt_proj=linear("dt_proj"),
         a=rows("a"),
         d=rows("d"),
-        out_w=linear("out_w"),
-        out_b=rows("out_b"),
+        out_proj=linear("out_proj"),
         dt_rank=first.dt_rank,
         d_state=first.d_state,
     )
