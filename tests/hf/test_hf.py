@@ -338,3 +338,43 @@ def test_bad_input_fails_with_one_clear_error(tmp_path):
     export(small_lm("mamba"), empty, tokenizer=False)
     with pytest.raises((OSError, ValueError), match="tokenizer"):
         AutoTokenizer.from_pretrained(empty)
+
+
+# ----------------------------------------------------------------------------- optional extra
+def _python(code, tmp_path):
+    import subprocess
+    import sys
+
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_folder_loads_with_remote_code_where_the_library_was_not_imported(tmp_path):
+    folder = export(small_lm("serpent-mamba"), tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "serpent_auto.SerpentForCausalLM"
+    code = f"""
+import transformers
+m = transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)
+print(type(m).__module__, type(m).__name__)
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["serpent_ssm.hf.modeling", "SerpentForCausalLM"]
+
+
+def test_the_core_imports_without_transformers(tmp_path):
+    code = """
+import sys
+sys.modules["transformers"] = None  # as if it were not installed
+import serpent_ssm, serpent_ssm.models, serpent_ssm.cli, serpent_ssm.train.loop
+assert not any(name.startswith("transformers") for name in sys.modules if sys.modules[name] is not None)
+try:
+    import serpent_ssm.hf
+except ModuleNotFoundError as exc:
+    print(exc)
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    message = "serpent_ssm.hf needs transformers (5.0 or later): pip install 'serpent-ssm[hf]'"
+    assert done.stdout.strip() == message

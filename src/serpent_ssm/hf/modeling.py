@@ -109,6 +109,26 @@ def _undo_shift(y: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
     return y.gather(1, index.view(*index.shape, *([1] * (y.dim() - 2))).expand_as(y))
 
 
+AUTO_MODULE = "serpent_auto"
+AUTO_MAP = {
+    "AutoConfig": f"{AUTO_MODULE}.SerpentConfig",
+    "AutoModel": f"{AUTO_MODULE}.SerpentModel",
+    "AutoModelForCausalLM": f"{AUTO_MODULE}.SerpentForCausalLM",
+    "AutoModelForSequenceClassification": f"{AUTO_MODULE}.SerpentForSequenceClassification",
+}
+AUTO_SOURCE = """\
+# Written by serpent-ssm's save_pretrained: transformers loads this folder through these classes
+# with trust_remote_code=True where serpent_ssm.hf was not imported (it needs serpent-ssm[hf]
+# installed). With `import serpent_ssm.hf` no code from here runs.
+from serpent_ssm.hf import (  # noqa: F401
+    SerpentConfig,
+    SerpentForCausalLM,
+    SerpentForSequenceClassification,
+    SerpentModel,
+)
+"""
+
+
 class SerpentPreTrainedModel(PreTrainedModel):
     """The shared part of the serpent-ssm transformers classes."""
 
@@ -125,6 +145,16 @@ class SerpentPreTrainedModel(PreTrainedModel):
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
             reset()
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``save_pretrained``, plus ``auto_map`` in ``config.json`` and the module it
+        names (``serpent_auto.py``, imports only), so that the folder also loads with
+        ``trust_remote_code=True`` where ``serpent_ssm.hf`` was not imported."""
+        self.config.auto_map = dict(AUTO_MAP)
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            (Path(save_directory) / f"{AUTO_MODULE}.py").write_text(AUTO_SOURCE)
+        return out
 
     def _build(self, config: SerpentConfig, heads: tuple[str, ...]) -> nn.Module:
         model_config = config.model_config()
