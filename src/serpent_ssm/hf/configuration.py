@@ -12,6 +12,7 @@ tokenizer's ``model_max_length``). Every architecture field is checked on constr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -21,6 +22,10 @@ from serpent_ssm.models.config import FORMAT_VERSION, ModelConfig, migrate
 __all__ = ["SerpentConfig"]
 
 MODEL_TYPE = "serpent"
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+# ModelConfig's names that transformers knows under another name (num_labels: a property of
+# transformers' config, kept in id2label)
+RENAMED = {"name": "model_name", "tie_embeddings": "tie_word_embeddings", "n_classes": "num_labels"}
 
 
 class SerpentConfig(PretrainedConfig):
@@ -94,25 +99,10 @@ class SerpentConfig(PretrainedConfig):
 
     def model_config(self) -> ModelConfig:
         """The ``ModelConfig`` these fields describe, resolved (what ``build_model`` builds)."""
-        record = {
-            "format_version": self.format_version,
-            "name": self.model_name,
-            "head": self.head,
-            "d_model": self.d_model,
-            "n_layers": self.n_layers,
-            "n_classes": self.num_labels if self.head != "lm" else 10,
-            "vocab_size": self.vocab_size,
-            "d_input": self.d_input,
-            "norm": self.norm,
-            "norm_eps": self.norm_eps,
-            "tie_embeddings": self.tie_word_embeddings,
-            "mlp_ratio": self.mlp_ratio,
-            "dropout": self.dropout,
-            "causal": self.causal,
-            "backbone": self.backbone,
-            "serpent": self.serpent,
-        }
-        return ModelConfig.from_dict(migrate(record)).resolved()
+        record = {k: getattr(self, RENAMED.get(k, k)) for k in MODEL_FIELDS}
+        if self.head == "lm":  # a language model has no classes: ModelConfig's default stands
+            del record["n_classes"]
+        return ModelConfig.from_dict(migrate({"format_version": self.format_version, **record})).resolved()
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> SerpentConfig:
@@ -120,18 +110,9 @@ class SerpentConfig(PretrainedConfig):
         if not isinstance(config, ModelConfig):
             raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
         d = config.resolved().to_dict()
-        names = ("head", "d_model", "n_layers", "vocab_size", "d_input", "norm", "norm_eps")
-        names += ("mlp_ratio", "dropout", "causal", "backbone", "serpent")
-        fields = {k: d[k] for k in names}
-        if d["head"] != "lm":
-            kwargs.setdefault("num_labels", d["n_classes"])
-        return cls(
-            model_name=d["name"],
-            format_version=d["format_version"],
-            tie_word_embeddings=d["tie_embeddings"],
-            **fields,
-            **kwargs,
-        )
+        if d["head"] == "lm":
+            del d["n_classes"]
+        return cls(**{**{RENAMED.get(k, k): v for k, v in d.items()}, **kwargs})
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:

@@ -165,11 +165,6 @@ class SerpentPreTrainedModel(PreTrainedModel):
             )
         return build_model(model_config)
 
-    def serpent_model(self) -> nn.Module:
-        """This library's model inside (``CausalLM`` or ``SequenceClassifier``), with its
-        ``ModelConfig`` as ``.config``: ``serpent_ssm.models.save_pretrained`` saves it."""
-        return self.model
-
 
 class SerpentForCausalLM(SerpentPreTrainedModel, GenerationMixin):
     """A serpent-ssm language model (``head: lm``) for transformers: ``input_ids (B, L)`` ->

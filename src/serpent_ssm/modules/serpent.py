@@ -265,14 +265,15 @@ class SeRpEnt(nn.Module):
                 new_states.append(new)
         return scores, new_states
 
-    def _intervals(self, s: torch.Tensor, rate: float) -> torch.Tensor:
-        """``Δ`` of the elementwise bounds for scores ``s (...,)``."""
+    def _intervals(self, s: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``Δ = offset + scale·σ(s)`` of the elementwise bounds (``"ours"``, ``"paper"``,
+        ``"fixed"``) for scores ``s``, with a branch's (or every branch's) factors from
+        ``_rate_factors``; the shapes broadcast."""
         bounds = self.config.interval_bounds
-        if bounds == "ours":
-            return 2.0 * rate * torch.sigmoid(s)
-        if bounds == "paper":
-            return rate + (1.0 - rate) * torch.sigmoid(s)
-        return torch.full_like(s, rate)
+        if bounds == "fixed":
+            return torch.zeros_like(s) + offset
+        sig = torch.sigmoid(s)
+        return scale * sig if bounds == "ours" else offset + scale * sig
 
     def _branch_intervals(
         self, x: torch.Tensor, mask: torch.Tensor | None, states: list[dict] | None = None
@@ -281,6 +282,7 @@ class SeRpEnt(nn.Module):
         and, for a causal chunk from the score ``states``, the states after it."""
         cfg = self.config
         scores, new_states = self._scores(x, mask, states)
+        offset, scale = self._rate_factors(scores[0].dtype, x.device)
         out = []
         for i, rate in enumerate(cfg.rates):
             j = 0 if cfg.share_intervals else i
@@ -288,7 +290,7 @@ class SeRpEnt(nn.Module):
                 carry = None if states is None else (states[j]["log_sum"], states[j]["n"])
                 out.append(rs.mean_normalised_intervals(scores[j], rate, mask, cfg.causal, carry))
             else:
-                out.append(self._intervals(scores[j], rate))
+                out.append(self._intervals(scores[j], offset[i], scale[i]))
         return out, new_states
 
     def _gated(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -349,17 +351,10 @@ class SeRpEnt(nn.Module):
         y = zero_padding(self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm), mask)
         y = torch.where(poisoned.unsqueeze(-1), math.nan, y)
         new_state = None
-        if state is not None:  # a poisoned row stays poisoned: its times become NaN
-            t = torch.stack([br["t"] for br in branches])
-            new_state = {
-                "t": torch.where(poisoned.any(1), math.nan, t),
-                "held": torch.stack([br["held"] for br in branches]),
-                "aggregator": _stack_states([br["aggregator"] for br in branches]),
-                "backbone": _stack_states(
-                    [br["backbone"] for br in branches] + ([full] if self.full_backbone is not None else [])
-                ),
-                "scores": score_states,
-            }
+        if state is not None:
+            new_state = self._stacked_state(branches, full if self.full_backbone is not None else None)
+            new_state["t"] = torch.where(poisoned.any(1), math.nan, new_state["t"])  # stays poisoned
+            new_state["scores"] = score_states
         return _outputs(y, info, new_state, return_info, return_state)
 
     def _branch_state(self, state: dict[str, Any], i: int) -> dict[str, Any]:
@@ -371,6 +366,15 @@ class SeRpEnt(nn.Module):
             "aggregator": _index_state(state["aggregator"], i),
             "backbone": _index_state(state["backbone"], i),
         }
+
+    @staticmethod
+    def _stacked_state(branches: list[dict[str, Any]], full: Any) -> dict[str, Any]:
+        """The inverse of ``_branch_state``: the branches' states stacked (``t``, ``held``, the
+        aggregators' and the backbones' states), the full branch's backbone state (or None) last."""
+        state = _stack_states([{k: br[k] for k in ("t", "held", "aggregator")} for br in branches])
+        backbones = [br["backbone"] for br in branches] + ([full] if full is not None else [])
+        state["backbone"] = _stack_states(backbones)
+        return state
 
     def _poisoned(
         self,
@@ -538,8 +542,8 @@ class SeRpEnt(nn.Module):
 
     def _rate_factors(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``(2, R, 1)``: per branch the offset and scale of ``Δ = offset + scale·σ(s)`` (``"ours"``,
-        ``"paper"``, ``"fixed"``; the values that ``_intervals`` computes with a Python float, so
-        both give the same bits) or the rates twice (``"mean"``, float64); cached per dtype."""
+        ``"paper"``, ``"fixed"``: ``_intervals``) or the rates twice (``"mean"``); cached per
+        dtype and device."""
         cfg, key = self.config, (dtype, device)
         cache = self.__dict__.setdefault("_rate_factor_cache", {})
         if key not in cache:
@@ -566,12 +570,8 @@ class SeRpEnt(nn.Module):
             scores.append(s)
             new_states.append(new)
         if cfg.interval_bounds != "mean":
-            offset, scale = self._rate_factors(scores[0].dtype, x_t.device)
             s = scores[0] if len(scores) == 1 else torch.stack(scores)  # (B,) or (R, B)
-            if cfg.interval_bounds == "fixed":
-                return offset.expand(len(cfg.rates), x_t.shape[0]), new_states
-            sig = torch.sigmoid(s)
-            return (scale * sig if cfg.interval_bounds == "ours" else offset + scale * sig), new_states
+            return self._intervals(s, *self._rate_factors(s.dtype, x_t.device)), new_states
         rates = self._rate_factors(torch.float64, x_t.device)[0]  # (R, 1)
         deltas = []
         for j, (s, st, new) in enumerate(zip(scores, states, new_states, strict=True)):
@@ -678,8 +678,8 @@ class SeRpEnt(nn.Module):
         rest = t_new - torch.maximum(t_old, k_new)  # of the cell left open
         parts = torch.stack([share, rest]).to(x_t.dtype).unsqueeze(-1) * x_t  # (2, R, B, D)
         acc = state["aggregator"]["acc"]
-        pooled = parts[0] + acc
-        new_acc = torch.where(crossed.unsqueeze(-1), parts[1], acc + parts[1])
+        pooled = parts[0] + acc  # without a crossing share == rest, so this is also acc + rest·x
+        new_acc = torch.where(crossed.unsqueeze(-1), parts[1], pooled)
         xk = pooled if proj is None else torch.baddbmm(proj[1], pooled, proj[0])
         active = crossed
         if self.full_backbone is not None:
@@ -708,18 +708,11 @@ class SeRpEnt(nn.Module):
             y, new = self._branch_step(i, x_t, self._branch_state(state, i), t_new[i], crossings[i], most[i])
             outs.append(y)
             branches.append(new)
-        backbones = [br["backbone"] for br in branches]
+        full = None
         if self.full_backbone is not None:
             y_full, full = self.full_backbone.step(x_t, _index_state(state["backbone"], len(branches)))
             outs.append(y_full)
-            backbones.append(full)
-        new = {
-            "t": t_new,
-            "held": torch.stack([br["held"] for br in branches]),
-            "aggregator": _stack_states([br["aggregator"] for br in branches]),
-            "backbone": _stack_states(backbones),
-        }
-        return torch.stack(outs), new
+        return torch.stack(outs), self._stacked_state(branches, full)
 
     def _branch_step(
         self,

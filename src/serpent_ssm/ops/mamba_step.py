@@ -107,9 +107,9 @@ def stack_step_weights(weights: list[MambaStepWeights]) -> MambaStepWeights:
 
     def rows(name: str) -> torch.Tensor | None:
         values = [getattr(w, name) for w in weights]
-        if values[0] is None:
+        if all(v is None for v in values):
             return None
-        if len({v.shape for v in values}) != 1 or any(v is None for v in values):
+        if any(v is None for v in values) or len({v.shape for v in values}) != 1:
             raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
         return torch.stack(values).unsqueeze(1)
 
