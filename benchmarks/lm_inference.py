@@ -16,12 +16,15 @@ Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every
                           windows of 512 bytes, 16 rows, the state carried (what ``serpent eval``
                           runs)
   decode tokens/s         greedy ``generate``: ``--gen-tokens`` new tokens after a 16-byte prompt,
-                          at batch 1 and batch 8 (tokens of all rows per second)
+                          at batch 1 and batch 8 (tokens of all rows per second), with the fused
+                          CPU step kernel (``ops.mamba_step_cpu``) and with its torch reference
+                          (``SERPENT_SSM_STEP_KERNEL=0``)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -58,14 +61,17 @@ def measure(name: str, model, args) -> dict:
     stream = torch.randint(0, 256, (args.eval_bytes,), generator=gen, dtype=torch.uint8)
     seconds = best_time(lambda: evaluate_lm(model, stream, seq_len=512, batch_size=16), 1)
     row["eval bytes/s"] = args.eval_bytes / seconds
-    for batch in (1, 8):
-        prompt = torch.randint(3, 259, (batch, 16), generator=gen)
-        model.generate(prompt, max_new_tokens=4, temperature=0.0)  # warm-up
-        seconds = best_time(
-            lambda prompt=prompt: model.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0),
-            args.repeats,
-        )
-        row[f"decode b{batch}"] = batch * args.gen_tokens / seconds
+    for kernel in ("1", "0"):
+        os.environ["SERPENT_SSM_STEP_KERNEL"] = kernel
+        for batch in (1, 8):
+            prompt = torch.randint(3, 259, (batch, 16), generator=gen)
+            model.generate(prompt, max_new_tokens=4, temperature=0.0)  # warm-up
+            seconds = best_time(
+                lambda prompt=prompt: model.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0),
+                args.repeats,
+            )
+            row[f"decode b{batch}" + ("" if kernel == "1" else " torch")] = batch * args.gen_tokens / seconds
+    os.environ.pop("SERPENT_SSM_STEP_KERNEL")
     return row
 
 
@@ -81,12 +87,14 @@ def table(rows: list[dict], args) -> str:
         "eval bytes/s",
         "decode b1 tok/s",
         "decode b8 tok/s",
+        "decode b1 tok/s (torch step)",
+        "decode b8 tok/s (torch step)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], f"{r['params']:,}"]
         cells += [f"{r[c]:.3f} ({r[c] / base[c]:.2f}×)" if c in r and c in base else "" for c in cols]
-        for c in ("eval bytes/s", "decode b1", "decode b8"):
+        for c in ("eval bytes/s", "decode b1", "decode b8", "decode b1 torch", "decode b8 torch"):
             cells.append(f"{r[c]:,.0f} ({r[c] / base[c]:.2f}×)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

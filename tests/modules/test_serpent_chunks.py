@@ -243,7 +243,9 @@ def test_fused_step_equals_branch_by_branch_steps(options, length, batch, seed):
         for t in range(length):
             y_fused, s_fused = model.step(x[:, t], s_fused)
             y_ref, s_ref = reference.step(x[:, t], s_ref)
-            assert_close(y_fused, y_ref, 1e-5, 1e-6, f"output at {t}")  # float32 SSM states
+            # float32 SSM states: errors scale with the largest output (the 40x inputs give ~100)
+            scale = max(1.0, y_ref.abs().max().item())
+            assert_close(y_fused, y_ref, 1e-5, 1e-6 * scale, f"output at {t}")
             assert torch.equal(torch.floor(s_fused["t"]), torch.floor(s_ref["t"]))  # same grid points
     assert_states_close(s_fused, s_ref, "fused vs branch by branch")
 

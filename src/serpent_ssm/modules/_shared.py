@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,3 +17,42 @@ def empty_sequence_output(mixer: nn.Module, x: torch.Tensor, state: Any, return_
     if not return_state:
         return out
     return out, state if state is not None else mixer.allocate_state(x.shape[0])
+
+
+def plain_linear(layer: nn.Module) -> bool:
+    """``layer`` is an ``nn.Linear`` with no hooks of its own: a fused step may read its weight
+    instead of calling it (an adapter wrapping it, or a hook, would be skipped)."""
+    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
+_VERSION = operator.attrgetter("_version")
+
+
+def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build: Callable[[], Any]) -> Any:
+    """``build()`` (a value read from the weights of the modules in ``sources``), kept in
+    ``module.__dict__[name]`` while every submodule of ``sources`` is the same object in the same
+    place, none has hooks, and no parameter changed in place (their version counters: an optimiser
+    step, ``load_state_dict``). A few microseconds per check, for steps that run once a token.
+    Call it only without gradients, and drop ``name`` in ``_apply`` (``.to()``). A parameter
+    replaced by a new object inside the same layer is not seen (call ``.to()`` after that)."""
+    hit = module.__dict__.get(name)
+    if hit is not None:
+        slots, params, version, value = hit
+        if (
+            all(
+                parent._modules.get(key) is child and not (child._forward_hooks or child._forward_pre_hooks)
+                for parent, key, child in slots
+            )
+            and sum(map(_VERSION, params)) == version
+        ):
+            return value
+    value = build()
+    slots = [
+        (parent, key, child)
+        for src in sources
+        for parent in src.modules()
+        for key, child in parent._modules.items()
+    ]
+    params = [p for src in sources for p in src.parameters()]
+    module.__dict__[name] = (slots, params, sum(map(_VERSION, params)), value)
+    return value

@@ -17,14 +17,17 @@ so ``load_state_dict`` of any of those works as is.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serpent_ssm.modules._shared import empty_sequence_output
+from serpent_ssm.modules._shared import cached_weights, empty_sequence_output, plain_linear
 from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.ops.mamba_step import MambaStepWeights, conv_step, mamba_step
+from serpent_ssm.ops.mamba_step_cpu import KernelWeights, cell_step_cpu_usable, kernel_weights, mamba_step_cpu
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
 from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import (
@@ -273,8 +276,28 @@ class Mamba(nn.Module):
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
-        y, conv, ssm = mamba_step(x_t, state["conv"], state["ssm"], self.step_weights())
+        kernel = self._kernel_weights() if cell_step_cpu_usable(x_t) else None
+        if kernel is not None:  # the fused CPU step: one kernel call
+            y, conv, ssm = mamba_step_cpu(x_t, state["conv"], state["ssm"], kernel)
+        else:
+            y, conv, ssm = mamba_step(x_t, state["conv"], state["ssm"], self.step_weights())
         return y, {"conv": conv, "ssm": ssm}
+
+    def _kernel_weights(self) -> KernelWeights | None:
+        """The fused CPU step's weights (``ops.mamba_step_cpu``), cached; None when a projection
+        is not a plain ``nn.Linear`` (an adapter or a hook: ``step`` then calls the layers)."""
+        return cached_weights(self, "_kernel_cache", [self], self._build_kernel_weights)
+
+    def _build_kernel_weights(self) -> KernelWeights | None:
+        if not all(map(plain_linear, (self.in_proj, self.x_proj, self.dt_proj, self.out_proj))):
+            return None
+        return kernel_weights([self])
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Mamba:
+        """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
+        weights."""
+        self.__dict__.pop("_kernel_cache", None)
+        return super()._apply(fn, *args, **kwargs)
 
     def step_weights(self) -> MambaStepWeights:
         """What one step reads (``ops.mamba_step``): the projection layers themselves (whatever

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from serpent_ssm.modules._shared import cached_weights, plain_linear
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
 from serpent_ssm.modules.mamba import Mamba
@@ -42,7 +43,8 @@ from serpent_ssm.modules.protocol import StateSupport, map_state, state_support
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
-from serpent_ssm.ops.mamba_step import MambaStepWeights, mamba_step, stack_step_weights
+from serpent_ssm.ops.mamba_step import CellState, MambaStepWeights, cell_step, stack_step_weights
+from serpent_ssm.ops.mamba_step_cpu import KernelWeights, cell_step_cpu, cell_step_cpu_usable, kernel_weights
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
     check_float_tensor,
@@ -72,6 +74,10 @@ def _index_state(state: Any, i: int) -> Any:
 def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
     """The score of ``interval_source="backbone"``: ``log`` of the mean ``Δ`` (clamped above 0)."""
     return torch.log(selectivity.clamp(min=torch.finfo(selectivity.dtype).tiny))
+
+
+# what a fused step reads: stacked step weights, cell projections, the CPU kernel's weights
+_FusedWeights = tuple[MambaStepWeights, "tuple[torch.Tensor, torch.Tensor] | None", "KernelWeights | None"]
 
 
 def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
@@ -608,48 +614,46 @@ class SeRpEnt(nn.Module):
         y = self._gated(self.out_proj(out.transpose(0, 1).flatten(1)), x_t)
         return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
 
-    def _fused_weights(self) -> tuple[MambaStepWeights, tuple[torch.Tensor, torch.Tensor] | None] | None:
-        """The step weights of the branch backbones (then the full one's), stacked, and the
-        stacked cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
-        ``cell_proj=False``). With ``share_backbone`` the shared module's own layers serve every
-        branch. None when a layer to be stacked is not a plain ``nn.Linear`` (an adapter such as
-        a LoRA layer wraps it): ``step`` then goes branch by branch, through the layers.
+    def _fused_weights(self) -> _FusedWeights | None:
+        """The step weights of the branch backbones (then the full one's), stacked, the stacked
+        cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
+        ``cell_proj=False``) and, without gradients, the same for the fused CPU kernel
+        (``ops.mamba_step_cpu``; else None). With ``share_backbone`` the shared module's own
+        layers serve every branch (the kernel only when they are plain ``nn.Linear``s). None when
+        a layer to be stacked is not a plain ``nn.Linear`` (an adapter such as a LoRA layer wraps
+        it): ``step`` then goes branch by branch, through the layers.
 
-        Without gradients they are cached: a parameter changed in place (an optimiser step,
-        ``load_state_dict``) bumps its version counter, a replaced layer has a new identity, and
-        ``.to()`` clears the cache, so the next step rebuilds them (a parameter replaced by a new
-        object inside the same layer is not seen: call ``.to()`` after that)."""
+        Without gradients they are cached (``_shared.cached_weights``): a changed parameter, a
+        replaced layer or a hook rebuilds them, ``.to()`` drops them."""
+        if torch.is_grad_enabled():
+            return self._build_fused_weights()
+        sources = [*self.backbones, *([self.full_backbone] if self.full_backbone is not None else [])]
+        if self.config.cell_proj:
+            sources.append(self.aggregators)
+        return cached_weights(self, "_fused_cache", sources, self._build_fused_weights)
+
+    def _build_fused_weights(self) -> _FusedWeights | None:
+        """What ``_fused_weights`` returns, built."""
         r = len(self.aggregators)
         backbones = [self.branch_backbone(i) for i in range(r)]
         backbones += [self.full_backbone] if self.full_backbone is not None else []
         owners = backbones[:1] if self.config.share_backbone else backbones
-        stacked = [a.proj for a in self.aggregators] if self.config.cell_proj else []
-        if not self.config.share_backbone:
-            stacked += [getattr(m, n) for m in owners for n in ("in_proj", "x_proj", "dt_proj", "out_proj")]
-        if any(type(layer) is not nn.Linear for layer in stacked):
+        cells = [a.proj for a in self.aggregators] if self.config.cell_proj else []
+        own = [getattr(m, n) for m in owners for n in ("in_proj", "x_proj", "dt_proj", "out_proj")]
+        if not all(map(plain_linear, cells + ([] if self.config.share_backbone else own))):
             return None
-        cache = self.__dict__.get("_fused_cache")
-        layers = tuple(map(id, stacked))
-        if cache is not None and not torch.is_grad_enabled():
-            params, key, weights = cache
-            if key == (layers, sum(p._version for p in params)):
-                return weights
         if self.config.share_backbone:
             weights = backbones[0].step_weights()
         else:
             weights = stack_step_weights([m.step_weights() for m in backbones])
         proj = None
-        if self.config.cell_proj:
-            projs = [a.proj for a in self.aggregators]
+        if cells:
             proj = (
-                torch.stack([p.weight.mT for p in projs]),
-                torch.stack([p.bias for p in projs]).unsqueeze(1),
+                torch.stack([p.weight.mT for p in cells]),
+                torch.stack([p.bias for p in cells]).unsqueeze(1),
             )
-        if not torch.is_grad_enabled():
-            params = [p for m in (*owners, *stacked) for p in m.parameters()]
-            key = (layers, sum(p._version for p in params))
-            self.__dict__["_fused_cache"] = (params, key, (weights, proj))
-        return weights, proj
+        usable = not torch.is_grad_enabled() and all(map(plain_linear, own))
+        return weights, proj, kernel_weights(owners, cells) if usable else None
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
         """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
@@ -664,36 +668,19 @@ class SeRpEnt(nn.Module):
         t_new: torch.Tensor,
         weights: MambaStepWeights,
         proj: tuple[torch.Tensor, torch.Tensor] | None,
+        kernel: KernelWeights | None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Every branch at once: the branch outputs ``(R + F, B, D)`` and the new state (no scores).
-
-        Each branch crosses at most one grid point (``Δ ≤ 1``): cell ``floor(t_old) + 1`` closes
-        when ``floor(t_new) > floor(t_old)``, and its backbone steps on that cell's input; every
-        backbone steps and the rows that crossed nothing keep their old state."""
-        rates = len(self.aggregators)
-        t_old = state["t"]
-        k_old, k_new = torch.floor(t_old), torch.floor(t_new)
-        crossed = k_new > k_old  # (R, B); NaN times (poisoned rows) cross nothing
-        share = torch.minimum(t_new, k_old + 1.0) - t_old  # of the closing cell
-        rest = t_new - torch.maximum(t_old, k_new)  # of the cell left open
-        parts = torch.stack([share, rest]).to(x_t.dtype).unsqueeze(-1) * x_t  # (2, R, B, D)
-        acc = state["aggregator"]["acc"]
-        pooled = parts[0] + acc  # without a crossing share == rest, so this is also acc + rest·x
-        new_acc = torch.where(crossed.unsqueeze(-1), parts[1], pooled)
-        xk = pooled if proj is None else torch.baddbmm(proj[1], pooled, proj[0])
-        active = crossed
-        if self.full_backbone is not None:
-            xk = torch.cat([xk, x_t.unsqueeze(0)])
-            active = torch.cat([crossed, crossed.new_ones(1, crossed.shape[1])])
+        """Every branch at once (``ops.mamba_step.cell_step``, or its fused CPU kernel when it
+        applies): the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
         bst = state["backbone"]
-        y, conv, ssm = mamba_step(xk, bst["conv"], bst["ssm"], weights)
-        keep = active.view(*active.shape, 1, 1)
-        backbone = {"conv": torch.where(keep, conv, bst["conv"]), "ssm": torch.where(keep, ssm, bst["ssm"])}
-        held = torch.where(crossed.unsqueeze(-1), y[:rates], state["held"])
-        out = held if self.config.restore == "hold" else y[:rates] * crossed.unsqueeze(-1).to(y.dtype)
-        if self.full_backbone is not None:
-            out = torch.cat([out, y[rates:]])
-        new = {"t": t_new, "held": held, "aggregator": {"acc": new_acc}, "backbone": backbone}
+        cells = CellState(state["aggregator"]["acc"], state["held"], bst["conv"], bst["ssm"])
+        full, hold = self.full_backbone is not None, self.config.restore == "hold"
+        if kernel is not None and cell_step_cpu_usable(x_t):
+            out, cells = cell_step_cpu(x_t, state["t"], t_new, cells, kernel, full, hold)
+        else:
+            out, cells = cell_step(x_t, state["t"], t_new, cells, weights, proj, full, hold)
+        backbone = {"conv": cells.conv, "ssm": cells.ssm}
+        new = {"t": t_new, "held": cells.held, "aggregator": {"acc": cells.acc}, "backbone": backbone}
         return out, new
 
     def _step_branches(

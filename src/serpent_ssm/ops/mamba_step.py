@@ -8,6 +8,11 @@ convolution state and the SSM state get a leading ``R`` dim. Modules that
 share their weights need no stack: one module's weights broadcast over a leading ``R`` dim as
 they are. The plain reference is ``Mamba.step`` of each module in turn (tests pin one to the
 other).
+
+``cell_step`` is one element of a causal SeRpEnt mixer's branches with cell aggregation (each
+rate branch closes at most one cell per element), then their backbones' ``mamba_step``: the plain
+reference of the fused CPU kernel ``ops.mamba_step_cpu.cell_step_cpu``, which also runs a single
+Mamba's step (no rate branches, the element itself as the "full" branch).
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MambaStepWeights", "StackedLinear", "conv_step", "mamba_step", "stack_step_weights"]
+__all__ = [
+    "CellState",
+    "MambaStepWeights",
+    "StackedLinear",
+    "cell_step",
+    "conv_step",
+    "mamba_step",
+    "stack_step_weights",
+]
 
 
 class StackedLinear:
@@ -127,3 +140,61 @@ def stack_step_weights(weights: list[MambaStepWeights]) -> MambaStepWeights:
         dt_rank=first.dt_rank,
         d_state=first.d_state,
     )
+
+
+class CellState(NamedTuple):
+    """What ``cell_step`` reads and returns of a causal SeRpEnt mixer's state (``R`` rate
+    branches, ``G = R + F`` backbones, ``F = 1`` with the full branch): the open cells' pooled
+    inputs ``acc (R, B, D)``, the held outputs ``held (R, B, D)``, and the backbones' ``conv
+    (G, B, E, K − 1)`` and ``ssm (G, B, E, N)`` float32."""
+
+    acc: torch.Tensor
+    held: torch.Tensor
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def cell_step(
+    x: torch.Tensor,
+    t_old: torch.Tensor,
+    t_new: torch.Tensor,
+    state: CellState,
+    weights: MambaStepWeights,
+    proj: tuple[torch.Tensor, torch.Tensor] | None = None,
+    full: bool = False,
+    hold: bool = True,
+) -> tuple[torch.Tensor, CellState]:
+    """One element ``x (B, D)`` through every branch of a causal SeRpEnt mixer whose rate branches
+    cross at most one grid point per element (``Δ ≤ 1``), with cell aggregation and Mamba
+    backbones (``weights``: stacked for the ``G`` backbones, or one set that all share).
+
+    Rate branch ``i`` moves from ``t_old[i]`` to ``t_new[i]`` (``(R, B)`` float64): cell
+    ``floor(t_old) + 1`` closes when ``floor(t_new) > floor(t_old)``; the element's share of it
+    joins the open cell's input, the closed cell (mapped by ``proj``: weights ``(R, D, D)``
+    transposed and biases ``(R, 1, D)``) is the backbone's input, and the rest of the element
+    opens the next cell. Rows that closed nothing keep their backbone's state and held output
+    (a NaN time closes nothing). With ``full`` the last backbone steps on ``x`` itself.
+    Returns the outputs ``(G, B, D)`` (rate branches: the held output with ``hold``, else the
+    new output where a cell closed and 0 elsewhere; then the full branch's) and the new state.
+    """
+    rates = state.acc.shape[0]
+    k_old, k_new = torch.floor(t_old), torch.floor(t_new)
+    crossed = k_new > k_old  # (R, B); NaN times (poisoned rows) cross nothing
+    share = torch.minimum(t_new, k_old + 1.0) - t_old  # of the closing cell
+    rest = t_new - torch.maximum(t_old, k_new)  # of the cell left open
+    parts = torch.stack([share, rest]).to(x.dtype).unsqueeze(-1) * x  # (2, R, B, D)
+    pooled = parts[0] + state.acc  # without a crossing share == rest, so this is also acc + rest·x
+    new_acc = torch.where(crossed.unsqueeze(-1), parts[1], pooled)
+    xk = pooled if proj is None else torch.baddbmm(proj[1], pooled, proj[0])
+    active = crossed
+    if full:
+        xk = torch.cat([xk, x.unsqueeze(0)])
+        active = torch.cat([crossed, crossed.new_ones(1, crossed.shape[1])])
+    y, conv, ssm = mamba_step(xk, state.conv, state.ssm, weights)
+    keep = active.view(*active.shape, 1, 1)
+    conv, ssm = torch.where(keep, conv, state.conv), torch.where(keep, ssm, state.ssm)
+    held = torch.where(crossed.unsqueeze(-1), y[:rates], state.held)
+    out = held if hold else y[:rates] * crossed.unsqueeze(-1).to(y.dtype)
+    if full:
+        out = torch.cat([out, y[rates:]])
+    return out, CellState(new_acc, held, conv, ssm)

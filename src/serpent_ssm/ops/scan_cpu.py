@@ -1,10 +1,12 @@
 """The fused CPU selective scan: the ``"cpu"`` backend.
 
 The kernel (``csrc/selective_scan_cpu.cpp``) is plain C++17 with a C interface. On first use it
-is compiled with the system's C++ compiler into a per-user cache and loaded with ``ctypes``: no
-Python headers, no torch headers, no ninja, a few seconds of compilation, once per machine and
-source version. When no compiler works the library still runs: ``"auto"`` and ``"cpu"`` fall
-back to the ``"torch"`` backend with one warning that says why.
+is compiled with the system's C++ compiler, together with the recurrent-step kernel of
+``ops.mamba_step_cpu`` (``csrc/mamba_step_cpu.cpp``), into one library in a per-user cache, and
+loaded with ``ctypes``: no Python headers, no torch headers, no ninja, a few seconds of
+compilation, once per machine and source version. When no compiler works the library still
+runs: ``"auto"`` and ``"cpu"`` fall back to the ``"torch"`` backend with one warning that says
+why (and the recurrent steps run their torch reference).
 
 Environment:
     ``SERPENT_SSM_CPU_KERNEL=0``  never build or use the kernel (no warning)
@@ -44,7 +46,10 @@ __all__ = [
 
 CHECKPOINT_INTERVAL = 64
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
+STEP_SOURCE = SOURCE.with_name("mamba_step_cpu.cpp")
+SOURCES = (SOURCE, STEP_SOURCE)
 _ABI_VERSION = 1
+_STEP_ABI_VERSION = 1
 _BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-pthread"]
 # four parts of -ffast-math, not all of it: the kernel source says which and why
 _BASE_FLAGS += ["-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
@@ -110,7 +115,7 @@ def _cpu_fingerprint() -> str:
 
 
 def _compile(compiler: str, out: Path) -> None:
-    """Compile SOURCE into the shared library ``out`` (atomically: temp file, then rename)."""
+    """Compile SOURCES into the shared library ``out`` (atomically: temp file, then rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in (_BASE_FLAGS + _NATIVE_FLAGS, _BASE_FLAGS):
@@ -118,7 +123,7 @@ def _compile(compiler: str, out: Path) -> None:
         os.close(fd)
         try:
             proc = subprocess.run(
-                [compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+                [compiler, *flags, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300
             )
             if proc.returncode == 0:
                 os.replace(tmp, out)
@@ -129,19 +134,22 @@ def _compile(compiler: str, out: Path) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise KernelUnavailable(f"{compiler} failed to compile {SOURCE.name}: {errors[-1]}")
+    names = " and ".join(src.name for src in SOURCES)
+    raise KernelUnavailable(f"{compiler} failed to compile {names}: {errors[-1]}")
 
 
 def _build_and_load() -> ctypes.CDLL:
-    if not SOURCE.is_file():
-        raise KernelUnavailable(f"the kernel source {SOURCE} is missing from the installation")
+    for src in SOURCES:
+        if not src.is_file():
+            raise KernelUnavailable(f"the kernel source {src} is missing from the installation")
     compiler = _find_compiler()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise KernelUnavailable(f"{compiler} --version failed: {exc}") from exc
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), version.encode(), " ".join(_BASE_FLAGS).encode()):
+    sources = [src.read_bytes() for src in SOURCES]
+    for part in (*sources, compiler.encode(), version.encode(), " ".join(_BASE_FLAGS).encode()):
         key.update(part)
         key.update(b"\0")
     key.update(f"{platform.system()} {platform.machine()} {_cpu_fingerprint()}".encode())
@@ -156,7 +164,11 @@ def _build_and_load() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(lib_path))
     except OSError as exc:
         raise KernelUnavailable(f"cannot load {lib_path}: {exc}") from exc
-    if lib.ss_abi_version() != _ABI_VERSION or lib.ss_args_size() != ctypes.sizeof(_ScanArgs):
+    if (
+        lib.ss_abi_version() != _ABI_VERSION
+        or lib.ss_args_size() != ctypes.sizeof(_ScanArgs)
+        or lib.ms_abi_version() != _STEP_ABI_VERSION
+    ):
         raise KernelUnavailable(f"{lib_path} does not match this version of serpent_ssm")
     for name in ("ss_forward_f32", "ss_forward_f64", "ss_backward_f32", "ss_backward_f64"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_ScanArgs)]

@@ -1,0 +1,216 @@
+"""The fused CPU recurrent step: ``cell_step`` (and a single Mamba's step) in one kernel call.
+
+The kernel (``csrc/mamba_step_cpu.cpp``) is built into the library of ``ops.scan_cpu`` (same
+compiler, flags, cache and fallback). One call does, for every backbone of a SeRpEnt mixer and
+every row, what ``ops.mamba_step.cell_step`` does with some forty tensor operations: the cell
+pooling, the projections, the convolution, the state update and the output, where each operation
+on tensors this small costs more in dispatch than in arithmetic. It computes in float32, without
+gradients; ``cell_step_cpu_usable`` says when it applies, and callers run the reference otherwise.
+Tests pin it to the reference.
+
+Environment: ``SERPENT_SSM_STEP_KERNEL=0`` steps with the torch reference (read at every step;
+benchmarks compare the two), and ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.scan_cpu``) builds no kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from serpent_ssm.ops.mamba_step import CellState
+from serpent_ssm.ops.scan_cpu import load_cpu_kernel
+
+__all__ = ["KernelWeights", "cell_step_cpu", "cell_step_cpu_usable", "kernel_weights", "mamba_step_cpu"]
+
+_ENV_SWITCH = "SERPENT_SSM_STEP_KERNEL"
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+class _CellStepArgs(ctypes.Structure):
+    """Mirror of ``CellStepArgs`` in the C++ source (same order, same types)."""
+
+    _fields_ = [
+        (name, _I64)
+        for name in (
+            "batch d_model d_inner d_state d_conv dt_rank rates full "
+            "stacked has_in_bias has_conv_bias has_out_bias has_cell_proj restore_hold"
+        ).split()
+    ] + [
+        (name, _PTR)
+        for name in (
+            "x t_old t_new acc held conv ssm w_in b_in w_conv b_conv w_x w_dt b_dt a d_skip w_out "
+            "b_out w_cell b_cell out acc_new held_new conv_new ssm_new"
+        ).split()
+    ]
+
+
+class KernelWeights(NamedTuple):
+    """The weights the kernel reads, float32 and contiguous, in PyTorch's layouts; with
+    ``stacked`` each has a leading dim ``G`` (one set per backbone), else one set serves every
+    backbone: ``w_in (2E, D)``, ``b_in (2E,)``, ``w_conv (E, K)``, ``b_conv (E,)``,
+    ``w_x (r + 2N, E)``, ``w_dt (E, r)``, ``b_dt (E,)``, ``a (E, N)`` (``−exp(A_log)``),
+    ``d_skip (E,)``, ``w_out (D, E)``, ``b_out (D,)`` (biases may be None); the cell projections
+    ``w_cell (R, D, D)``, ``b_cell (R, D)`` or None."""
+
+    w_in: torch.Tensor
+    b_in: torch.Tensor | None
+    w_conv: torch.Tensor
+    b_conv: torch.Tensor | None
+    w_x: torch.Tensor
+    w_dt: torch.Tensor
+    b_dt: torch.Tensor
+    a: torch.Tensor
+    d_skip: torch.Tensor
+    w_out: torch.Tensor
+    b_out: torch.Tensor | None
+    w_cell: torch.Tensor | None
+    b_cell: torch.Tensor | None
+    stacked: bool
+    sizes: tuple[int, int, int, int, int]  # d_model, d_inner, d_state, d_conv, dt_rank
+
+
+def kernel_weights(backbones: Sequence[Any], cell_projs: Sequence[Any] | None = None) -> KernelWeights:
+    """The kernel's weights of Mamba modules (anything with Mamba's layers: ``in_proj``,
+    ``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, ``A_log``, ``D``): one module, shared by
+    every backbone, or ``G`` modules stacked; and the rate branches' cell projections
+    (``nn.Linear(D, D)`` each) or None. Detached copies or views: build them without gradients."""
+    stacked = len(backbones) > 1
+
+    def get(fn: Any) -> torch.Tensor | None:
+        values = [fn(m) for m in backbones]
+        if values[0] is None:
+            return None
+        t = torch.stack(values) if stacked else values[0]
+        return t.detach().float().contiguous()
+
+    first = backbones[0]
+    weights = KernelWeights(
+        w_in=get(lambda m: m.in_proj.weight),
+        b_in=get(lambda m: m.in_proj.bias),
+        w_conv=get(lambda m: m.conv1d.weight[:, 0, :]),
+        b_conv=get(lambda m: m.conv1d.bias),
+        w_x=get(lambda m: m.x_proj.weight),
+        w_dt=get(lambda m: m.dt_proj.weight),
+        b_dt=get(lambda m: m.dt_proj.bias),
+        a=get(lambda m: -torch.exp(m.A_log.float())),
+        d_skip=get(lambda m: m.D),
+        w_out=get(lambda m: m.out_proj.weight),
+        b_out=get(lambda m: m.out_proj.bias),
+        w_cell=None,
+        b_cell=None,
+        stacked=stacked,
+        sizes=(first.d_model, first.d_inner, first.d_state, first.d_conv, first.dt_rank),
+    )
+    if cell_projs:
+        weights = weights._replace(
+            w_cell=torch.stack([p.weight for p in cell_projs]).detach().float().contiguous(),
+            b_cell=torch.stack([p.bias for p in cell_projs]).detach().float().contiguous(),
+        )
+    return weights
+
+
+_checked: dict[int, bool] = {}  # id of a loaded library -> its step entry point matches ours
+
+
+def _step_kernel() -> ctypes.CDLL | None:
+    """The loaded library (``ops.scan_cpu``) when its step kernel matches this module's layout."""
+    lib = load_cpu_kernel()
+    if lib is None:
+        return None
+    if id(lib) not in _checked:
+        lib.ms_args_size.restype = ctypes.c_int64
+        _checked[id(lib)] = lib.ms_args_size() == ctypes.sizeof(_CellStepArgs)
+        lib.ms_cell_step_f32.argtypes = [ctypes.POINTER(_CellStepArgs)]
+        lib.ms_cell_step_f32.restype = ctypes.c_int
+    return lib if _checked[id(lib)] else None
+
+
+def cell_step_cpu_usable(x: torch.Tensor) -> bool:
+    """Whether the kernel can take this step: grad mode is off (it computes no gradients), ``x``
+    is a float32 CPU tensor, the kernel is built, and ``SERPENT_SSM_STEP_KERNEL`` is not ``0``."""
+    return (
+        not torch.is_grad_enabled()
+        and os.environ.get(_ENV_SWITCH, "1") != "0"
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and _step_kernel() is not None
+    )
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(torch.float32).contiguous()
+
+
+def _run(
+    x: torch.Tensor,
+    times: tuple[torch.Tensor, torch.Tensor] | None,
+    cells: tuple[torch.Tensor, torch.Tensor] | None,
+    conv: torch.Tensor,
+    ssm: torch.Tensor,
+    weights: KernelWeights,
+    full: bool,
+    hold: bool,
+) -> list[torch.Tensor]:
+    """One kernel call; ``times`` (``t_old``, ``t_new``) and ``cells`` (``acc``, ``held``) are None
+    without rate branches. Returns ``[out, acc, held, conv, ssm]`` (None for absent parts): views
+    of one new buffer (one allocation; the input state is not written to)."""
+    lib = _step_kernel()
+    d_model, d_inner, d_state, d_conv, dt_rank = weights.sizes
+    batch = x.shape[0]
+    rates = 0 if cells is None else cells[0].shape[0]
+    g = rates + int(full)
+    x_, conv, ssm = _f32(x), _f32(conv), _f32(ssm)
+    acc, held = (None, None) if cells is None else map(_f32, cells)
+    t0, t1 = (None, None) if times is None else (t.detach().to(torch.float64).contiguous() for t in times)
+    shapes = [(g, batch, d_model), *(() if cells is None else (acc.shape, held.shape)), conv.shape, ssm.shape]
+    sizes = [math.prod(shape) for shape in shapes]
+    views = [
+        part.view(shape) for part, shape in zip(x_.new_empty(sum(sizes)).split(sizes), shapes, strict=True)
+    ]
+    if cells is None:
+        views[1:1] = [None, None]
+    w = weights
+    args = _CellStepArgs(
+        batch, d_model, d_inner, d_state, d_conv, dt_rank, rates, int(full), int(w.stacked),
+        w.b_in is not None, w.b_conv is not None, w.b_out is not None, w.w_cell is not None, int(hold),
+        *map(_ptr, (x_, t0, t1, acc, held, conv, ssm, w.w_in, w.b_in, w.w_conv, w.b_conv, w.w_x,
+                    w.w_dt, w.b_dt, w.a, w.d_skip, w.w_out, w.b_out, w.w_cell, w.b_cell, *views)),
+    )  # fmt: skip
+    if lib.ms_cell_step_f32(ctypes.byref(args)) != 0:
+        raise RuntimeError("serpent_ssm: the CPU step kernel rejected its arguments (a bug)")
+    return views
+
+
+def cell_step_cpu(
+    x: torch.Tensor,
+    t_old: torch.Tensor,
+    t_new: torch.Tensor,
+    state: CellState,
+    weights: KernelWeights,
+    full: bool = False,
+    hold: bool = True,
+) -> tuple[torch.Tensor, CellState]:
+    """``ops.mamba_step.cell_step`` in one kernel call (same arguments, with ``KernelWeights``;
+    ``cell_step_cpu_usable`` must hold)."""
+    out, *new = _run(x, (t_old, t_new), (state.acc, state.held), state.conv, state.ssm, weights, full, hold)
+    return out.to(x.dtype), CellState(*new)
+
+
+def mamba_step_cpu(
+    x: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor, weights: KernelWeights
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ops.mamba_step.mamba_step`` of one module (``kernel_weights([module])``) in one kernel
+    call: ``x (B, D)``, ``conv (B, E, K − 1)``, ``ssm (B, E, N)`` -> ``y (B, D)`` and the new
+    ``conv`` and ``ssm`` (``cell_step_cpu_usable`` must hold)."""
+    out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
+    return out[0].to(x.dtype), conv_new[0].to(conv.dtype), ssm_new[0]

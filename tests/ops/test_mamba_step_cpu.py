@@ -1,0 +1,165 @@
+"""``ops.mamba_step_cpu``: the fused CPU step kernel equals its reference ``ops.mamba_step.cell_step``
+(every option: stacked or shared weights, cell projections, the full branch, hold or scatter,
+biases, rows that cross a grid point or not, poisoned rows), and Mamba's and SeRpEnt's ``step``
+take it exactly when it applies (float32, CPU, no gradients, plain layers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serpent_ssm.modules import Mamba, SeRpEnt
+from serpent_ssm.ops import scan_cpu
+from serpent_ssm.ops.mamba_step import CellState, cell_step, stack_step_weights
+from serpent_ssm.ops.mamba_step_cpu import cell_step_cpu, cell_step_cpu_usable, kernel_weights
+
+from tests.helpers import assert_close
+
+pytestmark = pytest.mark.skipif(
+    not scan_cpu.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
+)
+
+
+def case(rates, full, shared, cell_proj, batch, d, d_state, d_conv, bias, seed):
+    """Backbones, their reference and kernel weights, a random state and times."""
+    torch.manual_seed(seed)
+    g = rates + int(full)
+    mods = [
+        Mamba(d, d_state=d_state, d_conv=d_conv, bias=bias, conv_bias=bias) for _ in range(1 if shared else g)
+    ]
+    projs = [torch.nn.Linear(d, d) for _ in range(rates)] if cell_proj else []
+    weights = mods[0].step_weights() if shared else stack_step_weights([m.step_weights() for m in mods])
+    proj = None
+    if projs:
+        proj = (torch.stack([p.weight.mT for p in projs]), torch.stack([p.bias for p in projs]).unsqueeze(1))
+    with torch.no_grad():
+        kernel = kernel_weights(mods, projs)
+    e = mods[0].d_inner
+    gen = torch.Generator().manual_seed(seed + 1)
+    state = CellState(
+        torch.randn(rates, batch, d, generator=gen),
+        torch.randn(rates, batch, d, generator=gen),
+        torch.randn(g, batch, e, d_conv - 1, generator=gen),
+        torch.randn(g, batch, e, d_state, generator=gen),
+    )
+    t_old = torch.rand(rates, batch, generator=gen, dtype=torch.float64) * 5.0
+    t_new = t_old + torch.rand(rates, batch, generator=gen, dtype=torch.float64)  # Δ ≤ 1
+    if rates and batch:
+        t_old[0, 0] = t_new[0, 0] = math.nan  # a poisoned row crosses nothing
+    x = torch.randn(batch, d, generator=gen)
+    return x, t_old, t_new, state, weights, proj, kernel
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rates=st.integers(0, 3),
+    full=st.booleans(),
+    shared=st.booleans(),
+    cell_proj=st.booleans(),
+    hold=st.booleans(),
+    batch=st.integers(0, 3),
+    d=st.integers(1, 9),
+    d_state=st.integers(1, 5),
+    d_conv=st.integers(1, 4),
+    bias=st.booleans(),
+    seed=st.integers(0, 999),
+)
+def test_kernel_equals_reference(rates, full, shared, cell_proj, hold, batch, d, d_state, d_conv, bias, seed):
+    if rates + int(full) == 0:
+        full = True
+    x, t_old, t_new, state, weights, proj, kernel = case(
+        rates, full, shared, cell_proj, batch, d, d_state, d_conv, bias, seed
+    )
+    with torch.no_grad():
+        want, want_state = cell_step(x, t_old, t_new, state, weights, proj, full, hold)
+        got, got_state = cell_step_cpu(x, t_old, t_new, state, kernel, full, hold)
+    assert got.shape == want.shape == (rates + int(full), batch, d)
+    if rates and batch:  # the poisoned row: NaN in, kept as it was (the caller writes NaN out)
+        assert torch.equal(got[0, 0], state.held[0, 0] if hold else torch.zeros(d))
+        got, want = got.clone(), want.clone()  # (the reference's output with hold is its held state)
+        got[0, 0] = want[0, 0] = 0.0  # scatter multiplies the reference's NaN output by 0
+    assert_close(got, want, 1e-5, 1e-5, "outputs")
+    for name in CellState._fields:
+        torch.testing.assert_close(getattr(got_state, name), getattr(want_state, name), rtol=1e-5, atol=1e-5,
+                                   equal_nan=True, msg=name)  # fmt: skip
+        assert getattr(state, name) is not getattr(got_state, name)  # the input state is not written to
+
+
+def test_kernel_applies_only_without_gradients_to_float32_on_the_cpu(monkeypatch):
+    x = torch.randn(2, 4)
+    assert not cell_step_cpu_usable(x)  # grad mode on
+    with torch.no_grad():
+        assert cell_step_cpu_usable(x)
+        assert not cell_step_cpu_usable(x.double())
+        assert not cell_step_cpu_usable(x.bfloat16())
+        monkeypatch.setenv("SERPENT_SSM_STEP_KERNEL", "0")
+        assert not cell_step_cpu_usable(x)
+
+
+def stepped(module, xs, grad):
+    state = module.allocate_state(xs.shape[0])
+    ys = []
+    with torch.set_grad_enabled(grad):
+        for t in range(xs.shape[1]):
+            y, state = module.step(xs[:, t], state)
+            ys.append(y.detach())
+    return torch.stack(ys, 1), state
+
+
+def test_mamba_step_uses_the_kernel_and_equals_forward():
+    torch.manual_seed(0)
+    m = Mamba(12, d_state=6)
+    xs = torch.randn(3, 20, 12)
+    with torch.no_grad():
+        assert m._kernel_weights() is not None
+        y_forward = m(xs)
+    got, _ = stepped(m, xs, grad=False)  # the kernel
+    want, _ = stepped(m, xs, grad=True)  # the torch step
+    assert not torch.equal(got, want)  # two computations ...
+    assert_close(got, want, 1e-5, 1e-6, "kernel vs torch step")  # ... of the same thing
+    assert_close(got, y_forward, 1e-5, 1e-6, "kernel vs forward")
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_serpent_step_uses_the_kernel_and_equals_the_torch_step(share):
+    torch.manual_seed(1)
+    m = SeRpEnt(10, "mamba", causal=True, share_backbone=share, backbone_kwargs={"d_state": 4})
+    xs = torch.randn(2, 40, 10) * 3.0
+    with torch.no_grad():
+        assert m._fused_weights()[2] is not None
+        y_forward = m(xs)
+    got, got_state = stepped(m, xs, grad=False)
+    want, want_state = stepped(m, xs, grad=True)
+    assert_close(got, want, 1e-5, 1e-6, "kernel vs torch step")
+    assert_close(got, y_forward, 1e-4, 1e-5, "kernel vs forward")
+    assert torch.equal(got_state["t"], want_state["t"])
+
+
+def test_cached_kernel_weights_follow_parameter_changes():
+    torch.manual_seed(2)
+    m = Mamba(8, d_state=4)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        before, _ = m.step(x, m.allocate_state(2))
+        m.A_log.add_(0.5)  # not a projection: its change must still be seen
+        m.conv1d.weight.mul_(2.0)
+        after, _ = m.step(x, m.allocate_state(2))
+    want, _ = m.step(x, m.allocate_state(2))  # grad mode: the torch step
+    assert not torch.allclose(before, after)
+    assert_close(after, want.detach(), 1e-5, 1e-6, "after the change")
+
+
+def test_hooked_or_wrapped_layers_are_called_not_read():
+    torch.manual_seed(3)
+    m = Mamba(8, d_state=4)
+    x = torch.randn(2, 8)
+    m.out_proj.register_forward_hook(lambda mod, inp, out: out + 1.0)
+    with torch.no_grad():
+        assert m._kernel_weights() is None
+        y, _ = m.step(x, m.allocate_state(2))
+    want = m(x.unsqueeze(1)).detach()[:, 0]
+    assert_close(y, want, 1e-5, 1e-6, "hook applied")
