@@ -3,6 +3,7 @@ the peak extra memory (``serpent_ssm.utils.memory.PeakRSS``) or the best time of
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -21,9 +22,12 @@ def peak_extra_mb(step: Callable[[], object]) -> float:
 
 
 def best_time(step: Callable[[], object], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``step()``."""
+    """Seconds of the fastest of ``repeats`` calls of ``step()``, each after a full garbage
+    collection (so that none falls inside a short measurement: one pass over the objects of a
+    freshly built model can take tens of milliseconds)."""
     times = []
     for _ in range(repeats):
+        gc.collect()
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)

@@ -7,7 +7,8 @@ Models: ``configs/english/mamba.yaml`` and ``configs/english/serpent-mamba.yaml`
 (4 layers; d_model 128 and 56, parameters matched within 10 %), plus ``serpent-mamba`` at the
 backbone's width (``--same-width``, on by default), random initialisation, fp32, on the CPU.
 
-Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every ratio):
+Columns (each the best of ``--repeats`` runs, at least 5 for decoding, the models interleaved within
+each; our mamba is the baseline of every ratio):
   prefill s (one pass)    ``model(ids, return_state=True)`` on a prompt of N bytes, batch 1: the
                           state after the prompt, which ``generate`` starts from
   prefill s (steps)       the same state through ``step()`` byte by byte (what a model without a
@@ -16,7 +17,8 @@ Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every
                           windows of 512 bytes, 16 rows, the state carried (what ``serpent eval``
                           runs)
   decode tokens/s         greedy ``generate``: ``--gen-tokens`` new tokens after a 16-byte prompt,
-                          at batch 1 and batch 8 (tokens of all rows per second), with the fused
+                          at batch 1 and batch 8 (tokens of all rows per second; the time of the
+                          prompt's pass, ``generate`` with no new token, subtracted), with the fused
                           CPU step kernel (``ops.mamba_step_cpu``) and with its torch reference
                           (``SERPENT_SSM_STEP_KERNEL=0``)
 """
@@ -24,7 +26,9 @@ Columns (each the best of ``--repeats`` runs; our mamba is the baseline of every
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -49,30 +53,71 @@ def prefill_by_steps(model, ids: torch.Tensor) -> None:
         _, state = model.step(ids[:, t], state)
 
 
-def measure(name: str, model, args) -> dict:
+def measurements(args) -> list[tuple[str, Callable[[torch.nn.Module], Callable[[], object]], float]]:
+    """``(column, make_call(model), work)``: each column's call on a model, and the work it does
+    (a rate column reports ``work / seconds``; a time column has ``work = 0``)."""
     gen = torch.Generator().manual_seed(0)
-    row = {"model": name, "params": count_parameters(model)}
+    out = []
     for n in args.prompts:
         ids = torch.randint(3, 259, (1, n), generator=gen)
-        with torch.no_grad():
-            row[f"prefill {n}"] = best_time(lambda ids=ids: model(ids, return_state=True), args.repeats)
+        out.append((f"prefill {n}", lambda m, ids=ids: lambda: m(ids, return_state=True), 0.0))
         if n <= args.max_step_prefill:
-            row[f"steps {n}"] = best_time(lambda ids=ids: prefill_by_steps(model, ids), 1)
+            out.append((f"steps {n}", lambda m, ids=ids: lambda: prefill_by_steps(m, ids), 0.0))
     stream = torch.randint(0, 256, (args.eval_bytes,), generator=gen, dtype=torch.uint8)
-    seconds = best_time(lambda: evaluate_lm(model, stream, seq_len=512, batch_size=16), 1)
-    row["eval bytes/s"] = args.eval_bytes / seconds
+    out.append(
+        (
+            "eval bytes/s",
+            lambda m: lambda: evaluate_lm(m, stream, seq_len=512, batch_size=16),
+            args.eval_bytes,
+        )
+    )
     for kernel in ("1", "0"):
-        os.environ["SERPENT_SSM_STEP_KERNEL"] = kernel
         for batch in (1, 8):
             prompt = torch.randint(3, 259, (batch, 16), generator=gen)
-            model.generate(prompt, max_new_tokens=4, temperature=0.0)  # warm-up
-            seconds = best_time(
-                lambda prompt=prompt: model.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0),
-                args.repeats,
+
+            def decode(m, prompt=prompt, kernel=kernel):
+                def call():  # the tokens after the prompt: generate(N) minus generate(0)
+                    os.environ["SERPENT_SSM_STEP_KERNEL"] = kernel
+                    try:
+                        prompt_only = best_time(lambda: m.generate(prompt, max_new_tokens=0), 1)
+                        full = best_time(
+                            lambda: m.generate(prompt, max_new_tokens=args.gen_tokens, temperature=0.0), 1
+                        )
+                    finally:
+                        os.environ.pop("SERPENT_SSM_STEP_KERNEL")
+                    return full - prompt_only
+
+                return call
+
+            out.append(
+                (f"decode b{batch}" + ("" if kernel == "1" else " torch"), decode, batch * args.gen_tokens)
             )
-            row[f"decode b{batch}" + ("" if kernel == "1" else " torch")] = batch * args.gen_tokens / seconds
-    os.environ.pop("SERPENT_SSM_STEP_KERNEL")
-    return row
+    return out
+
+
+def measure(models: list[tuple[str, torch.nn.Module]], args) -> list[dict]:
+    """Every column for every model, the models interleaved within each repeat (this machine's
+    speed drifts by tens of percent over minutes: interleaving keeps the ratios fair), the best
+    of ``--repeats`` (steps and evaluation: of one)."""
+    rows = [{"model": name, "params": count_parameters(m)} for name, m in models]
+    with torch.no_grad():
+        for column, make_call, work in measurements(args):
+            repeats = 1 if column.startswith(("steps", "eval")) else args.repeats
+            if column.startswith("decode"):  # short measurements: more of them
+                repeats = max(repeats, 5)
+            calls = [make_call(m) for _, m in models]
+            if column.startswith("decode"):
+                for call in calls:  # warm-up
+                    call()
+            best = [math.inf] * len(models)
+            for _ in range(repeats):
+                for i, call in enumerate(calls):
+                    seconds = call() if column.startswith("decode") else best_time(call, 1)
+                    best[i] = min(best[i], seconds)
+            for row, seconds in zip(rows, best, strict=True):
+                row[column] = work / seconds if work else seconds
+            print(f"measured {column}", flush=True)
+    return rows
 
 
 def table(rows: list[dict], args) -> str:
@@ -105,7 +150,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, nargs="+", default=[1024, 8192, 32768])
     p.add_argument("--max-step-prefill", type=int, default=8192)
     p.add_argument("--eval-bytes", type=int, default=200_000)
-    p.add_argument("--gen-tokens", type=int, default=200)
+    p.add_argument("--gen-tokens", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-same-width", dest="same_width", action="store_false")
     args = p.parse_args()
@@ -121,11 +166,7 @@ def main() -> None:
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"seconds are the best of {args.repeats}"
     )
-    rows = []
-    for name, model in models:
-        rows.append(measure(name, model, args))
-        print(f"measured {name}", flush=True)
-    print(table(rows, args))
+    print(table(measure(models, args), args))
 
 
 if __name__ == "__main__":

@@ -124,19 +124,66 @@ def test_mamba_step_uses_the_kernel_and_equals_forward():
     assert_close(got, y_forward, 1e-5, 1e-6, "kernel vs forward")
 
 
-@pytest.mark.parametrize("share", [False, True])
-def test_serpent_step_uses_the_kernel_and_equals_the_torch_step(share):
-    torch.manual_seed(1)
-    m = SeRpEnt(10, "mamba", causal=True, share_backbone=share, backbone_kwargs={"d_state": 4})
-    xs = torch.randn(2, 40, 10) * 3.0
+@settings(max_examples=30, deadline=None)
+@given(
+    options=st.fixed_dictionaries(
+        {
+            "restore": st.sampled_from(["hold", "scatter"]),
+            "include_full_branch": st.booleans(),
+            "gate": st.booleans(),
+            "interval_bounds": st.sampled_from(["ours", "mean", "paper", "fixed"]),
+            "share_backbone": st.booleans(),
+            "share_intervals": st.booleans(),
+            "mix": st.sampled_from(["dense", "gates"]),
+            "cell_proj": st.booleans(),
+            "rates": st.sampled_from([(0.5, 0.3, 0.2), (0.5,), (0.25, 0.45)]),
+        }
+    ),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 999),
+)
+def test_serpent_step_in_one_kernel_call_equals_the_torch_step(options, batch, seed):
+    """The whole causal step (scores, intervals, poisoned rows, cells, backbones, output map,
+    gate) in one kernel call: outputs and states equal the torch step's, and forward's."""
+    torch.manual_seed(seed)
+    m = SeRpEnt(10, "mamba", causal=True, backbone_kwargs={"d_state": 4}, **options)
     with torch.no_grad():
-        assert m._fused_weights()[2] is not None
+        for net in m.scores:  # scores with spread: intervals that differ along the sequence
+            net.weight.mul_(4.0)
+        assert m._fused_weights().layer is not None
+    xs = torch.randn(batch, 30, 10, generator=torch.Generator().manual_seed(seed)) * 2.0
+    if batch > 1:
+        xs[1, 20] = math.inf  # a poisoned row from element 20 on
+    with torch.no_grad():
         y_forward = m(xs)
     got, got_state = stepped(m, xs, grad=False)
-    want, want_state = stepped(m, xs, grad=True)
-    assert_close(got, want, 1e-5, 1e-6, "kernel vs torch step")
-    assert_close(got, y_forward, 1e-4, 1e-5, "kernel vs forward")
-    assert torch.equal(got_state["t"], want_state["t"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SERPENT_SSM_STEP_KERNEL", "0")
+        want, want_state = stepped(m, xs, grad=False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(got, y_forward, rtol=1e-4, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(got_state["t"], want_state["t"], rtol=1e-6, atol=1e-6, equal_nan=True)
+    for key in ("held", "aggregator", "backbone"):
+        torch.testing.assert_close(got_state[key], want_state[key], rtol=1e-4, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(
+        got_state["scores"], want_state["scores"], rtol=1e-6, atol=1e-6, equal_nan=True
+    )
+
+
+def test_serpent_layer_kernel_needs_plain_layers_and_scores():
+    torch.manual_seed(4)
+    m = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, gate=True)
+    with torch.no_grad():
+        assert m._fused_weights().layer is not None
+        m.gate_proj.register_forward_hook(lambda mod, inp, out: out * 0.5)
+        assert m._fused_weights().layer is None  # the hook must apply: the torch step runs
+        x = torch.randn(2, 12, 8)
+        y = m(x)
+    got, _ = stepped(m, x, grad=False)
+    assert_close(got, y, 1e-4, 1e-5, "hooked gate")
+    backbone = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, interval_source="backbone")
+    with torch.no_grad():
+        assert backbone._fused_weights().layer is None
 
 
 def test_cached_kernel_weights_follow_parameter_changes():
@@ -163,3 +210,18 @@ def test_hooked_or_wrapped_layers_are_called_not_read():
         y, _ = m.step(x, m.allocate_state(2))
     want = m(x.unsqueeze(1)).detach()[:, 0]
     assert_close(y, want, 1e-5, 1e-6, "hook applied")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_many_rows_give_the_same_step(shared):
+    """A batch of 16 through four backbones (64 rows): the same as the reference."""
+    x, t_old, t_new, state, weights, proj, kernel = case(3, True, shared, True, 16, 8, 4, 4, True, 5)
+    with torch.no_grad():
+        want, want_state = cell_step(x, t_old, t_new, state, weights, proj, True, True)
+        got, got_state = cell_step_cpu(x, t_old, t_new, state, kernel, True, True)
+    got[0, 0] = want[0, 0] = 0.0  # the poisoned row (see test_kernel_equals_reference)
+    assert_close(got, want, 1e-5, 1e-5, "outputs")
+    for name in CellState._fields:
+        torch.testing.assert_close(
+            getattr(got_state, name), getattr(want_state, name), rtol=1e-5, atol=1e-5, equal_nan=True
+        )

@@ -37,22 +37,16 @@ def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build
     replaced by a new object inside the same layer is not seen (call ``.to()`` after that)."""
     hit = module.__dict__.get(name)
     if hit is not None:
-        slots, params, version, value = hit
+        mods, slots, params, version, value = hit
         if (
-            all(
-                parent._modules.get(key) is child and not (child._forward_hooks or child._forward_pre_hooks)
-                for parent, key, child in slots
-            )
+            all(parent._modules.get(key) is child for parent, key, child in slots)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
             and sum(map(_VERSION, params)) == version
         ):
             return value
     value = build()
-    slots = [
-        (parent, key, child)
-        for src in sources
-        for parent in src.modules()
-        for key, child in parent._modules.items()
-    ]
+    mods = [m for src in sources for m in src.modules()]
+    slots = [(parent, key, child) for parent in mods for key, child in parent._modules.items()]
     params = [p for src in sources for p in src.parameters()]
-    module.__dict__[name] = (slots, params, sum(map(_VERSION, params)), value)
+    module.__dict__[name] = (mods, slots, params, sum(map(_VERSION, params)), value)
     return value

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -44,7 +44,14 @@ from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
 from serpent_ssm.ops.mamba_step import CellState, MambaStepWeights, cell_step, stack_step_weights
-from serpent_ssm.ops.mamba_step_cpu import KernelWeights, cell_step_cpu, cell_step_cpu_usable, kernel_weights
+from serpent_ssm.ops.mamba_step_cpu import (
+    KernelWeights,
+    LayerWeights,
+    cell_step_cpu,
+    cell_step_cpu_usable,
+    kernel_weights,
+    serpent_step_cpu,
+)
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
     check_float_tensor,
@@ -76,8 +83,15 @@ def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
     return torch.log(selectivity.clamp(min=torch.finfo(selectivity.dtype).tiny))
 
 
-# what a fused step reads: stacked step weights, cell projections, the CPU kernel's weights
-_FusedWeights = tuple[MambaStepWeights, "tuple[torch.Tensor, torch.Tensor] | None", "KernelWeights | None"]
+class _FusedWeights(NamedTuple):
+    """What a fused step reads: the stacked step weights and cell projections (the torch step),
+    the CPU kernel's weights of the cell step, and of the rest of the layer (None where the kernel
+    does not apply)."""
+
+    weights: MambaStepWeights
+    proj: tuple[torch.Tensor, torch.Tensor] | None
+    kernel: KernelWeights | None
+    layer: LayerWeights | None
 
 
 def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
@@ -599,15 +613,17 @@ class SeRpEnt(nn.Module):
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
+        fused = self._fused_weights() if self._fused_step else None
+        if fused is not None and fused.layer is not None and cell_step_cpu_usable(x_t):
+            return self._step_kernel(x_t, state, fused)
         deltas, score_states = self._step_deltas(x_t, state["scores"])
         # a non-finite input (or interval, or time) poisons its row: its running times become NaN,
         # no grid point is crossed any more, and its outputs are NaN from here on
         t_new = state["t"] + deltas.double()  # (R, B)
         bad = ~(torch.isfinite(x_t).all(-1) & torch.isfinite(t_new).all(0))
         t_new = torch.where(bad, math.nan, t_new)
-        fused = self._fused_weights() if self._fused_step else None
         if fused is not None:
-            out, new_state = self._step_fused(x_t, state, t_new, *fused)
+            out, new_state = self._step_fused(x_t, state, t_new, fused.weights, fused.proj, fused.kernel)
         else:
             out, new_state = self._step_branches(x_t, state, t_new, bad)
         new_state["scores"] = score_states
@@ -628,8 +644,9 @@ class SeRpEnt(nn.Module):
         if torch.is_grad_enabled():
             return self._build_fused_weights()
         sources = [*self.backbones, *([self.full_backbone] if self.full_backbone is not None else [])]
-        if self.config.cell_proj:
-            sources.append(self.aggregators)
+        sources += [self.aggregators, self.scores, self.out_proj]
+        if self.gate_proj is not None:
+            sources.append(self.gate_proj)
         return cached_weights(self, "_fused_cache", sources, self._build_fused_weights)
 
     def _build_fused_weights(self) -> _FusedWeights | None:
@@ -652,8 +669,74 @@ class SeRpEnt(nn.Module):
                 torch.stack([p.weight.mT for p in cells]),
                 torch.stack([p.bias for p in cells]).unsqueeze(1),
             )
-        usable = not torch.is_grad_enabled() and all(map(plain_linear, own))
-        return weights, proj, kernel_weights(owners, cells) if usable else None
+        if torch.is_grad_enabled() or not all(map(plain_linear, own)):
+            return _FusedWeights(weights, proj, None, None)
+        return _FusedWeights(weights, proj, kernel_weights(owners, cells), self._layer_weights())
+
+    def _layer_weights(self) -> LayerWeights | None:
+        """The kernel's weights of the rest of the layer (``ops.mamba_step_cpu.LayerWeights``), or
+        None where it does not apply (scores from the backbone's selectivity, or a score, output
+        or gate layer that is wrapped or hooked)."""
+        cfg = self.config
+        out_proj = self.out_proj
+        plain_mix = plain_linear(out_proj) or (
+            type(out_proj) is BranchGates and not (out_proj._forward_hooks or out_proj._forward_pre_hooks)
+        )
+        gates = [] if self.gate_proj is None else [self.gate_proj]
+        if (
+            cfg.interval_source != "score"
+            or not plain_mix
+            or not all(map(plain_linear, [*self.scores, *gates]))
+        ):
+            return None
+
+        def f32(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(torch.float32).contiguous()
+
+        offset = scale = rates = None
+        if cfg.interval_bounds == "mean":
+            rates = torch.tensor(cfg.rates, dtype=torch.float64)
+        else:
+            offset, scale = (f32(f[:, 0]) for f in self._rate_factors(torch.float32, torch.device("cpu")))
+        return LayerWeights(
+            w_score=f32(torch.cat([net.weight for net in self.scores])),
+            b_score=f32(torch.cat([net.bias for net in self.scores])),
+            offset=offset,
+            scale=scale,
+            rates=rates,
+            w_mix=f32(out_proj.weight),
+            b_mix=f32(out_proj.bias),
+            mix_gates=cfg.mix == "gates",
+            w_gate=None if self.gate_proj is None else f32(self.gate_proj.weight),
+            b_gate=None if self.gate_proj is None else f32(self.gate_proj.bias),
+        )
+
+    def _step_kernel(
+        self, x_t: torch.Tensor, state: dict[str, Any], fused: _FusedWeights
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``step`` in one call of the fused CPU kernel (``ops.mamba_step_cpu.serpent_step_cpu``)."""
+        bst = state["backbone"]
+        cells = CellState(state["aggregator"]["acc"], state["held"], bst["conv"], bst["ssm"])
+        scores = None
+        if self.config.interval_bounds == "mean":
+            slots = state["scores"]
+            scores = (torch.stack([st["log_sum"] for st in slots]), torch.stack([st["n"] for st in slots]))
+        full, hold = self.full_backbone is not None, self.config.restore == "hold"
+        y, t_new, cells, new_scores = serpent_step_cpu(
+            x_t, state["t"], cells, scores, fused.kernel, fused.layer, full, hold
+        )
+        score_states = [dict(st) for st in state["scores"]]
+        if new_scores is not None:
+            for j, st in enumerate(score_states):
+                st["log_sum"], st["n"] = new_scores[0][j], new_scores[1][j]
+        new_state = {
+            "t": t_new,
+            "held": cells.held,
+            "aggregator": {"acc": cells.acc},
+            "backbone": {"conv": cells.conv, "ssm": cells.ssm},
+            "scores": score_states,
+        }
+        return y, new_state
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
         """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step

@@ -25,7 +25,15 @@ import torch
 from serpent_ssm.ops.mamba_step import CellState
 from serpent_ssm.ops.scan_cpu import load_cpu_kernel
 
-__all__ = ["KernelWeights", "cell_step_cpu", "cell_step_cpu_usable", "kernel_weights", "mamba_step_cpu"]
+__all__ = [
+    "KernelWeights",
+    "LayerWeights",
+    "cell_step_cpu",
+    "cell_step_cpu_usable",
+    "kernel_weights",
+    "mamba_step_cpu",
+    "serpent_step_cpu",
+]
 
 _ENV_SWITCH = "SERPENT_SSM_STEP_KERNEL"
 _I64 = ctypes.c_int64
@@ -46,6 +54,14 @@ class _CellStepArgs(ctypes.Structure):
         for name in (
             "x t_old t_new acc held conv ssm w_in b_in w_conv b_conv w_x w_dt b_dt a d_skip w_out "
             "b_out w_cell b_cell out acc_new held_new conv_new ssm_new"
+        ).split()
+    ]
+    _fields_ += [(name, _I64) for name in "score_slots bounds_mean mix_gates has_gate".split()]
+    _fields_ += [
+        (name, _PTR)
+        for name in (
+            "w_score b_score offset scale rate_values log_sum count log_sum_new count_new t_out w_mix b_mix "
+            "w_gate b_gate y"
         ).split()
     ]
 
@@ -115,6 +131,26 @@ def kernel_weights(backbones: Sequence[Any], cell_projs: Sequence[Any] | None = 
     return weights
 
 
+class LayerWeights(NamedTuple):
+    """What a causal SeRpEnt mixer's whole step reads besides its backbones and cell projections
+    (``serpent_step_cpu``), float32 and contiguous unless noted: the score layers ``w_score
+    (S, D)``, ``b_score (S,)`` (``S`` = 1 shared or ``R``); the intervals ``Δ = offset + scale·σ(s)``
+    (``offset``, ``scale`` ``(R,)``; bounds ``"ours"``, ``"paper"``, ``"fixed"``) or, for
+    ``"mean"``, the rates ``(R,)`` float64; the output map ``w_mix`` (dense ``(D, G·D)``, or
+    ``gates`` ``(G, D)``) and ``b_mix (D,)``; the gate ``w_gate (D, D)``, ``b_gate (D,)`` or None."""
+
+    w_score: torch.Tensor
+    b_score: torch.Tensor
+    offset: torch.Tensor | None
+    scale: torch.Tensor | None
+    rates: torch.Tensor | None
+    w_mix: torch.Tensor
+    b_mix: torch.Tensor
+    mix_gates: bool
+    w_gate: torch.Tensor | None
+    b_gate: torch.Tensor | None
+
+
 _checked: dict[int, bool] = {}  # id of a loaded library -> its step entry point matches ours
 
 
@@ -147,36 +183,46 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().to(torch.float32).contiguous()
+def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype``, contiguous (itself when it already is: the kernel only reads it)."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.detach().to(dtype).contiguous()
 
 
 def _run(
     x: torch.Tensor,
-    times: tuple[torch.Tensor, torch.Tensor] | None,
+    times: tuple[torch.Tensor, torch.Tensor | None] | None,
     cells: tuple[torch.Tensor, torch.Tensor] | None,
     conv: torch.Tensor,
     ssm: torch.Tensor,
     weights: KernelWeights,
     full: bool,
     hold: bool,
-) -> list[torch.Tensor]:
+    layer: LayerWeights | None = None,
+    scores: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[torch.Tensor | None]:
     """One kernel call; ``times`` (``t_old``, ``t_new``) and ``cells`` (``acc``, ``held``) are None
     without rate branches. Returns ``[out, acc, held, conv, ssm]`` (None for absent parts): views
-    of one new buffer (one allocation; the input state is not written to)."""
+    of one new buffer (one allocation; the input state is not written to). With ``layer`` (the
+    whole SeRpEnt step) ``t_new`` is computed, not given, and the list goes on with ``t_new (R, B)``
+    float64, ``y (B, D)`` and, with ``scores`` (``log_sum``, ``count`` ``(S, B)`` float64 of bounds
+    ``"mean"``), their new values."""
     lib = _step_kernel()
     d_model, d_inner, d_state, d_conv, dt_rank = weights.sizes
     batch = x.shape[0]
     rates = 0 if cells is None else cells[0].shape[0]
     g = rates + int(full)
-    x_, conv, ssm = _f32(x), _f32(conv), _f32(ssm)
-    acc, held = (None, None) if cells is None else map(_f32, cells)
-    t0, t1 = (None, None) if times is None else (t.detach().to(torch.float64).contiguous() for t in times)
+    f32, f64 = torch.float32, torch.float64
+    x_, conv, ssm = _as(x, f32), _as(conv, f32), _as(ssm, f32)
+    acc, held = (None, None) if cells is None else (_as(c, f32) for c in cells)
+    t0, t1 = (None, None) if times is None else (_as(t, f64) for t in times)
     shapes = [(g, batch, d_model), *(() if cells is None else (acc.shape, held.shape)), conv.shape, ssm.shape]
+    if layer is not None:
+        shapes.append((batch, d_model))
     sizes = [math.prod(shape) for shape in shapes]
-    views = [
-        part.view(shape) for part, shape in zip(x_.new_empty(sum(sizes)).split(sizes), shapes, strict=True)
-    ]
+    parts = x_.new_empty(sum(sizes)).split(sizes)
+    views = [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
     if cells is None:
         views[1:1] = [None, None]
     w = weights
@@ -184,9 +230,39 @@ def _run(
         batch, d_model, d_inner, d_state, d_conv, dt_rank, rates, int(full), int(w.stacked),
         w.b_in is not None, w.b_conv is not None, w.b_out is not None, w.w_cell is not None, int(hold),
         *map(_ptr, (x_, t0, t1, acc, held, conv, ssm, w.w_in, w.b_in, w.w_conv, w.b_conv, w.w_x,
-                    w.w_dt, w.b_dt, w.a, w.d_skip, w.w_out, w.b_out, w.w_cell, w.b_cell, *views)),
+                    w.w_dt, w.b_dt, w.a, w.d_skip, w.w_out, w.b_out, w.w_cell, w.b_cell, *views[:5])),
     )  # fmt: skip
-    if lib.ms_cell_step_f32(ctypes.byref(args)) != 0:
+    if layer is None:
+        if lib.ms_cell_step_f32(ctypes.byref(args)) != 0:
+            raise RuntimeError("serpent_ssm: the CPU step kernel rejected its arguments (a bug)")
+        return views
+    y = views.pop()
+    t_out = torch.empty(rates, batch, dtype=f64)
+    views += [t_out, y]
+    args.score_slots, args.mix_gates = layer.w_score.shape[0], int(layer.mix_gates)
+    args.has_gate, args.bounds_mean = layer.w_gate is not None, scores is not None
+    args.w_score, args.b_score = layer.w_score.data_ptr(), layer.b_score.data_ptr()
+    args.w_mix, args.b_mix, args.t_out, args.y = (
+        layer.w_mix.data_ptr(),
+        layer.b_mix.data_ptr(),
+        t_out.data_ptr(),
+        y.data_ptr(),
+    )
+    if layer.w_gate is not None:
+        args.w_gate, args.b_gate = layer.w_gate.data_ptr(), layer.b_gate.data_ptr()
+    if scores is None:
+        args.offset, args.scale = layer.offset.data_ptr(), layer.scale.data_ptr()
+    else:
+        log_sum, count = (_as(t, f64) for t in scores)
+        new_scores = torch.empty(2, *log_sum.shape, dtype=f64)
+        args.rate_values, args.log_sum, args.count = (
+            layer.rates.data_ptr(),
+            log_sum.data_ptr(),
+            count.data_ptr(),
+        )
+        args.log_sum_new, args.count_new = new_scores[0].data_ptr(), new_scores[1].data_ptr()
+        views += [new_scores[0], new_scores[1]]
+    if lib.ms_serpent_step_f32(ctypes.byref(args)) != 0:
         raise RuntimeError("serpent_ssm: the CPU step kernel rejected its arguments (a bug)")
     return views
 
@@ -214,3 +290,26 @@ def mamba_step_cpu(
     ``conv`` and ``ssm`` (``cell_step_cpu_usable`` must hold)."""
     out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
     return out[0].to(x.dtype), conv_new[0].to(conv.dtype), ssm_new[0]
+
+
+def serpent_step_cpu(
+    x: torch.Tensor,
+    t: torch.Tensor,
+    state: CellState,
+    scores: tuple[torch.Tensor, torch.Tensor] | None,
+    weights: KernelWeights,
+    layer: LayerWeights,
+    full: bool,
+    hold: bool,
+) -> tuple[torch.Tensor, torch.Tensor, CellState, tuple[torch.Tensor, torch.Tensor] | None]:
+    """A causal SeRpEnt mixer's whole step in one kernel call (``SeRpEnt.step`` with
+    ``interval_source="score"``, cell aggregation, Mamba backbones and ``Δ ≤ 1``; its torch path is
+    the reference): ``x (B, D)``, the running times ``t (R, B)`` float64, the cell state, for
+    bounds ``"mean"`` the score state ``(log_sum, count)`` ``(S, B)`` float64 (else None) ->
+    ``y (B, D)`` (NaN on poisoned rows), the new times (NaN on poisoned rows), cell state and
+    score state (``cell_step_cpu_usable`` must hold)."""
+    out = _run(
+        x, (t, None), (state.acc, state.held), state.conv, state.ssm, weights, full, hold, layer, scores
+    )
+    _, acc, held, conv, ssm, t_new, y, *new_scores = out
+    return y.to(x.dtype), t_new, CellState(acc, held, conv, ssm), (tuple(new_scores) if new_scores else None)

@@ -49,7 +49,7 @@ SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
 STEP_SOURCE = SOURCE.with_name("mamba_step_cpu.cpp")
 SOURCES = (SOURCE, STEP_SOURCE)
 _ABI_VERSION = 1
-_STEP_ABI_VERSION = 1
+_STEP_ABI_VERSION = 3
 _BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-pthread"]
 # four parts of -ffast-math, not all of it: the kernel source says which and why
 _BASE_FLAGS += ["-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
