@@ -225,3 +225,27 @@ def test_many_rows_give_the_same_step(shared):
         torch.testing.assert_close(
             getattr(got_state, name), getattr(want_state, name), rtol=1e-5, atol=1e-5, equal_nan=True
         )
+
+
+def test_a_layer_wrapped_after_caching_is_called():
+    """An adapter wrapping a layer after the kernel's weights were cached (as peft does): the
+    next step sees the new layer and calls it."""
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 0.5
+
+    torch.manual_seed(5)
+    m = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, share_backbone=True)
+    x = torch.randn(2, 12, 8)
+    with torch.no_grad():
+        assert m._fused_weights().kernel is not None  # cached
+        m.backbones[0].in_proj = Shifted(m.backbones[0].in_proj)
+        assert m._fused_weights().kernel is None  # rebuilt: the torch step calls the wrapper
+        y = m(x)
+    got, _ = stepped(m, x, grad=False)
+    assert_close(got, y, 1e-4, 1e-5, "wrapped layer")

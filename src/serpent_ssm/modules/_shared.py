@@ -8,6 +8,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 
 def empty_sequence_output(mixer: nn.Module, x: torch.Tensor, state: Any, return_state: bool) -> Any:
@@ -26,27 +30,40 @@ def plain_linear(layer: nn.Module) -> bool:
 
 
 _VERSION = operator.attrgetter("_version")
+# bumped whenever any module, anywhere, registers a submodule or a parameter (setattr,
+# add_module, register_parameter: building a model, an adapter library wrapping a layer, a
+# parameter replaced): a cached value read from weights checks one integer for all of that
+_STRUCTURE = [0]
+
+
+def _structure_changed(*_: Any) -> None:
+    _STRUCTURE[0] += 1
+
+
+register_module_module_registration_hook(_structure_changed)
+register_module_parameter_registration_hook(_structure_changed)
 
 
 def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build: Callable[[], Any]) -> Any:
     """``build()`` (a value read from the weights of the modules in ``sources``), kept in
-    ``module.__dict__[name]`` while every submodule of ``sources`` is the same object in the same
-    place, none has hooks, and no parameter changed in place (their version counters: an optimiser
-    step, ``load_state_dict``). A few microseconds per check, for steps that run once a token.
-    Call it only without gradients, and drop ``name`` in ``_apply`` (``.to()``). A parameter
-    replaced by a new object inside the same layer is not seen (call ``.to()`` after that)."""
+    ``module.__dict__[name]`` while no module anywhere registered a submodule or a parameter
+    (a layer wrapped or replaced, a parameter replaced), no leaf module of ``sources`` has
+    hooks, and no parameter of ``sources`` changed in place (their version counters: an
+    optimiser step, ``load_state_dict``). A few microseconds per check, for steps that run once a
+    token. Call it only without gradients, and drop ``name`` in ``_apply`` (``.to()``).
+    Assigning a parameter's ``.data`` is not seen (call ``.to()`` after that)."""
     hit = module.__dict__.get(name)
     if hit is not None:
-        mods, slots, params, version, value = hit
+        structure, leaves, params, version, value = hit
         if (
-            all(parent._modules.get(key) is child for parent, key, child in slots)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+            structure == _STRUCTURE[0]
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in leaves)
             and sum(map(_VERSION, params)) == version
         ):
             return value
+    structure = _STRUCTURE[0]
     value = build()
-    mods = [m for src in sources for m in src.modules()]
-    slots = [(parent, key, child) for parent in mods for key, child in parent._modules.items()]
+    leaves = [m for src in sources for m in src.modules() if not m._modules]
     params = [p for src in sources for p in src.parameters()]
-    module.__dict__[name] = (mods, slots, params, sum(map(_VERSION, params)), value)
+    module.__dict__[name] = (structure, leaves, params, sum(map(_VERSION, params)), value)
     return value
