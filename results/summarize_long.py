@@ -10,8 +10,9 @@ run log results/long/README.md). Per task and run name: the test metric over the
 tokens/s, peak memory and the pinned commit the run came from. The verdict column applies the
 issue's rule against the task's backbone run (``mamba-curve``): a model beats it when its mean
 minus its standard deviation clears the backbone's mean plus its standard deviation (in the
-metric's better direction), loses in the mirror case, and ties otherwise; with one seed on either
-side there is no standard deviation and no verdict.
+metric's better direction), loses in the mirror case, and ties otherwise, over three seeds; with
+two, the column says what the rule gives so far; with one there is no standard deviation and no
+verdict.
 
 The validation curves are drawn against steps and against seconds: the logged ``elapsed_s``
 (training seconds, validation passes included) where a run's log has it, else, for runs from
@@ -70,15 +71,23 @@ def finished_runs(task: str) -> dict[str, list[dict]]:
     return {n: sorted(rs, key=lambda r: r["seed"]) for n, rs in found.items()}
 
 
-def verdict(mine: list[float], base: list[float], higher_is_better: bool) -> str:
-    if len(mine) < 2 or len(base) < 2:
-        return "no verdict (1 seed)"
+def _rule(mine: list[float], base: list[float], higher_is_better: bool) -> str:
     sign = 1.0 if higher_is_better else -1.0
     lo = sign * statistics.mean(mine) - statistics.stdev(mine)
     hi = sign * statistics.mean(mine) + statistics.stdev(mine)
     base_lo = sign * statistics.mean(base) - statistics.stdev(base)
     base_hi = sign * statistics.mean(base) + statistics.stdev(base)
     return "beats" if lo > base_hi else "loses" if hi < base_lo else "tie"
+
+
+def verdict(mine: list[float], base: list[float], higher_is_better: bool) -> str:
+    """The rule over three seeds or more; with two on both sides, what it says so far."""
+    seeds = min(len(mine), len(base))
+    if seeds < 2:
+        return "no verdict (1 seed)"
+    if seeds < 3:
+        return f"no verdict (2 seeds; so far: {_rule(mine, base, higher_is_better)})"
+    return _rule(mine, base, higher_is_better)
 
 
 def table(task: str) -> str:
