@@ -58,3 +58,15 @@ def assert_padding_invariant(model, x, lengths, rtol, atol, with_state=False):
                 want = _state_rows(state_b, 0)
                 for k, v in _state_rows(state, b).items():
                     assert_close(v, want[k], rtol, atol, f"row {b} {k}")
+
+
+class ShiftedLayer(torch.nn.Module):
+    """A layer wrapped as an adapter wraps it (a LoRA layer; here ``inner(x) + 0.5``): a step that
+    read ``inner``'s weight instead of calling the wrapper would miss the shift."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + 0.5

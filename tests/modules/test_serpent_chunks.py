@@ -16,7 +16,7 @@ from serpent_ssm.models import CausalLM
 from serpent_ssm.modules import S4D, SeRpEnt
 from serpent_ssm.modules.protocol import StateSupport
 
-from tests.helpers import assert_close, right_padding_mask, run_steps
+from tests.helpers import ShiftedLayer, assert_close, right_padding_mask, run_steps
 
 D = 8
 SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
@@ -306,16 +306,8 @@ def test_a_wrapped_layer_applies_in_step(shared):
     read as a weight: with separate backbones step() goes branch by branch, with a shared one
     the fused step calls the shared layers; both equal forward()."""
 
-    class Shifted(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x) + 0.5
-
     model = make(2, include_full_branch=True, share_backbone=shared)
-    model.backbones[0].in_proj = Shifted(model.backbones[0].in_proj)
+    model.backbones[0].in_proj = ShiftedLayer(model.backbones[0].in_proj)
     assert (model._fused_weights() is None) is not shared
     x = torch.randn(2, 20, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5.0
     with torch.no_grad():

@@ -17,7 +17,7 @@ from serpent_ssm.ops import scan_cpu
 from serpent_ssm.ops.mamba_step import CellState, cell_step, stack_step_weights
 from serpent_ssm.ops.mamba_step_cpu import cell_step_cpu, cell_step_cpu_usable, kernel_weights
 
-from tests.helpers import assert_close
+from tests.helpers import ShiftedLayer, assert_close
 
 pytestmark = pytest.mark.skipif(
     not scan_cpu.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
@@ -231,20 +231,12 @@ def test_a_layer_wrapped_after_caching_is_called():
     """An adapter wrapping a layer after the kernel's weights were cached (as peft does): the
     next step sees the new layer and calls it."""
 
-    class Shifted(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x) + 0.5
-
     torch.manual_seed(5)
     m = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, share_backbone=True)
     x = torch.randn(2, 12, 8)
     with torch.no_grad():
         assert m._fused_weights().kernel is not None  # cached
-        m.backbones[0].in_proj = Shifted(m.backbones[0].in_proj)
+        m.backbones[0].in_proj = ShiftedLayer(m.backbones[0].in_proj)
         assert m._fused_weights().kernel is None  # rebuilt: the torch step calls the wrapper
         y = m(x)
     got, _ = stepped(m, x, grad=False)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from serpent_ssm.ops.mamba_step import CellState
-from serpent_ssm.ops.scan_cpu import load_cpu_kernel
+from serpent_ssm.ops.scan_cpu import load_cpu_kernel, struct_fields
 
 __all__ = [
     "KernelWeights",
@@ -36,34 +36,21 @@ __all__ = [
 ]
 
 _ENV_SWITCH = "SERPENT_SSM_STEP_KERNEL"
-_I64 = ctypes.c_int64
-_PTR = ctypes.c_void_p
 
 
 class _CellStepArgs(ctypes.Structure):
     """Mirror of ``CellStepArgs`` in the C++ source (same order, same types)."""
 
-    _fields_ = [
-        (name, _I64)
-        for name in (
-            "batch d_model d_inner d_state d_conv dt_rank rates full "
-            "stacked has_in_bias has_conv_bias has_out_bias has_cell_proj restore_hold"
-        ).split()
-    ] + [
-        (name, _PTR)
-        for name in (
-            "x t_old t_new acc held conv ssm w_in b_in w_conv b_conv w_x w_dt b_dt a d_skip w_out "
-            "b_out w_cell b_cell out acc_new held_new conv_new ssm_new"
-        ).split()
-    ]
-    _fields_ += [(name, _I64) for name in "score_slots bounds_mean mix_gates has_gate".split()]
-    _fields_ += [
-        (name, _PTR)
-        for name in (
-            "w_score b_score offset scale rate_values log_sum count log_sum_new count_new t_out w_mix b_mix "
-            "w_gate b_gate y"
-        ).split()
-    ]
+    _fields_ = struct_fields(
+        "batch d_model d_inner d_state d_conv dt_rank rates full "
+        "stacked has_in_bias has_conv_bias has_out_bias has_cell_proj restore_hold",
+        "x t_old t_new acc held conv ssm w_in b_in w_conv b_conv w_x w_dt b_dt a d_skip w_out "
+        "b_out w_cell b_cell out acc_new held_new conv_new ssm_new",
+    ) + struct_fields(  # the whole layer's step only
+        "score_slots bounds_mean mix_gates has_gate",
+        "w_score b_score offset scale rate_values log_sum count log_sum_new count_new t_out w_mix b_mix "
+        "w_gate b_gate y",
+    )
 
 
 class KernelWeights(NamedTuple):

@@ -60,23 +60,22 @@ _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 
 
+def struct_fields(ints: str, pointers: str) -> list[tuple[str, type]]:
+    """``ctypes.Structure._fields_`` of a C struct: the int64 fields named in ``ints``, then the
+    pointer fields named in ``pointers`` (space-separated, in the struct's order)."""
+    return [(name, _I64) for name in ints.split()] + [(name, _PTR) for name in pointers.split()]
+
+
 class _ScanArgs(ctypes.Structure):
     """Mirror of ``ScanArgs`` in the C++ source (same order, same types)."""
 
-    _fields_ = [
-        (name, _I64)
-        for name in (
-            "batch dim length dstate groups_b groups_c chunk n_threads softplus has_D has_z has_bias "
-            "has_h0 has_lengths has_dhT sb_b sb_g sb_l sc_b sc_g sc_l "
-            "gb_t gb_b gb_g gb_l gc_t gc_b gc_g gc_l"
-        ).split()
-    ] + [
-        (name, _PTR)
-        for name in (
-            "u delta A B C D z bias h0 lengths y h_final ckpt dy dhT "
-            "du ddelta dz dA_part dB dC dD_part dbias_part dh0"
-        ).split()
-    ]
+    _fields_ = struct_fields(
+        "batch dim length dstate groups_b groups_c chunk n_threads softplus has_D has_z has_bias "
+        "has_h0 has_lengths has_dhT sb_b sb_g sb_l sc_b sc_g sc_l "
+        "gb_t gb_b gb_g gb_l gc_t gc_b gc_g gc_l",
+        "u delta A B C D z bias h0 lengths y h_final ckpt dy dhT "
+        "du ddelta dz dA_part dB dC dD_part dbias_part dh0",
+    )
 
 
 class KernelUnavailable(RuntimeError):
