@@ -94,6 +94,18 @@ class _FusedWeights(NamedTuple):
     layer: LayerWeights | None
 
 
+def _cell_state(state: dict[str, Any]) -> CellState:
+    """The part of a fused-step mixer's streaming state that ``ops.mamba_step.cell_step`` reads."""
+    backbone = state["backbone"]
+    return CellState(state["aggregator"]["acc"], state["held"], backbone["conv"], backbone["ssm"])
+
+
+def _from_cell_state(t: torch.Tensor, cells: CellState) -> dict[str, Any]:
+    """A streaming state (no scores) from the running times and ``cell_step``'s new state."""
+    backbone = {"conv": cells.conv, "ssm": cells.ssm}
+    return {"t": t, "held": cells.held, "aggregator": {"acc": cells.acc}, "backbone": backbone}
+
+
 def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
     """``forward``'s return value: ``y``, then ``info`` and ``state`` as asked."""
     extra = ((info,) if return_info else ()) + ((state,) if return_state else ())
@@ -715,8 +727,7 @@ class SeRpEnt(nn.Module):
         self, x_t: torch.Tensor, state: dict[str, Any], fused: _FusedWeights
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``step`` in one call of the fused CPU kernel (``ops.mamba_step_cpu.serpent_step_cpu``)."""
-        bst = state["backbone"]
-        cells = CellState(state["aggregator"]["acc"], state["held"], bst["conv"], bst["ssm"])
+        cells = _cell_state(state)
         scores = None
         if self.config.interval_bounds == "mean":
             slots = state["scores"]
@@ -729,14 +740,7 @@ class SeRpEnt(nn.Module):
         if new_scores is not None:
             for j, st in enumerate(score_states):
                 st["log_sum"], st["n"] = new_scores[0][j], new_scores[1][j]
-        new_state = {
-            "t": t_new,
-            "held": cells.held,
-            "aggregator": {"acc": cells.acc},
-            "backbone": {"conv": cells.conv, "ssm": cells.ssm},
-            "scores": score_states,
-        }
-        return y, new_state
+        return y, {**_from_cell_state(t_new, cells), "scores": score_states}
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
         """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
@@ -755,16 +759,13 @@ class SeRpEnt(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Every branch at once (``ops.mamba_step.cell_step``, or its fused CPU kernel when it
         applies): the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
-        bst = state["backbone"]
-        cells = CellState(state["aggregator"]["acc"], state["held"], bst["conv"], bst["ssm"])
+        cells = _cell_state(state)
         full, hold = self.full_backbone is not None, self.config.restore == "hold"
         if kernel is not None and cell_step_cpu_usable(x_t):
             out, cells = cell_step_cpu(x_t, state["t"], t_new, cells, kernel, full, hold)
         else:
             out, cells = cell_step(x_t, state["t"], t_new, cells, weights, proj, full, hold)
-        backbone = {"conv": cells.conv, "ssm": cells.ssm}
-        new = {"t": t_new, "held": cells.held, "aggregator": {"acc": cells.acc}, "backbone": backbone}
-        return out, new
+        return out, _from_cell_state(t_new, cells)
 
     def _step_branches(
         self, x_t: torch.Tensor, state: dict[str, Any], t_new: torch.Tensor, bad: torch.Tensor

@@ -149,8 +149,9 @@ def _step_kernel() -> ctypes.CDLL | None:
     if id(lib) not in _checked:
         lib.ms_args_size.restype = ctypes.c_int64
         _checked[id(lib)] = lib.ms_args_size() == ctypes.sizeof(_CellStepArgs)
-        lib.ms_cell_step_f32.argtypes = [ctypes.POINTER(_CellStepArgs)]
-        lib.ms_cell_step_f32.restype = ctypes.c_int
+        for entry in (lib.ms_cell_step_f32, lib.ms_serpent_step_f32):
+            entry.argtypes = [ctypes.POINTER(_CellStepArgs)]
+            entry.restype = ctypes.c_int
     return lib if _checked[id(lib)] else None
 
 
