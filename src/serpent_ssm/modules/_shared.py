@@ -50,9 +50,10 @@ def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build
     (a layer wrapped or replaced, a parameter replaced), no leaf module of ``sources`` has
     hooks, and no parameter of ``sources`` changed in place (their version counters: an
     optimiser step, ``load_state_dict``). A few microseconds per check, for steps that run once a
-    token. Call it only without gradients, and drop ``name`` in ``_apply`` (``.to()``).
-    Assigning a parameter's ``.data`` is not seen (call ``.to()`` after that)."""
-    hit = module.__dict__.get(name)
+    token. Call it only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()``
+    drops the cache. Assigning a parameter's ``.data`` is not seen (call ``.to()`` after that)."""
+    caches = module.__dict__.setdefault("_weight_caches", {})
+    hit = caches.get(name)
     if hit is not None:
         structure, leaves, params, version, value = hit
         if (
@@ -65,5 +66,14 @@ def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build
     value = build()
     leaves = [m for src in sources for m in src.modules() if not m._modules]
     params = [p for src in sources for p in src.parameters()]
-    module.__dict__[name] = (structure, leaves, params, sum(map(_VERSION, params)), value)
+    caches[name] = (structure, leaves, params, sum(map(_VERSION, params)), value)
     return value
+
+
+class CachedWeights(nn.Module):
+    """A module that keeps values read from its weights (``cached_weights``): ``nn.Module._apply``
+    (``.to()``, ``.float()``, ...) also drops them."""
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> nn.Module:
+        self.__dict__.pop("_weight_caches", None)
+        return super()._apply(fn, *args, **kwargs)

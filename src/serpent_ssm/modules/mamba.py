@@ -17,17 +17,15 @@ so ``load_state_dict`` of any of those works as is.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serpent_ssm.modules._shared import cached_weights, empty_sequence_output, plain_linear
+from serpent_ssm.modules._shared import CachedWeights, cached_weights, empty_sequence_output, plain_linear
 from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.ops.mamba_step import MambaStepWeights, conv_step, mamba_step
-from serpent_ssm.ops.mamba_step_cpu import KernelWeights, cell_step_cpu_usable, kernel_weights, mamba_step_cpu
+from serpent_ssm.ops.mamba_step_cpu import KernelWeights, kernel_weights, mamba_step_cpu, step_kernel_usable
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
 from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import (
@@ -42,7 +40,7 @@ from serpent_ssm.utils.validation import (
 __all__ = ["Mamba"]
 
 
-class Mamba(nn.Module):
+class Mamba(CachedWeights):
     """Mamba (S6) mixer: ``(B, L, d_model) -> (B, L, d_model)``.
 
     Args:
@@ -276,7 +274,7 @@ class Mamba(nn.Module):
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
-        kernel = self._kernel_weights() if cell_step_cpu_usable(x_t) else None
+        kernel = self._kernel_weights() if step_kernel_usable(x_t) else None
         if kernel is not None:  # the fused CPU step: one kernel call
             y, conv, ssm = mamba_step_cpu(x_t, state["conv"], state["ssm"], kernel)
         else:
@@ -292,12 +290,6 @@ class Mamba(nn.Module):
         if not all(map(plain_linear, (self.in_proj, self.x_proj, self.dt_proj, self.out_proj))):
             return None
         return kernel_weights([self])
-
-    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Mamba:
-        """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
-        weights."""
-        self.__dict__.pop("_kernel_cache", None)
-        return super()._apply(fn, *args, **kwargs)
 
     def step_weights(self) -> MambaStepWeights:
         """What one step reads (``ops.mamba_step``): the projection layers themselves (whatever

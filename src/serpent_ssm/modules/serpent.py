@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from serpent_ssm.modules._shared import cached_weights, plain_linear
+from serpent_ssm.modules._shared import CachedWeights, cached_weights, plain_linear
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
 from serpent_ssm.modules.mamba import Mamba
@@ -48,9 +48,9 @@ from serpent_ssm.ops.mamba_step_cpu import (
     KernelWeights,
     LayerWeights,
     cell_step_cpu,
-    cell_step_cpu_usable,
     kernel_weights,
     serpent_step_cpu,
+    step_kernel_usable,
 )
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
@@ -132,7 +132,7 @@ class BranchGates(nn.Module):
         return (y * self.weight).sum(-2) + self.bias
 
 
-class SeRpEnt(nn.Module):
+class SeRpEnt(CachedWeights):
     """SeRpEnt mixer ``(B, L, d_model) -> (B, L, d_model)``; options as in ``SeRpEntConfig``.
 
     ``forward(x, mask=None, return_info=False)``. Rows that are all padding give zero output;
@@ -626,7 +626,7 @@ class SeRpEnt(nn.Module):
         check_shape("x_t", x_t, (None, self.d_model))
         self._check_state(state, x_t.shape[0])
         fused = self._fused_weights() if self._fused_step else None
-        if fused is not None and fused.layer is not None and cell_step_cpu_usable(x_t):
+        if fused is not None and fused.layer is not None and step_kernel_usable(x_t):
             return self._step_kernel(x_t, state, fused)
         deltas, score_states = self._step_deltas(x_t, state["scores"])
         # a non-finite input (or interval, or time) poisons its row: its running times become NaN,
@@ -742,12 +742,6 @@ class SeRpEnt(nn.Module):
                 st["log_sum"], st["n"] = new_scores[0][j], new_scores[1][j]
         return y, {**_from_cell_state(t_new, cells), "scores": score_states}
 
-    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SeRpEnt:
-        """``nn.Module._apply`` (``.to()``, ``.float()``, ...), which also drops the cached step
-        weights."""
-        self.__dict__.pop("_fused_cache", None)
-        return super()._apply(fn, *args, **kwargs)
-
     def _step_fused(
         self,
         x_t: torch.Tensor,
@@ -761,7 +755,7 @@ class SeRpEnt(nn.Module):
         applies): the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
         cells = _cell_state(state)
         full, hold = self.full_backbone is not None, self.config.restore == "hold"
-        if kernel is not None and cell_step_cpu_usable(x_t):
+        if kernel is not None and step_kernel_usable(x_t):
             out, cells = cell_step_cpu(x_t, state["t"], t_new, cells, kernel, full, hold)
         else:
             out, cells = cell_step(x_t, state["t"], t_new, cells, weights, proj, full, hold)

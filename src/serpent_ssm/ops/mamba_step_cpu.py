@@ -5,7 +5,7 @@ compiler, flags, cache and fallback). One call does, for every backbone of a SeR
 every row, what ``ops.mamba_step.cell_step`` does with some forty tensor operations: the cell
 pooling, the projections, the convolution, the state update and the output, where each operation
 on tensors this small costs more in dispatch than in arithmetic. It computes in float32, without
-gradients; ``cell_step_cpu_usable`` says when it applies, and callers run the reference otherwise.
+gradients; ``step_kernel_usable`` says when it applies, and callers run the reference otherwise.
 Tests pin it to the reference.
 
 Environment: ``SERPENT_SSM_STEP_KERNEL=0`` steps with the torch reference (read at every step;
@@ -29,7 +29,7 @@ __all__ = [
     "KernelWeights",
     "LayerWeights",
     "cell_step_cpu",
-    "cell_step_cpu_usable",
+    "step_kernel_usable",
     "kernel_weights",
     "mamba_step_cpu",
     "serpent_step_cpu",
@@ -155,7 +155,7 @@ def _step_kernel() -> ctypes.CDLL | None:
     return lib if _checked[id(lib)] else None
 
 
-def cell_step_cpu_usable(x: torch.Tensor) -> bool:
+def step_kernel_usable(x: torch.Tensor) -> bool:
     """Whether the kernel can take this step: grad mode is off (it computes no gradients), ``x``
     is a float32 CPU tensor, the kernel is built, and ``SERPENT_SSM_STEP_KERNEL`` is not ``0``."""
     return (
@@ -265,7 +265,7 @@ def cell_step_cpu(
     hold: bool = True,
 ) -> tuple[torch.Tensor, CellState]:
     """``ops.mamba_step.cell_step`` in one kernel call (same arguments, with ``KernelWeights``;
-    ``cell_step_cpu_usable`` must hold)."""
+    ``step_kernel_usable`` must hold)."""
     out, *new = _run(x, (t_old, t_new), (state.acc, state.held), state.conv, state.ssm, weights, full, hold)
     return out.to(x.dtype), CellState(*new)
 
@@ -275,7 +275,7 @@ def mamba_step_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``ops.mamba_step.mamba_step`` of one module (``kernel_weights([module])``) in one kernel
     call: ``x (B, D)``, ``conv (B, E, K − 1)``, ``ssm (B, E, N)`` -> ``y (B, D)`` and the new
-    ``conv`` and ``ssm`` (``cell_step_cpu_usable`` must hold)."""
+    ``conv`` and ``ssm`` (``step_kernel_usable`` must hold)."""
     out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
     return out[0].to(x.dtype), conv_new[0].to(conv.dtype), ssm_new[0]
 
@@ -295,7 +295,7 @@ def serpent_step_cpu(
     the reference): ``x (B, D)``, the running times ``t (R, B)`` float64, the cell state, for
     bounds ``"mean"`` the score state ``(log_sum, count)`` ``(S, B)`` float64 (else None) ->
     ``y (B, D)`` (NaN on poisoned rows), the new times (NaN on poisoned rows), cell state and
-    score state (``cell_step_cpu_usable`` must hold)."""
+    score state (``step_kernel_usable`` must hold)."""
     out = _run(
         x, (t, None), (state.acc, state.held), state.conv, state.ssm, weights, full, hold, layer, scores
     )
