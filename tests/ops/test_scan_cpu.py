@@ -54,7 +54,7 @@ def test_failing_compiler_is_reported(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CXX", "false")  # exists, fails on everything
     assert not scan_cpu.cpu_kernel_available()
     status = scan_cpu.cpu_kernel_status()
-    names = r"selective_scan_cpu\.cpp and mamba_step_cpu\.cpp"
+    names = r"selective_scan_cpu\.cpp, mamba_step_cpu\.cpp, resample_cpu\.cpp"
     assert re.fullmatch(rf".*false failed to compile {names}: .*", status)
     assert not list((fresh_kernel / "cache").glob("*.so"))  # no half-written library left behind
 

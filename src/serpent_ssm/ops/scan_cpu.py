@@ -2,7 +2,8 @@
 
 The kernel (``csrc/selective_scan_cpu.cpp``) is plain C++17 with a C interface. On first use it
 is compiled with the system's C++ compiler, together with the recurrent-step kernel of
-``ops.mamba_step_cpu`` (``csrc/mamba_step_cpu.cpp``), into one library in a per-user cache, and
+``ops.mamba_step_cpu`` (``csrc/mamba_step_cpu.cpp``) and the resampling kernel of
+``ops.resample_cpu`` (``csrc/resample_cpu.cpp``), into one library in a per-user cache, and
 loaded with ``ctypes``: no Python headers, no torch headers, no ninja, a few seconds of
 compilation, once per machine and source version. When no compiler works the library still
 runs: ``"auto"`` and ``"cpu"`` fall back to the ``"torch"`` backend with one warning that says
@@ -47,7 +48,9 @@ __all__ = [
 CHECKPOINT_INTERVAL = 64
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
 STEP_SOURCE = SOURCE.with_name("mamba_step_cpu.cpp")
-SOURCES = (SOURCE, STEP_SOURCE)
+RESAMPLE_SOURCE = SOURCE.with_name("resample_cpu.cpp")
+SOURCES = (SOURCE, STEP_SOURCE, RESAMPLE_SOURCE)
+HEADERS = (SOURCE.with_name("parallel.h"),)
 _ABI_VERSION = 1
 _STEP_ABI_VERSION = 3
 _BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-pthread"]
@@ -133,12 +136,12 @@ def _compile(compiler: str, out: Path) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    names = " and ".join(src.name for src in SOURCES)
+    names = ", ".join(src.name for src in SOURCES)
     raise KernelUnavailable(f"{compiler} failed to compile {names}: {errors[-1]}")
 
 
 def _build_and_load() -> ctypes.CDLL:
-    for src in SOURCES:
+    for src in (*SOURCES, *HEADERS):
         if not src.is_file():
             raise KernelUnavailable(f"the kernel source {src} is missing from the installation")
     compiler = _find_compiler()
@@ -147,7 +150,7 @@ def _build_and_load() -> ctypes.CDLL:
     except (OSError, subprocess.SubprocessError) as exc:
         raise KernelUnavailable(f"{compiler} --version failed: {exc}") from exc
     key = hashlib.sha256()
-    sources = [src.read_bytes() for src in SOURCES]
+    sources = [src.read_bytes() for src in (*SOURCES, *HEADERS)]
     for part in (*sources, compiler.encode(), version.encode(), " ".join(_BASE_FLAGS).encode()):
         key.update(part)
         key.update(b"\0")

@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "parallel.h"
+
 #if defined(_MSC_VER)
 #define SS_EXPORT extern "C" __declspec(dllexport)
 #define SS_RESTRICT __restrict
@@ -60,6 +62,8 @@
 #define SS_SIMD_SUM(...) SS_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 
 namespace {
+
+using serpent_ssm::parallel_ranges;
 
 constexpr int kAbiVersion = 1;
 
@@ -373,23 +377,6 @@ struct Scan {
     static_cast<T*>(a.dbias_part)[task] = dbias;
   }
 };
-
-// Split tasks [0, n_tasks) into contiguous ranges, one per thread; run fn(begin, end, thread).
-template <typename F>
-void parallel_ranges(int64_t n_tasks, int64_t n_threads, F fn) {
-  n_threads = std::max<int64_t>(1, std::min(n_threads, n_tasks));
-  if (n_threads == 1) {
-    fn(0, n_tasks, 0);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(n_threads - 1);
-  for (int64_t t = 1; t < n_threads; ++t) {
-    pool.emplace_back([=] { fn(n_tasks * t / n_threads, n_tasks * (t + 1) / n_threads, t); });
-  }
-  fn(0, n_tasks / n_threads, 0);
-  for (auto& th : pool) th.join();
-}
 
 template <typename T, int NS>
 void run_forward(const ScanArgs& a) {

@@ -258,6 +258,36 @@ def gather_windows(
     return xw, offsets, ok
 
 
+# ----------------------------------------------------------------------------- kernel choice
+def _use_kernel(
+    kernel: bool | None,
+    op: str,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    counts: torch.Tensor | None = None,
+    buffer: int | None = None,
+    t_start: torch.Tensor | None = None,
+) -> bool:
+    """Whether ``op`` runs in the fused CPU kernel (see ``cell_pool``'s ``kernel``)."""
+    if kernel is False:
+        return False
+    from serpent_ssm.ops.resample_cpu import resample_kernel_usable
+
+    why = None
+    if not resample_kernel_usable(x, t):
+        why = (
+            f"float32 values and float64 times on the CPU and a built kernel, got {x.dtype} and "
+            f"{t.dtype} on {x.device.type}"
+        )
+    elif t_start is not None and t_start.requires_grad:
+        why = "t_start without gradient, got one that requires grad"
+    elif counts is not None and counts.numel() and int(counts.max()) > buffer:
+        why = f"counts <= buffer ({buffer}), got {int(counts.max())}"
+    if why is not None and kernel:
+        raise ValueError(f"kernel: {op} in the CPU kernel needs {why}")
+    return why is None
+
+
 # ----------------------------------------------------------------------------- cell pooling
 def _overlap(t: torch.Tensor, t_prev: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """Length of the overlap of ``(t_prev, t]`` with the grid cell ``(cell − 1, cell]`` (any shape)."""
@@ -271,6 +301,7 @@ def cell_pool(
     buffer: int,
     mask: torch.Tensor | None,
     t_start: torch.Tensor | None = None,
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """Time-weighted pooling of every element into the grid cells its interval overlaps.
 
@@ -288,9 +319,17 @@ def cell_pool(
     search per cell). An element spanning many cells is thus found once per cell it covers.
 
     Args: ``x (B, L, D)``, ``t (B, L)`` float64 non-decreasing, ``counts (B,)``, ``buffer`` =
-    ``L'``, ``mask (B, L)`` or None, ``t_start (B,)`` float64 in ``[0, 1)`` or None.
+    ``L'``, ``mask (B, L)`` or None, ``t_start (B,)`` float64 in ``[0, 1)`` or None;
+    ``kernel``: the fused CPU kernel (``ops.resample_cpu``, forward and backward in one pass each)
+    when it applies (None: float32 ``x`` on the CPU, counts within the buffer, no gradient for
+    ``t_start``), always (True: a ValueError when it cannot) or never (False: the torch ops below,
+    the reference the tests compare it with).
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
+    if _use_kernel(kernel, "cell_pool", x, t, counts, buffer, t_start):
+        from serpent_ssm.ops.resample_cpu import cell_pool_cpu
+
+        return cell_pool_cpu(x, t, counts, buffer, mask, t_start)
     b, length, d = x.shape
     out = x.new_zeros(b, buffer, d)
     if length == 0 or buffer == 0:
@@ -342,6 +381,7 @@ def restore(
     valid: torch.Tensor,
     mask: torch.Tensor | None,
     how: str,
+    kernel: bool | None = None,
 ) -> torch.Tensor:
     """Map the compressed output ``y (B, L', D)`` back to length ``L``.
 
@@ -349,8 +389,13 @@ def restore(
     ``interp``: linear interpolation in time between grid points ``floor(t_l)`` and
     ``floor(t_l) + 1``, clamped to the valid grid points ``1..count`` (differentiable in ``t``).
     ``scatter``: ``ŷ_{l_k} = ỹ_k`` (summed when an element is selected twice), 0 elsewhere.
+    ``kernel``: as in ``cell_pool``, for ``hold`` and ``interp`` (``scatter`` is one torch op).
     Returns ``(B, L, D)``, 0 at padded positions; invalid slots of ``y`` are never read.
     """
+    if how in ("hold", "interp") and _use_kernel(kernel, "restore", y, t):
+        from serpent_ssm.ops.resample_cpu import restore_cpu
+
+        return restore_cpu(y, t, counts, mask, how)
     b, buffer, d = y.shape
     length = t.shape[1]
     if how == "scatter":
