@@ -5,8 +5,9 @@ The kernel (``csrc/resample_cpu.cpp``) is built into the library of ``ops.scan_c
 compiler, flags, cache and fallback). The torch versions in ``ops.resample`` are the reference:
 they express each op as a dozen gathers, scatters, selections and copies over ``(B, L, D)``
 tensors, each a pass over memory in the forward pass and again in the backward one; the kernel
-makes one pass over the elements of each row. It computes in float32 with float64 times, and its
-gradients (for the values and the times) follow the reference's autograd, ties included.
+makes one pass over the elements of each row. It computes in float32 with float64 times; its
+outputs are the reference's bit for bit, and its gradients (for the values and the times) follow
+the reference's autograd, ties included, to rounding.
 ``ops.resample.cell_pool`` and ``.restore`` call it when ``resample_kernel_usable`` says it
 applies (``kernel=None``), and tests pin it to the reference.
 

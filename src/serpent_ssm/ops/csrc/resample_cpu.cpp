@@ -19,7 +19,7 @@
 // k receives o_lk · x_l with o_lk the length of their overlap. As in the reference, the shares of
 // the elements whose interval starts in a cell are summed in element order, and then the share of
 // the element that started before it (whose interval holds the grid point k − 1 strictly inside)
-// is added; results match the reference to float32 rounding. Gradients follow the reference's
+// is added: the forward pass matches the reference bit for bit (gradients to rounding). Gradients follow the reference's
 // autograd, ties included (torch.minimum/maximum give half the gradient to each side of a tie).
 //
 // Restore: hold reads grid point k = min(floor(t_l), counts) (0 = none, output 0); interp blends
@@ -37,6 +37,15 @@
 #define RS_EXPORT extern "C" __declspec(dllexport)
 #else
 #define RS_EXPORT extern "C" __attribute__((visibility("default")))
+#endif
+
+// No fused multiply-adds here (GCC contracts a * b + c by default in C++, even with -std=c++17,
+// and clang within an expression): every product is rounded before it is added, as torch's
+// elementwise ops do, so the forward passes give the reference's float32 values bit for bit.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 #define RS_PRAGMA(...) _Pragma(#__VA_ARGS__)
