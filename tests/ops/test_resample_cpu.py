@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from serpent_ssm.ops import resample as rs
 from serpent_ssm.ops import scan_cpu
+
 from tests.helpers import assert_close
 from tests.ops.test_resample import batches, peaked_batches
 
@@ -117,7 +118,10 @@ def test_the_kernel_is_the_default_for_float32_on_the_cpu():
     assert type(rs.restore(y, t, counts, index, valid, None, "interp").grad_fn).__name__ == "_RestoreBackward"
     # float64 values, and scatter, take the torch ops
     assert type(rs.cell_pool(x.double(), t, counts, 15, None).grad_fn).__name__ != "_CellPoolBackward"
-    assert type(rs.restore(y, t, counts, index, valid, None, "scatter").grad_fn).__name__ == "ScatterAddBackward0"
+    assert (
+        type(rs.restore(y, t, counts, index, valid, None, "scatter").grad_fn).__name__
+        == "ScatterAddBackward0"
+    )
 
 
 def test_asking_for_the_kernel_where_it_cannot_run():
@@ -128,7 +132,9 @@ def test_asking_for_the_kernel_where_it_cannot_run():
         r"CPU and a built kernel, got torch\.float64 and torch\.float64 on cpu$",
     ):
         rs.cell_pool(torch.randn(2, 30, 4, dtype=torch.float64), t, counts, 15, None, kernel=True)
-    with pytest.raises(ValueError, match=r"^kernel: cell_pool in the CPU kernel needs counts <= buffer \(10\), got 15$"):
+    with pytest.raises(
+        ValueError, match=r"^kernel: cell_pool in the CPU kernel needs counts <= buffer \(10\), got 15$"
+    ):
         rs.cell_pool(torch.randn(2, 30, 4), t, counts, 10, None, kernel=True)
     start = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     with pytest.raises(

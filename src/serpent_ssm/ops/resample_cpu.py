@@ -46,8 +46,8 @@ def _kernel() -> ctypes.CDLL | None:
         return None
     if id(lib) not in _checked:
         lib.rs_args_size.restype = ctypes.c_int64
-        _checked[id(lib)] = (
-            lib.rs_abi_version() == _ABI_VERSION and lib.rs_args_size() == ctypes.sizeof(_ResampleArgs)
+        _checked[id(lib)] = lib.rs_abi_version() == _ABI_VERSION and lib.rs_args_size() == ctypes.sizeof(
+            _ResampleArgs
         )
         for name in ("cell_pool_forward", "cell_pool_backward", "restore_forward", "restore_backward"):
             entry = getattr(lib, f"rs_{name}_f32")
@@ -149,7 +149,9 @@ def cell_pool_cpu(
     """``ops.resample.cell_pool`` in the kernel (arguments as there, already checked by it:
     ``counts <= buffer``, ``t_start`` without gradient): ``(B, L, D)`` -> ``(B, L', D)``."""
     start = None if t_start is None else t_start.detach().to(torch.float64).contiguous()
-    return _CellPool.apply(x.contiguous(), t.contiguous(), counts.long().contiguous(), buffer, _mask(mask), start)
+    return _CellPool.apply(
+        x.contiguous(), t.contiguous(), counts.long().contiguous(), buffer, _mask(mask), start
+    )
 
 
 def restore_cpu(
@@ -157,4 +159,6 @@ def restore_cpu(
 ) -> torch.Tensor:
     """``ops.resample.restore`` with ``how`` ``"hold"`` or ``"interp"`` in the kernel:
     ``y (B, L', D)`` -> ``(B, L, D)``."""
-    return _Restore.apply(y.contiguous(), t.contiguous(), counts.long().contiguous(), _mask(mask), how == "interp")
+    return _Restore.apply(
+        y.contiguous(), t.contiguous(), counts.long().contiguous(), _mask(mask), how == "interp"
+    )
