@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from serpent_ssm.ops import resample as rs
 from serpent_ssm.ops import scan_cpu
 
-from tests.helpers import assert_close
+from tests.helpers import assert_close, right_padding_mask
 from tests.ops.test_resample import batches, peaked_batches
 
 pytestmark = pytest.mark.skipif(
@@ -144,3 +146,95 @@ def test_asking_for_the_kernel_where_it_cannot_run():
     # where it cannot run, the default takes the torch ops
     want = rs.cell_pool(torch.ones(2, 30, 1), t, counts, 10, None, kernel=False)
     assert torch.equal(rs.cell_pool(torch.ones(2, 30, 1), t, counts, 10, None), want)
+
+
+@pytest.mark.parametrize("kernel", [False, True])
+@pytest.mark.parametrize("fill", [math.nan, math.inf, 1e30])
+def test_padding_never_reaches_an_output_or_a_gradient(kernel, fill):
+    """NaN, Inf or 1e30 in the padded values and times: the outputs and every gradient at real
+    positions are those of zero padding, in the kernel and in the reference."""
+    g = torch.Generator().manual_seed(5)
+    mask = right_padding_mask([12, 7, 1, 0, 9], 12)
+    delta = torch.rand(5, 12, generator=g, dtype=torch.float64) * 1.2
+    x = torch.randn(5, 12, 3, generator=g)
+    results = []
+    for pad in (0.0, fill):
+        t, counts = rs.intervals_to_times(delta, mask, 0.5, False)
+        t = torch.where(mask, t, pad).requires_grad_()
+        xs = x.masked_fill(~mask.unsqueeze(-1), pad).requires_grad_()
+        buffer = int(counts.max())
+        pooled = rs.cell_pool(xs, t, counts, buffer, mask, kernel=kernel)
+        index, valid = rs.select_grid(t.detach().nan_to_num(), counts, mask.sum(1), buffer)
+        out = rs.restore(pooled * 2.0, t, counts, index, valid, mask, "interp", kernel=kernel)
+        gx, gt = torch.autograd.grad(out.square().sum() + pooled.sum(), (xs, t))
+        results.append(
+            [v.masked_fill(~mask.unsqueeze(-1), 0) for v in (out, gx)] + [gt.masked_fill(~mask, 0)]
+        )
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_empty_shapes_through_the_kernel():
+    t = torch.zeros(3, 5, dtype=torch.float64)
+    counts = torch.zeros(3, dtype=torch.long)
+    assert rs.cell_pool(torch.randn(3, 5, 2), t, counts, 0, None, kernel=True).shape == (3, 0, 2)
+    assert not rs.cell_pool(torch.randn(3, 0, 2), t[:, :0], counts, 4, None, kernel=True).any()
+    assert rs.cell_pool(torch.randn(0, 5, 2), t[:0], counts[:0], 4, None, kernel=True).shape == (0, 4, 2)
+    assert not rs.restore(torch.randn(3, 0, 2), t, counts, None, None, None, "interp", kernel=True).any()
+
+
+@pytest.mark.parametrize("how", ["hold", "interp"])
+def test_kernel_with_more_rows_than_threads_counts_past_the_buffer_and_strided_inputs(how):
+    g = torch.Generator().manual_seed(6)
+    mask = right_padding_mask([40, 3, 17, 40, 0, 29, 1], 40)
+    delta = (torch.rand(7, 40, generator=g, dtype=torch.float64) * 1.5).requires_grad_()
+    y = torch.randn(7, 6, 9, generator=g)[:, :, ::2].requires_grad_()  # strided
+    results = []
+    for kernel in (False, True):
+        t, counts = rs.intervals_to_times(delta, mask, 0.7, True)  # counts reach 40 > 6
+        out = rs.restore(y, t, counts, None, None, mask, how, kernel=kernel)
+        grads = torch.autograd.grad(out.square().sum(), (y, delta), allow_unused=True)
+        results.append(
+            [
+                out,
+                *(torch.zeros_like(v) if gr is None else gr for gr, v in zip(grads, (y, delta), strict=True)),
+            ]
+        )
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    t, counts = rs.intervals_to_times(delta.detach(), mask, 0.7, True)  # times without gradient
+    out = rs.restore(y, t, counts, None, None, mask, how, kernel=True)
+    assert torch.equal(out, rs.restore(y, t, counts, None, None, mask, how, kernel=False))
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=peaked_batches(), d=st.integers(1, 3))
+def test_cell_pool_kernel_with_a_start_time_and_ties(batch, d):
+    delta, mask, rate, _, g = batch
+    pool, leaves = _pool_case(delta, mask, rate, True, g, d, start=True)
+    _check(_both(pool, leaves, 3), "cell_pool", rtol=1e-4, atol=1e-4)
+
+
+def test_inputs_the_kernel_does_not_take_go_to_the_reference():
+    """Negative times, broadcast shapes: the reference runs (kernel=None), or a clear error."""
+    t = torch.tensor([[0.5, 1.5, 2.5]], dtype=torch.float64)
+    x = torch.randn(1, 3, 2)
+    start = torch.tensor([-0.5], dtype=torch.float64)
+    want = rs.cell_pool(x, t, torch.tensor([2]), 2, None, start, kernel=False)
+    assert torch.equal(rs.cell_pool(x, t, torch.tensor([2]), 2, None, start), want)
+    with pytest.raises(
+        ValueError, match=r"^kernel: cell_pool in the CPU kernel needs times >= 0, got a negative one$"
+    ):
+        rs.cell_pool(x, t, torch.tensor([2]), 2, None, start, kernel=True)
+    y = torch.randn(2, 3, 2)
+    t2 = torch.rand(2, 4, dtype=torch.float64).cumsum(1)
+    counts = torch.tensor([2])  # broadcast over the rows
+    want = rs.restore(y, t2, counts, None, None, None, "hold", kernel=False)
+    assert torch.equal(rs.restore(y, t2, counts, None, None, None, "hold"), want)
+    with pytest.raises(
+        ValueError,
+        match=r"^kernel: restore in the CPU kernel needs t \(B, L\), values \(B, L_c, D\), counts \(B,\), "
+        r"mask \(B, L\), t_start \(B,\), got t \(2, 4\), values \(2, 3, 2\), counts \(1,\)$",
+    ):
+        rs.restore(y, t2, counts, None, None, None, "hold", kernel=True)

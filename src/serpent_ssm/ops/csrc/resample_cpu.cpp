@@ -26,6 +26,16 @@
 // grid points floor(t_c) and floor(t_c) + 1 with t_c = t_l clamped to [1, max(counts, 1)], both
 // slots clamped to the valid ones, and gives 0 on rows without grid points.
 
+// No fused multiply-adds in this file, the included templates too (GCC contracts a * b + c by
+// default in C++, even with -std=c++17, and clang within an expression): every product is
+// rounded before it is added, as torch's elementwise ops do, so the forward passes give the
+// reference's float32 values bit for bit.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,15 +47,6 @@
 #define RS_EXPORT extern "C" __declspec(dllexport)
 #else
 #define RS_EXPORT extern "C" __attribute__((visibility("default")))
-#endif
-
-// No fused multiply-adds here (GCC contracts a * b + c by default in C++, even with -std=c++17,
-// and clang within an expression): every product is rounded before it is added, as torch's
-// elementwise ops do, so the forward passes give the reference's float32 values bit for bit.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
 #endif
 
 #define RS_PRAGMA(...) _Pragma(#__VA_ARGS__)
@@ -94,11 +95,13 @@ inline float dot(const float* a, const float* b, int64_t d) {
 
 // Visit the (cell, share) pairs of element l: cb(k, share, first) for its first cell (first = true)
 // and for each later cell it spills into, in increasing k, within cells 1..limit.
+// Times are >= 0 (ops.resample routes negative ones to the reference); any other value reads and
+// writes nothing out of range: NaN, negative or out-of-range first cells are skipped.
 template <typename F>
 inline void element_cells(double t_prev, double t, int64_t limit, F cb) {
-  if (!(std::isfinite(t_prev) && std::isfinite(t))) return;
+  if (std::isnan(t)) return;  // std::fmin would drop a NaN; the reference's share is NaN, not kept
   const double first = std::floor(t_prev) + 1.0;
-  if (first > static_cast<double>(limit)) return;
+  if (!(first >= 1.0 && first <= static_cast<double>(limit))) return;
   const double share = overlap(t, t_prev, first);
   const int64_t k0 = static_cast<int64_t>(first);
   if (share > 0.0) cb(k0, share, true);
@@ -200,7 +203,7 @@ inline Reading reading(const ResampleArgs& a, double t, int64_t count) {
   const double tc = std::isnan(t) ? t : std::fmin(m, hi);
   r.any = true;
   r.dtc = max_grad(t, 1.0) * min_grad(m, hi);
-  if (std::isnan(tc)) {  // propagates as NaN, as the reference does
+  if (std::isnan(tc)) {  // NaN output (times are finite in the mixer; the reference may raise)
     r.w = static_cast<float>(tc);
     return r;
   }

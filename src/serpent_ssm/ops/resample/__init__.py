@@ -262,26 +262,46 @@ def gather_windows(
 def _use_kernel(
     kernel: bool | None,
     op: str,
-    x: torch.Tensor,
+    values: torch.Tensor,
     t: torch.Tensor,
-    counts: torch.Tensor | None = None,
+    counts: torch.Tensor,
+    mask: torch.Tensor | None,
     buffer: int | None = None,
     t_start: torch.Tensor | None = None,
 ) -> bool:
-    """Whether ``op`` runs in the fused CPU kernel (see ``cell_pool``'s ``kernel``)."""
+    """Whether ``op`` runs in the fused CPU kernel (see ``cell_pool``'s ``kernel``): ``values``
+    (``x (B, L, D)`` to pool or ``y (B, L', D)`` to restore) float32 and ``t (B, L)`` float64 on
+    the CPU, the other tensors on the CPU in their exact shapes (no broadcasting), times ``>= 0``,
+    ``counts <= buffer`` and no gradient for ``t_start`` (cell pooling)."""
     if kernel is False:
         return False
     from serpent_ssm.ops.resample_cpu import resample_kernel_usable
 
     why = None
-    if not resample_kernel_usable(x, t):
+    b, length = t.shape if t.dim() == 2 else (-1, -1)
+    shapes = {"counts": (counts, (b,)), "mask": (mask, (b, length)), "t_start": (t_start, (b,))}
+    wrong = [
+        f"{name} {tuple(v.shape)}" for name, (v, want) in shapes.items() if v is not None and v.shape != want
+    ]
+    lead = (b, length) if buffer is not None else (b,)
+    if not resample_kernel_usable(values, t):
         why = (
-            f"float32 values and float64 times on the CPU and a built kernel, got {x.dtype} and "
-            f"{t.dtype} on {x.device.type}"
+            f"float32 values and float64 times on the CPU and a built kernel, got {values.dtype} and "
+            f"{t.dtype} on {values.device.type}"
         )
+    elif any(v is not None and v.device.type != "cpu" for v, _ in shapes.values()):
+        why = "counts, mask and t_start on the CPU too"
+    elif t.dim() != 2 or values.dim() != 3 or values.shape[: len(lead)] != lead or wrong:
+        why = (
+            f"t (B, L), values (B, {'L' if buffer is not None else 'L_c'}, D), counts (B,), mask (B, L), "
+            f"t_start (B,), got t {tuple(t.shape)}, values {tuple(values.shape)}"
+            + "".join(f", {w}" for w in wrong)
+        )
+    elif bool((t < 0).any()) or (t_start is not None and bool((t_start < 0).any())):
+        why = "times >= 0, got a negative one"
     elif t_start is not None and t_start.requires_grad:
         why = "t_start without gradient, got one that requires grad"
-    elif counts is not None and counts.numel() and int(counts.max()) > buffer:
+    elif buffer is not None and counts.numel() and int(counts.max()) > buffer:
         why = f"counts <= buffer ({buffer}), got {int(counts.max())}"
     if why is not None and kernel:
         raise ValueError(f"kernel: {op} in the CPU kernel needs {why}")
@@ -326,7 +346,7 @@ def cell_pool(
     the reference the tests compare it with).
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
-    if _use_kernel(kernel, "cell_pool", x, t, counts, buffer, t_start):
+    if _use_kernel(kernel, "cell_pool", x, t, counts, mask, buffer, t_start):
         from serpent_ssm.ops.resample_cpu import cell_pool_cpu
 
         return cell_pool_cpu(x, t, counts, buffer, mask, t_start)
@@ -338,6 +358,8 @@ def cell_pool(
     t_prev = torch.cat([start, t[:, :-1]], dim=1)
     limit = counts.unsqueeze(1).to(t.dtype)
     real = mask if mask is not None else torch.ones(b, length, dtype=torch.bool, device=x.device)
+    if mask is not None:  # padding is never read, not even by a gradient (0 · NaN is NaN)
+        x = torch.where(mask.unsqueeze(-1), x, 0.0)
     # each element's share of the cell its interval starts in
     first = torch.floor(t_prev.detach()) + 1
     share = _overlap(t, t_prev, first)
@@ -348,7 +370,8 @@ def cell_pool(
         return out
     # cell k >= 2 from the element whose interval holds grid point k - 1 strictly inside it
     cell = torch.arange(2, buffer + 1, dtype=t.dtype, device=t.device).expand(b, buffer - 1)
-    owner = torch.searchsorted(t.detach().contiguous(), (cell - 1).contiguous(), side="right")
+    t_real = torch.where(real, t.detach(), math.inf)  # still sorted: the padding is on the right
+    owner = torch.searchsorted(t_real.contiguous(), (cell - 1).contiguous(), side="right")
     inside = owner < length
     owner = owner.clamp(max=length - 1)
     t_o, t_prev_o = t.gather(1, owner), t_prev.gather(1, owner)
@@ -392,12 +415,14 @@ def restore(
     ``kernel``: as in ``cell_pool``, for ``hold`` and ``interp`` (``scatter`` is one torch op).
     Returns ``(B, L, D)``, 0 at padded positions; invalid slots of ``y`` are never read.
     """
-    if how in ("hold", "interp") and _use_kernel(kernel, "restore", y, t):
+    if how in ("hold", "interp") and _use_kernel(kernel, "restore", y, t, counts, mask):
         from serpent_ssm.ops.resample_cpu import restore_cpu
 
         return restore_cpu(y, t, counts, mask, how)
     b, buffer, d = y.shape
     length = t.shape[1]
+    if mask is not None:  # whatever the padding's times hold (the outputs there are 0)
+        t = torch.where(mask, t, 0.0)
     if how == "scatter":
         src = torch.where(valid.unsqueeze(-1), y, 0.0)
         out = y.new_zeros(b, length, d).scatter_add(1, index.unsqueeze(-1).expand(b, buffer, d), src)
