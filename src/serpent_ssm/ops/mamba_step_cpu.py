@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from serpent_ssm.ops.mamba_step import CellState
-from serpent_ssm.ops.scan_cpu import load_cpu_kernel, struct_fields
+from serpent_ssm.ops.scan_cpu import kernel_entries, struct_fields
 
 __all__ = [
     "KernelWeights",
@@ -138,21 +138,9 @@ class LayerWeights(NamedTuple):
     b_gate: torch.Tensor | None
 
 
-_checked: dict[int, bool] = {}  # id of a loaded library -> its step entry point matches ours
-
-
 def _step_kernel() -> ctypes.CDLL | None:
     """The loaded library (``ops.scan_cpu``) when its step kernel matches this module's layout."""
-    lib = load_cpu_kernel()
-    if lib is None:
-        return None
-    if id(lib) not in _checked:
-        lib.ms_args_size.restype = ctypes.c_int64
-        _checked[id(lib)] = lib.ms_args_size() == ctypes.sizeof(_CellStepArgs)
-        for entry in (lib.ms_cell_step_f32, lib.ms_serpent_step_f32):
-            entry.argtypes = [ctypes.POINTER(_CellStepArgs)]
-            entry.restype = ctypes.c_int
-    return lib if _checked[id(lib)] else None
+    return kernel_entries("ms", _CellStepArgs, ("cell_step_f32", "serpent_step_f32"))
 
 
 def step_kernel_usable(x: torch.Tensor) -> bool:

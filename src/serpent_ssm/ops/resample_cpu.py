@@ -21,7 +21,7 @@ import ctypes
 
 import torch
 
-from serpent_ssm.ops.scan_cpu import load_cpu_kernel, struct_fields
+from serpent_ssm.ops.scan_cpu import kernel_entries, struct_fields
 
 __all__ = ["cell_pool_cpu", "resample_kernel_usable", "restore_cpu"]
 
@@ -37,23 +37,9 @@ class _ResampleArgs(ctypes.Structure):
     )
 
 
-_checked: dict[int, bool] = {}  # id of a loaded library -> its resampling entry points match ours
-
-
 def _kernel() -> ctypes.CDLL | None:
-    lib = load_cpu_kernel()
-    if lib is None:
-        return None
-    if id(lib) not in _checked:
-        lib.rs_args_size.restype = ctypes.c_int64
-        _checked[id(lib)] = lib.rs_abi_version() == _ABI_VERSION and lib.rs_args_size() == ctypes.sizeof(
-            _ResampleArgs
-        )
-        for name in ("cell_pool_forward", "cell_pool_backward", "restore_forward", "restore_backward"):
-            entry = getattr(lib, f"rs_{name}_f32")
-            entry.argtypes = [ctypes.POINTER(_ResampleArgs)]
-            entry.restype = ctypes.c_int
-    return lib if _checked[id(lib)] else None
+    names = ("cell_pool_forward_f32", "cell_pool_backward_f32", "restore_forward_f32", "restore_backward_f32")
+    return kernel_entries("rs", _ResampleArgs, names, _ABI_VERSION)
 
 
 def resample_kernel_usable(x: torch.Tensor, t: torch.Tensor) -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "cpu_kernel_available",
     "cpu_kernel_status",
     "cpu_scan",
+    "kernel_entries",
     "load_cpu_kernel",
 ]
 
@@ -192,6 +193,34 @@ def _kernel() -> tuple[ctypes.CDLL | None, str]:
 def load_cpu_kernel() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first use; None when it cannot be built."""
     return _kernel()[0]
+
+
+_bound: dict[tuple[int, str], bool] = {}  # (id of a loaded library, prefix) -> its entries match
+
+
+def kernel_entries(
+    prefix: str, args_type: type[ctypes.Structure], names: tuple[str, ...], abi_version: int | None = None
+) -> ctypes.CDLL | None:
+    """The loaded library when its entry points ``{prefix}_{name}`` (each taking a pointer to the
+    C struct mirrored by ``args_type``) match this version: ``{prefix}_args_size()`` is the
+    struct's size and, when given, ``{prefix}_abi_version()`` is ``abi_version``. Their argument
+    types are set once per library. None when the library is missing or does not match."""
+    lib = load_cpu_kernel()
+    if lib is None:
+        return None
+    key = (id(lib), prefix)
+    if key not in _bound:
+        size = getattr(lib, f"{prefix}_args_size")
+        size.restype = ctypes.c_int64
+        ok = size() == ctypes.sizeof(args_type)
+        if abi_version is not None:
+            ok = ok and getattr(lib, f"{prefix}_abi_version")() == abi_version
+        for name in names:
+            entry = getattr(lib, f"{prefix}_{name}")
+            entry.argtypes = [ctypes.POINTER(args_type)]
+            entry.restype = ctypes.c_int
+        _bound[key] = ok
+    return lib if _bound[key] else None
 
 
 def cpu_kernel_available() -> bool:
