@@ -341,8 +341,9 @@ def cell_pool(
     Args: ``x (B, L, D)``, ``t (B, L)`` float64 non-decreasing, ``counts (B,)``, ``buffer`` =
     ``L'``, ``mask (B, L)`` or None, ``t_start (B,)`` float64 in ``[0, 1)`` or None;
     ``kernel``: the fused CPU kernel (``ops.resample_cpu``, forward and backward in one pass each)
-    when it applies (None: float32 ``x`` on the CPU, counts within the buffer, no gradient for
-    ``t_start``), always (True: a ValueError when it cannot) or never (False: the torch ops below,
+    when it applies (None: float32 ``x`` and float64 ``t`` on the CPU, every tensor in its exact
+    shape, times ``>= 0``, counts within the buffer, no gradient for ``t_start``; else the torch
+    ops), always (True: a ValueError that says what it needs) or never (False: the torch ops below,
     the reference the tests compare it with).
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
