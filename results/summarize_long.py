@@ -48,6 +48,7 @@ WHAT = {  # run name -> what it is (the flags are in each run's config.json)
     "shared-d56-backbone-intervals": "`share_backbone=true`, `interval_source=backbone`, d_model 56",
     "mean-intervals": "`interval_bounds=mean` (the causal-collapse remedy)",
     "lean-d64": "lean shared: `share_backbone`, `mix=gates`, `cell_proj=false`, d_model 64 (the backbone's)",
+    "lean-d32": "lean shared: `share_backbone`, `mix=gates`, `cell_proj=false`, d_model 32 (the backbone's)",
     "lean-d128-full": "lean shared with the full branch, `init=backbone`, d_model 128 (the backbone's)",
 }
 
