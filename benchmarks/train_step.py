@@ -44,7 +44,9 @@ def _load(task: str, model: str, overrides: list[str]):
 
 
 def _step(cfg, net, opt, batch, is_lm: bool) -> None:
-    logits = net(batch["inputs"]) if is_lm else net(batch["inputs"], batch["mask"])
+    from serpent_ssm.train.loop import _forward  # the trainer's own call (pairs of inputs included)
+
+    logits = net(batch["inputs"]) if is_lm else _forward(net, batch)
     loss = F.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -26,6 +26,8 @@ from fractions import Fraction
 
 import torch
 
+from serpent_ssm.ops.resample_cpu import cell_pool_cpu, resample_kernel_usable, restore_cpu
+
 __all__ = [
     "RESTORES",
     "ceil_rate",
@@ -275,8 +277,6 @@ def _use_kernel(
     ``counts <= buffer`` and no gradient for ``t_start`` (cell pooling)."""
     if kernel is False:
         return False
-    from serpent_ssm.ops.resample_cpu import resample_kernel_usable
-
     why = None
     b, length = t.shape if t.dim() == 2 else (-1, -1)
     shapes = {"counts": (counts, (b,)), "mask": (mask, (b, length)), "t_start": (t_start, (b,))}
@@ -348,8 +348,6 @@ def cell_pool(
     Returns: ``(B, L', D)`` in ``x``'s dtype.
     """
     if _use_kernel(kernel, "cell_pool", x, t, counts, mask, buffer, t_start):
-        from serpent_ssm.ops.resample_cpu import cell_pool_cpu
-
         return cell_pool_cpu(x, t, counts, buffer, mask, t_start)
     b, length, d = x.shape
     out = x.new_zeros(b, buffer, d)
@@ -417,8 +415,6 @@ def restore(
     Returns ``(B, L, D)``, 0 at padded positions; invalid slots of ``y`` are never read.
     """
     if how in ("hold", "interp") and _use_kernel(kernel, "restore", y, t, counts, mask):
-        from serpent_ssm.ops.resample_cpu import restore_cpu
-
         return restore_cpu(y, t, counts, mask, how)
     b, buffer, d = y.shape
     length = t.shape[1]
