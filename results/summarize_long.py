@@ -5,14 +5,19 @@
                                                 # markers and draws results/long/<task>.png
 
 Every finished run found is reported (stopped runs, whose folders end in ``-stopped``, are in the
-run log results/long/README.md). Per task and run name: the test metric over the seeds present
-(mean ± sample standard deviation), per seed, the best validation value, wall time, training
-tokens/s, peak memory and the pinned commit the run came from. The verdict column applies the
-issue's rule against the task's backbone run (``mamba-curve``): a model beats it when its mean
-minus its standard deviation clears the backbone's mean plus its standard deviation (in the
-metric's better direction), loses in the mirror case, and ties otherwise, over three seeds; with
-two, the column says what the rule gives so far; with one there is no standard deviation and no
-verdict.
+run log results/long/README.md). First an overview, one row per task: the backbone and the issue's
+three comparisons — matched parameters (``serpent-mamba``, ``serpent-s4d`` against ``s4d-curve``),
+same width (``same-width``), equal wall-clock (``equal-time``) — each with its verdict against the
+backbone, and the best variant so far. Then every variant (any other run name) against today's
+default by the issue's decision rule: it beats the default when the means over three seeds are apart
+by more than the larger standard deviation, in its favour. Then one table per task, per run name:
+the test metric over the seeds present (mean ± sample standard deviation), per seed, the best
+validation value, wall time, training tokens/s, peak memory and the pinned commit the run came from.
+The verdict column applies the issue's rule against the run's backbone (``mamba-curve``;
+``s4d-curve`` for ``serpent-s4d``): a model beats it when its mean minus its standard deviation
+clears the backbone's mean plus its standard deviation (in the metric's better direction), loses in
+the mirror case, and ties otherwise, over three seeds; with two, the column says what the rule gives
+so far; with one there is no standard deviation and no verdict.
 
 The validation curves are drawn against steps and against seconds: the logged ``elapsed_s``
 (training seconds, validation passes included) where a run's log has it, else, for runs from
@@ -34,6 +39,14 @@ from serpent_ssm.train.tasks import task_spec
 HERE = Path(__file__).resolve().parent
 LONG = HERE / "long"
 BACKBONE = "mamba-curve"
+DEFAULT = "serpent-mamba"  # today's SeRpEnt default at matched parameters, what the variants must beat
+BACKBONE_OF = {"serpent-s4d": "s4d-curve", "s4d-curve": None, BACKBONE: None}  # else: BACKBONE
+COMPARISON = {  # run name -> the issue's comparison it belongs to; any other SeRpEnt run is a variant
+    DEFAULT: "matched parameters",
+    "serpent-s4d": "matched parameters",
+    "same-width": "same width",
+    "equal-time": "equal wall-clock",
+}
 TITLES = {  # config task of each long-budget task, and its title
     "listops-short": ("listops", "ListOps, 50–200 tokens, 20,000 training expressions (3,000 steps)"),
     "fashion-mnist": ("fashion-mnist", "Sequential Fashion-MNIST, 784 pixels (1,000 steps)"),
@@ -50,6 +63,16 @@ WHAT = {  # run name -> what it is (the flags are in each run's config.json)
     "lean-d64": "lean shared: `share_backbone`, `mix=gates`, `cell_proj=false`, d_model 64 (the backbone's)",
     "lean-d32": "lean shared: `share_backbone`, `mix=gates`, `cell_proj=false`, d_model 32 (the backbone's)",
     "lean-d128-full": "lean shared with the full branch, `init=backbone`, d_model 128 (the backbone's)",
+    "same-width": "SeRpEnt at today's defaults, at the backbone's d_model (more parameters)",
+    "equal-time": "SeRpEnt at today's defaults, trained for the backbone's wall time (more steps)",
+    "s4d-curve": "S4D backbone, the task's config",
+    "serpent-s4d": "SeRpEnt over S4D at today's defaults, matched parameters",
+}
+
+
+FAMILY = {  # run names that are one variant at each task's backbone width (the rule counts tasks per family)
+    "lean-d64": "lean shared (non-causal)",
+    "lean-d32": "lean shared (non-causal)",
 }
 
 
@@ -91,12 +114,121 @@ def verdict(mine: list[float], base: list[float], higher_is_better: bool) -> str
     return _rule(mine, base, higher_is_better)
 
 
+def against_default(mine: list[float], default: list[float], higher_is_better: bool) -> str:
+    """The issue's decision rule for a variant: it beats the default when the means are apart by
+    more than the larger standard deviation, in its favour (behind: the mirror case; else level),
+    over three seeds each."""
+    if min(len(mine), len(default)) < 3:
+        return f"no verdict ({min(len(mine), len(default))} seed{'s' * (min(len(mine), len(default)) != 1)})"
+    sign = 1.0 if higher_is_better else -1.0
+    gap = sign * (statistics.mean(mine) - statistics.mean(default))
+    spread = max(statistics.stdev(mine), statistics.stdev(default))
+    return "beats the default" if gap > spread else "behind the default" if gap < -spread else "level"
+
+
+def is_variant(name: str) -> bool:
+    """A SeRpEnt-over-Mamba run that is none of the issue's three comparisons."""
+    return name != BACKBONE and name not in COMPARISON and BACKBONE_OF.get(name, BACKBONE) == BACKBONE
+
+
+def _metric(task: str) -> tuple[str, bool]:
+    key = task_spec(TITLES[task][0]).metric
+    return key, key == "accuracy"
+
+
+def _cell(runs: dict[str, list[dict]], name: str, key: str, pct: bool, judge: bool = True) -> str:
+    if name not in runs:
+        return "not run yet"
+    tests = [r["test"][key] for r in runs[name]]
+    text = fmt(tests, pct).replace(" (1 seed)", "")
+    text += f" ({len(tests)} seed{'s' * (len(tests) > 1)})"
+    backbone = BACKBONE_OF.get(name, BACKBONE)
+    if judge and backbone in runs:
+        ruled = verdict(tests, [r["test"][key] for r in runs[backbone]], key == "accuracy")
+        text += f": **{ruled}**" if ruled in ("beats", "loses", "tie") else ""
+    if name == "equal-time":
+        text += f", {runs[name][0]['summary']['steps']:,} steps"
+    return text
+
+
+def overview() -> str:
+    """One row per task: the backbone, and each of the issue's three comparisons with its verdict
+    against the backbone (over three seeds; none with fewer), and the best variant so far."""
+    lines = [
+        "### The comparisons at a glance (test metric, mean ± sd over seeds; verdict against the backbone)",
+        "",
+        "| task | metric | Mamba | matched parameters (default) | same width | equal wall-clock "
+        "| best variant (seeds) | S4D | SeRpEnt-S4D |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in TITLES:
+        runs = finished_runs(task) if (LONG / task).is_dir() else {}
+        if not runs:
+            continue
+        key, higher = _metric(task)
+        variants = [n for n in runs if is_variant(n)]
+        sign = 1.0 if higher else -1.0
+        best = max(
+            variants, key=lambda n: sign * statistics.mean(r["test"][key] for r in runs[n]), default=None
+        )
+        lines.append(
+            f"| {task} | {'accuracy %' if higher else key.replace('_', ' ')} | "
+            f"{_cell(runs, BACKBONE, key, higher, False)} | {_cell(runs, DEFAULT, key, higher)} | "
+            f"{_cell(runs, 'same-width', key, higher)} | {_cell(runs, 'equal-time', key, higher)} | "
+            f"{f'`{best}` ' + _cell(runs, best, key, higher) if best else 'none'} | "
+            f"{_cell(runs, 's4d-curve', key, higher, False)} | {_cell(runs, 'serpent-s4d', key, higher)} |"
+        )
+    return "\n".join(lines)
+
+
+def variants_table() -> str:
+    """Every variant against today's default on each task it ran, by the issue's decision rule (a
+    variant becomes the default of its mode when it beats the default on two tasks or more)."""
+    lines = [
+        "### Variants against today's default "
+        "(decision rule: means apart by more than the larger sd, 3 seeds)",
+        "",
+        "| variant | what | task | variant's test | default's test | against the default | "
+        "against the backbone |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    wins: dict[str, list[tuple[str, str]]] = {}  # variant family -> [(task, ruling against the default)]
+    for task in TITLES:
+        runs = finished_runs(task) if (LONG / task).is_dir() else {}
+        key, higher = _metric(task)
+        for name in sorted(runs):
+            if not is_variant(name):
+                continue
+            mine = [r["test"][key] for r in runs[name]]
+            default = [r["test"][key] for r in runs.get(DEFAULT, [])]
+            base = [r["test"][key] for r in runs.get(BACKBONE, [])]
+            lines.append(
+                f"| `{name}` | {WHAT.get(name, 'see its config.json')} | {task} | "
+                f"{_cell(runs, name, key, higher, False)} | "
+                f"{_cell(runs, DEFAULT, key, higher, False)} | "
+                f"{against_default(mine, default, higher) if default else 'no default run'} | "
+                f"{verdict(mine, base, higher) if base else 'no backbone run'} |"
+            )
+            ruled = against_default(mine, default, higher) if default else ""
+            wins.setdefault(FAMILY.get(name, f"`{name}`"), []).append((task, ruled))
+    lines.append("")
+    for family, results in wins.items():
+        beaten = [task for task, ruled in results if ruled == "beats the default"]
+        decided = sum(not ruled.startswith("no ") and ruled != "" for _, ruled in results)
+        status = "**the new default of its mode**" if len(beaten) >= 2 else "not a new default"
+        lines.append(
+            f"- {family}: beats the default on {len(beaten)} task{'s' * (len(beaten) != 1)}"
+            f"{' (' + ', '.join(beaten) + ')' if beaten else ''} of {decided} decided "
+            f"(ran on {len(results)}); {status}"
+        )
+    return "\n".join(lines)
+
+
 def table(task: str) -> str:
     config_task, title = TITLES[task]
     key = task_spec(config_task).metric
     pct, higher = key == "accuracy", key == "accuracy"
     runs = finished_runs(task)
-    base = [r["test"][key] for r in runs.get(BACKBONE, [])]
     base_params = runs[BACKBONE][0]["summary"]["parameters"] if BACKBONE in runs else None
     lines = [
         f"### {title}",
@@ -116,7 +248,12 @@ def table(task: str) -> str:
         tok = statistics.mean(r["summary"]["tokens_per_s"] for r in rs)
         mem = max(r["summary"]["peak_memory_mb"] for r in rs)
         commits = sorted({str(r["config"].get("code_commit", "?"))[:7] for r in rs})
-        judged = "—" if name == BACKBONE else verdict(tests, base, higher)
+        own = BACKBONE_OF.get(name, BACKBONE)
+        if own is None:
+            judged = "—"
+        else:
+            base = [r["test"][key] for r in runs.get(own, [])]
+            judged = verdict(tests, base, higher) if base else "no backbone run"
         lines.append(
             f"| {name} | {WHAT.get(name, 'see its config.json')} | {s0['parameters']:,}{ratio} | "
             f"{fmt(tests, pct)} | {per_seed} | {fmt(vals, pct)} | {judged} | {wall:.0f} | {tok:,.0f} | "
@@ -178,9 +315,8 @@ def plot(task: str) -> Path | None:
 
 
 def tables() -> str:
-    return (
-        "\n\n".join(table(task) for task in TITLES if (LONG / task).is_dir() and finished_runs(task)) + "\n"
-    )
+    per_task = [table(task) for task in TITLES if (LONG / task).is_dir() and finished_runs(task)]
+    return "\n\n".join([overview(), variants_table(), *per_task]) + "\n"
 
 
 def main() -> None:
