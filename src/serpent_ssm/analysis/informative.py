@@ -151,7 +151,8 @@ def plot_informative(result: dict[str, Any], path: Path) -> Path:
         ax.set_xticklabels([f"κ={result['end']['branches'][k]['rate']:g}" for k in names])
         ax.set_title(f"SeRpEnt layer {layer}", fontsize=9)
         ax.set_ylabel("share on informative positions")
-    axes[0][0].legend(fontsize=7)
+        ax.set_ylim(0.0, ax.get_ylim()[1] * 1.25)  # headroom for the legend above the bars
+    axes[0][0].legend(fontsize=7, loc="upper center", ncol=3)
     fig.suptitle(
         f"{result['task']}: grid points on informative positions ({result['n']} sequences)", fontsize=9
     )
