@@ -40,6 +40,23 @@ def test_demo_main_job_trains_both_models_and_prints_the_table(tmp_path, capsys)
     assert "generating ListOps" not in capsys.readouterr().out
 
 
+def test_demo_models_match_their_backbones_parameters():
+    """The main job compares models at matched parameter counts (within 10 %, as the configs)."""
+    import torch
+
+    from serpent_ssm.cli import DEMO_MODELS
+    from serpent_ssm.models import ModelConfig, build_model, count_parameters
+
+    def params(name):
+        with torch.device("meta"):
+            config = ModelConfig(name=name, vocab_size=18, n_classes=10, **DEMO_MODELS[name])
+            return count_parameters(build_model(config))
+
+    for name in ("serpent-mamba", "serpent-s4d"):
+        ratio = params(name) / params(name.removeprefix("serpent-"))
+        assert 0.9 <= ratio <= 1.1, (name, ratio)
+
+
 def test_train_eval_report_commands(tmp_path, capsys):
     from serpent_ssm.data.listops import generate_listops
 

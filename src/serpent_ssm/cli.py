@@ -102,8 +102,8 @@ DEMO_DATA = {"n_train": 4000, "n_val": 500, "n_test": 500, "min_len": 50, "max_l
 DEMO_MODELS = {  # parameter counts matched within 10 % (printed)
     "mamba": {"d_model": 64, "n_layers": 2},
     "s4d": {"d_model": 64, "n_layers": 2, "mlp_ratio": 2.0},
-    "serpent-mamba": {"d_model": 32, "n_layers": 2},
-    "serpent-s4d": {"d_model": 40, "n_layers": 2, "mlp_ratio": 2.0},
+    "serpent-mamba": {"d_model": 64, "n_layers": 2},  # the lean non-causal default: the backbone's width
+    "serpent-s4d": {"d_model": 64, "n_layers": 2, "mlp_ratio": 2.0},
 }
 
 

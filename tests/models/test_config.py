@@ -139,9 +139,24 @@ def test_models_saved_by_0_1_0_load_through_the_migration(name):
 
 
 def test_migrate_refuses_unknown_versions():
-    with pytest.raises(ValueError, match=r"^format_version: expected one of 0\.1\.0, 0\.2\.0, got '9\.9'$"):
+    with pytest.raises(
+        ValueError, match=r"^format_version: expected one of 0\.1\.0, 0\.2\.0, 0\.3\.0, got '9\.9'$"
+    ):
         migrate({"format_version": "9.9"})
     assert migrate({"name": "mamba", "serpent": {}})["serpent"] is None
+
+
+def test_a_0_2_0_classifier_keeps_the_mixer_of_then(tmp_path):
+    """0.2.0 -> 0.3.0: a record that left share_backbone, mix and cell_proj out meant the defaults
+    of then (three backbones, a dense output map, the cell projection), not today's lean mixer."""
+    record = {"format_version": "0.2.0", "name": "serpent-mamba", "d_model": 8, "n_layers": 1,
+              "d_input": 1, "n_classes": 3, "serpent": {"rates": [0.5, 0.3, 0.2]}}  # fmt: skip
+    old = ModelConfig.from_dict(migrate(record)).resolved().serpent
+    assert (old.share_backbone, old.mix, old.cell_proj) == (False, "dense", True)
+    new = ModelConfig.from_dict({k: v for k, v in record.items() if k != "format_version"}).resolved()
+    assert (new.serpent.share_backbone, new.serpent.mix, new.serpent.cell_proj) == (True, "gates", False)
+    kept = dict(record, serpent={"share_backbone": True, "mix": "gates", "cell_proj": False})
+    assert ModelConfig.from_dict(migrate(kept)).serpent.mix == "gates"  # set values are kept
 
 
 def test_config_json_is_the_resolved_config_with_its_version(tmp_path):

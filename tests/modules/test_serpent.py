@@ -297,7 +297,7 @@ def test_per_branch_intervals_have_their_own_score_network(causal):
 
 
 def test_full_branch_adds_a_plain_backbone():
-    model = make(0, include_full_branch=True)
+    model = make(0, include_full_branch=True, mix="dense")
     assert model.out_proj.in_features == 4 * D
     y = model(randn(2, 20, D))
     assert y.shape == (2, 20, D)
@@ -465,6 +465,22 @@ def test_defaults_follow_the_mode():
     assert SeRpEntConfig(8).include_full_branch is False
     assert SeRpEntConfig(8, causal=True).include_full_branch is True
     assert SeRpEntConfig(8, causal=True, include_full_branch=False).include_full_branch is False
+    # the long runs (results/long/README.md): non-causal, the lean shared mixer; causal, as before
+    lean = SeRpEntConfig(8)
+    assert (lean.share_backbone, lean.mix, lean.cell_proj) == (True, "gates", False)
+    causal = SeRpEntConfig(8, causal=True)
+    assert (causal.share_backbone, causal.mix, causal.cell_proj) == (False, "dense", True)
+    mine = SeRpEntConfig(8, share_backbone=False, mix="dense", cell_proj=True)
+    assert (mine.share_backbone, mine.mix, mine.cell_proj) == (False, "dense", True)
+
+
+def test_non_causal_default_is_as_wide_as_its_backbone():
+    """At its defaults a non-causal mixer has its backbone's parameters plus O(D): the score
+    network (D + 1) and the gates of its three branches (3·D + D)."""
+    model = make(7)
+    n_backbone = sum(p.numel() for p in model.backbones[0].parameters())
+    assert len(model.backbones) == 1 and model.full_backbone is None
+    assert sum(p.numel() for p in model.parameters()) == n_backbone + (D + 1) + (3 * D + D)
 
 
 def test_step_needs_causal_mode():
@@ -489,7 +505,7 @@ def test_bad_forward_input():
 @pytest.mark.parametrize("backbone", ["mamba", "s4d"])
 def test_shared_backbone_has_one_set_of_weights_and_starts_as_it(causal, backbone):
     shared = make(4, backbone, causal=causal, share_backbone=True, include_full_branch=True, init="backbone")
-    separate = make(4, backbone, causal=causal, include_full_branch=True)
+    separate = make(4, backbone, causal=causal, include_full_branch=True, share_backbone=False)
     n_backbone = sum(p.numel() for p in shared.full_backbone.parameters())
     assert len(shared.backbones) == 1 and shared.full_backbone is shared.backbones[0]
     extra = sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in shared.parameters())

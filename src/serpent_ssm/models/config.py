@@ -26,7 +26,7 @@ from serpent_ssm.utils.config import check_fields, check_minimums, from_mapping,
 __all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate"]
 
 HEADS = ("classify", "retrieval", "lm")
-FORMAT_VERSION = "0.2.0"
+FORMAT_VERSION = "0.3.0"
 
 
 @dataclass
@@ -150,7 +150,24 @@ def _migrate_0_1_0(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-_MIGRATIONS = {"0.1.0": ("0.2.0", _migrate_0_1_0)}  # format -> (the next format, the step to it)
+def _migrate_0_2_0(record: dict[str, Any]) -> dict[str, Any]:
+    """0.2.0 -> 0.3.0. ``share_backbone``, ``mix`` and ``cell_proj`` became mode-dependent (the
+    lean shared mixer in non-causal mode); a 0.2.0 record that left them out meant the defaults of
+    then: False, "dense", True."""
+    record = dict(record)
+    if isinstance(record.get("serpent"), dict):
+        serpent = dict(record["serpent"])
+        for key, then in (("share_backbone", False), ("mix", "dense"), ("cell_proj", True)):
+            if serpent.get(key) is None:
+                serpent[key] = then
+        record["serpent"] = serpent
+    return record
+
+
+_MIGRATIONS = {  # format -> (the next format, the step to it)
+    "0.1.0": ("0.2.0", _migrate_0_1_0),
+    "0.2.0": ("0.3.0", _migrate_0_2_0),
+}
 
 
 def migrate(record: dict[str, Any]) -> dict[str, Any]:

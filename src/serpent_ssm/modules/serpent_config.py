@@ -4,7 +4,9 @@ one ``SeRpEnt`` needs), both checked on construction by the same coercion as the
 
 Options left at None depend on the mode and are resolved in one place, ``resolve_options``:
 ``restore`` ("hold" causal, "interp" otherwise), ``include_full_branch`` (True causal, False
-otherwise) and ``bidirectional`` (``not causal``).
+otherwise), ``bidirectional`` (``not causal``) and the lean shared mixer of the non-causal mode
+(``share_backbone`` True, ``mix`` "gates", ``cell_proj`` False when non-causal; False, "dense",
+True when causal).
 """
 
 from __future__ import annotations
@@ -94,14 +96,18 @@ class SeRpEntOptions:
         share_backbone: every branch, the full branch included, runs one backbone (one set of
             weights) [ours]: a SeRpEnt mixer then has about one backbone's parameters, so at a
             matched parameter count it is as wide as its backbone. Each branch keeps its own
-            recurrent state when streaming.
+            recurrent state when streaming. None = True when non-causal, False when causal
+            (with ``mix`` and ``cell_proj`` below: the lean shared mixer, the non-causal default
+            chosen by the long runs, docs/design.md, "Does SeRpEnt help?").
         mix: how the branch outputs combine: ``"dense"`` (one ``Linear(n·D -> D)`` over their
             concatenation) or ``"gates"`` [ours]: a learned weight per branch and channel and a
             bias, ``y = Σ_b g_b ⊙ ŷ_b + c`` (``n·D + D`` parameters instead of ``n·D² + D``).
+            None = ``"gates"`` when non-causal, ``"dense"`` when causal.
         cell_proj: the ``D -> D`` map after cell pooling (``aggregate="cell"``); False: none, the
             pooled input goes to the backbone as it is (whose input projection follows anyway).
             With ``share_backbone``, ``mix="gates"`` and ``cell_proj=False`` a SeRpEnt mixer has
             its backbone's parameters plus ``O(D)``: as wide as its backbone at a matched count.
+            None = False when non-causal, True when causal.
         layers: the layers of a model's stack (0-based) that get the SeRpEnt mixer; the others get
             the plain backbone (bidirectional when non-causal), as hourglass and dynamic-pooling
             models keep full resolution at both ends. None = every layer. A model option: one
@@ -125,9 +131,9 @@ class SeRpEntOptions:
     bidirectional: bool | None = None
     init: str = "identity"
     trim_buffer: bool = True
-    share_backbone: bool = False
-    mix: str = "dense"
-    cell_proj: bool = True
+    share_backbone: bool | None = None
+    mix: str | None = None
+    cell_proj: bool | None = None
     layers: tuple[int, ...] | None = field(default=None, metadata={"expected": "a list of layer indices"})
 
     def __post_init__(self) -> None:
@@ -146,7 +152,8 @@ class SeRpEntOptions:
         _check_choice("interval_bounds", self.interval_bounds, INTERVAL_BOUNDS)
         _check_choice("interval_source", self.interval_source, INTERVAL_SOURCES)
         _check_choice("init", self.init, INITS)
-        _check_choice("mix", self.mix, MIXES)
+        if self.mix is not None:
+            _check_choice("mix", self.mix, MIXES)
         if self.layers is not None:
             if (
                 not self.layers
@@ -176,6 +183,10 @@ def _mode_defaults(options: SeRpEntOptions, causal: bool) -> dict[str, Any]:
             options.include_full_branch if options.include_full_branch is not None else causal
         ),
         "bidirectional": options.bidirectional if options.bidirectional is not None else not causal,
+        # the lean shared mixer in non-causal mode (docs/design.md, "Does SeRpEnt help?")
+        "share_backbone": options.share_backbone if options.share_backbone is not None else not causal,
+        "mix": options.mix if options.mix is not None else ("dense" if causal else "gates"),
+        "cell_proj": options.cell_proj if options.cell_proj is not None else causal,
     }
     if causal and values["restore"] == "interp":
         raise ValueError(
