@@ -128,8 +128,9 @@ def against_default(mine: list[float], default: list[float], higher_is_better: b
     """The issue's decision rule for a variant: it beats the default when the means are apart by
     more than the larger standard deviation, in its favour (behind: the mirror case; else level),
     over three seeds each."""
-    if min(len(mine), len(default)) < 3:
-        return f"no verdict ({min(len(mine), len(default))} seed{'s' * (min(len(mine), len(default)) != 1)})"
+    seeds = min(len(mine), len(default))
+    if seeds < 3:
+        return f"no verdict ({seeds} seed{'s' * (seeds != 1)})"
     sign = 1.0 if higher_is_better else -1.0
     gap = sign * (statistics.mean(mine) - statistics.mean(default))
     spread = max(statistics.stdev(mine), statistics.stdev(default))
@@ -246,9 +247,9 @@ def variants_table() -> str:
 
 
 def table(task: str) -> str:
-    config_task, title = TITLES[task]
-    key = task_spec(config_task).metric
-    pct, higher = key == "accuracy", key == "accuracy"
+    title = TITLES[task][1]
+    key, higher = _metric(task)
+    pct = higher
     runs = finished_runs(task)
     base_params = runs[BACKBONE][0]["summary"]["parameters"] if BACKBONE in runs else None
     lines = [
