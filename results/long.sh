@@ -7,7 +7,8 @@
 #   bash results/long.sh curve TASK MODEL SEED   # the backbone's learning curve at the task's largest budget
 # TASK is one of the budgets below. A run trains into $PINNED/runs/long/<task>/<name>-seed<seed>, is
 # scored on the test split, and its config, JSONL log, summary and test score are copied to
-# results/long/<task>/<name>-seed<seed>/ of this checkout. A run whose copy exists is skipped.
+# results/long/<task>/<name>-seed<seed>/ of this checkout with machine.json, the machine it ran on (tokens/s
+# compare only between runs on one machine). A run whose copy exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=$PWD
@@ -53,6 +54,9 @@ run() {  # run TASK MODEL NAME SEED [--set key=value ...]
   serpent eval "$out" --split test >> "$PINNED/$out.log" 2>&1
   mkdir -p "$keep"
   cp "$PINNED/$out"/{config.json,metrics.jsonl,summary.json,eval_test.json} "$keep"/
+  # the machine it ran on (summary.json has it from commits after 22d453b; earlier pins do not)
+  PYTHONPATH="$HERE/src" "$PYTHON" -c "import json; from serpent_ssm.utils.machine import machine_info; \
+print(json.dumps(machine_info(), indent=1))" > "$keep/machine.json"
 }
 
 case ${1:-} in

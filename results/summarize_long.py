@@ -26,6 +26,7 @@ commits before it was logged, ``s × wall time / steps``, the run's mean pace.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -86,6 +87,43 @@ FAMILY = {  # run names that are one variant at each task's backbone width (the 
 }
 
 
+EARLIER = "the machine of every run before 2026-12-02 10:50 UTC (2 cores; its processor was not recorded)"
+
+
+def machine_of(folder: Path, summary: dict) -> str:
+    """The machine a run ran on, in words: from its ``summary.json`` (commits after 22d453b) or the
+    ``machine.json`` that results/long.sh writes beside it, else ``EARLIER``."""
+    m = summary.get("machine")
+    if m is None and (folder / "machine.json").is_file():
+        m = json.loads((folder / "machine.json").read_text())
+    if m is None:
+        return EARLIER
+    return f"{m['cpu']}, {'/'.join(m['simd']) or 'no AVX'}, {m['cores']} cores, torch {m['torch']}"
+
+
+@functools.lru_cache(maxsize=1)
+def machine_labels() -> dict[str, str]:
+    """Machine -> its letter in the tables (A: ``EARLIER``, then the others by name)."""
+    seen = {
+        r["machine"]
+        for task in TITLES
+        if (LONG / task).is_dir()
+        for rs in finished_runs(task).values()
+        for r in rs
+    }
+    ordered = sorted(seen - {EARLIER})
+    return {m: chr(ord("A") + i) for i, m in enumerate([EARLIER, *ordered])}
+
+
+def by_machine(rs: list[dict]) -> dict[str, list[dict]]:
+    """The runs grouped by machine, in the order of ``machine_labels``."""
+    order = machine_labels()
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rs:
+        groups[r["machine"]].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
+
+
 def finished_runs(task: str) -> dict[str, list[dict]]:
     """``name -> [run, ...]`` (one per seed, in seed order) of the finished runs of ``task``."""
     found: dict[str, list[dict]] = defaultdict(list)
@@ -96,6 +134,7 @@ def finished_runs(task: str) -> dict[str, list[dict]]:
         run = {k: json.loads((folder / f"{k}.json").read_text()) for k in ("summary", "config")}
         run["test"] = json.loads((folder / "eval_test.json").read_text())
         run["seed"] = int(seed)
+        run["machine"] = machine_of(folder, run["summary"])
         run["curve"] = [
             json.loads(line)
             for line in (folder / "metrics.jsonl").read_text().splitlines()
@@ -256,7 +295,7 @@ def table(task: str) -> str:
         f"### {title}",
         "",
         f"| run | what | params (× backbone) | test {key.replace('_', ' ')} | per seed | best val | "
-        "verdict vs backbone | wall s | tokens/s | peak MB | commit |",
+        "verdict vs backbone | wall s (machine) | tokens/s (machine) | peak MB | commit |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     scale, digits = (100.0, 1) if pct else (1.0, 3)
@@ -266,8 +305,12 @@ def table(task: str) -> str:
         ratio = f" ({s0['parameters'] / base_params:.2f}×)" if base_params else ""
         per_seed = ", ".join(f"s{r['seed']}: {r['test'][key] * scale:.{digits}f}" for r in rs)
         vals = [r["summary"]["best_val"] for r in rs]
-        wall = statistics.mean(r["summary"]["wall_time_s"] for r in rs)
-        tok = statistics.mean(r["summary"]["tokens_per_s"] for r in rs)
+        labels = machine_labels()
+        groups = list(by_machine(rs).items())  # tokens/s and seconds compare only on one machine
+        wall, tok = (
+            "; ".join(f"{statistics.mean(r['summary'][k] for r in g):,.0f} ({labels[m]})" for m, g in groups)
+            for k in ("wall_time_s", "tokens_per_s")
+        )
         mem = max(r["summary"]["peak_memory_mb"] for r in rs)
         commits = sorted({str(r["config"].get("code_commit", "?"))[:7] for r in rs})
         own = BACKBONE_OF.get(name, BACKBONE)
@@ -278,7 +321,7 @@ def table(task: str) -> str:
             judged = verdict(tests, base, higher) if base else "no backbone run"
         lines.append(
             f"| {name} | {WHAT.get(name, 'see its config.json')} | {s0['parameters']:,}{ratio} | "
-            f"{fmt(tests, pct)} | {per_seed} | {fmt(vals, pct)} | {judged} | {wall:.0f} | {tok:,.0f} | "
+            f"{fmt(tests, pct)} | {per_seed} | {fmt(vals, pct)} | {judged} | {wall} | {tok} | "
             f"{mem:,.0f} | {', '.join(commits)} |"
         )
     return "\n".join(lines)
@@ -298,8 +341,9 @@ def seconds(rs: list[dict], steps: list[int]) -> list[float]:
 
 
 def plot(task: str) -> Path | None:
-    """``results/long/<task>.png``: validation metric against steps and against seconds, the mean
-    over seeds and the band between the lowest and highest seed, one colour per run name."""
+    """``results/long/<task>.png``: validation metric against steps (the mean over seeds and the band
+    between the lowest and highest seed) and against seconds (the mean over the seeds run on one
+    machine, the first in ``machine_labels``' order), one colour per run name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,16 +362,25 @@ def plot(task: str) -> Path | None:
             continue
         cols = list(zip(*values, strict=True))
         mean, lo, hi = [statistics.mean(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
-        for ax, xs in ((axes[0], steps), (axes[1], seconds(rs, steps))):
-            label = f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})"
-            (line,) = ax.plot(xs, mean, marker="o", ms=3, label=label)
-            if len(rs) > 1:
-                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+        label = f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+        (line,) = axes[0].plot(steps, mean, marker="o", ms=3, label=label)
+        if len(rs) > 1:
+            axes[0].fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
+        # seconds only compare on one machine: the seeds run on the first (A before the others)
+        machine, same = next(iter(by_machine(rs).items()))
+        timed = [[p[key] for p in r["curve"]] for r in same]
+        tag = "" if len(same) == len(rs) else f", the {len(same)} on machine {machine_labels()[machine]}"
+        axes[1].plot(
+            seconds(same, steps), [statistics.mean(c) for c in zip(*timed, strict=True)], marker="o", ms=3,
+            color=line.get_color(), label=f"{name}{tag}",
+        )  # fmt: skip
     for ax, xlabel in zip(axes, ("training step", "training seconds"), strict=True):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"validation {key.replace('_', ' ')}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if any(len(by_machine(rs)) > 1 for rs in runs.values()):
+        axes[1].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     path = LONG / f"{task}.png"
@@ -336,9 +389,18 @@ def plot(task: str) -> Path | None:
     return path
 
 
+def machines_legend() -> str:
+    """The machines of the tables' letters. Wall time and tokens/s are means over the seeds run on
+    one machine: the same code ran at very different speeds on different machines."""
+    return (
+        "Machines (wall s and tokens/s are means over the seeds run on one machine; compare them only "
+        "within one machine): " + "; ".join(f"**{k}** = {m}" for m, k in machine_labels().items()) + "."
+    )
+
+
 def tables() -> str:
     per_task = [table(task) for task in TITLES if (LONG / task).is_dir() and finished_runs(task)]
-    return "\n\n".join([overview(), variants_table(), *per_task]) + "\n"
+    return "\n\n".join([overview(), variants_table(), *per_task, machines_legend()]) + "\n"
 
 
 def main() -> None:

@@ -114,6 +114,7 @@ def test_train_prints_and_records_the_backbone_parameter_count(tmp_path, capsys)
     }
     with torch.device("meta"):
         expected = count_parameters(build_model(ModelConfig.from_dict(backbone)))
+    assert summary["machine"]["device"] == "cpu" and summary["machine"]["threads"] == torch.get_num_threads()
     ours = summary["parameters"]
     assert summary["compare_parameters"] == {
         "model": "mamba", "source": "mamba.yaml", "parameters": expected, "ratio": ours / expected

@@ -55,6 +55,7 @@ from serpent_ssm.train.run_files import (
 )
 from serpent_ssm.train.tasks import TaskData, load_task
 from serpent_ssm.utils.io import atomic_write_bytes
+from serpent_ssm.utils.machine import machine_info
 from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
 
 __all__ = [
@@ -595,6 +596,7 @@ def _summary(run: _Run, mcfg: ModelConfig, n_params: int, compare: dict | None) 
         "world_size": run.proc.world,
         "seed": run.cfg.train.seed,
         "compare_parameters": compare,
+        "machine": machine_info(run.proc.device),  # tokens/s compare only on one machine
     }
     if run.proc.main:
         save_pretrained(run.model, run.out / "final")
