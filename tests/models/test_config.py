@@ -20,6 +20,7 @@ from serpent_ssm.models import (
 )
 from serpent_ssm.modules import SeRpEntOptions
 
+from tests.fixtures import golden
 from tests.helpers import right_padding_mask
 
 
@@ -131,8 +132,8 @@ def test_models_saved_by_0_1_0_load_through_the_migration(name):
         got = model(recorded["ids"] if name.startswith("lm") else recorded["x"])
     if "s4d" in name:  # S4D's convolution runs in float64 since 0.2.0 (causal for any finite input)
         torch.testing.assert_close(got, recorded[name], rtol=0, atol=1e-6)
-    else:
-        assert torch.equal(got, recorded[name])
+    else:  # the same model as then: its logits to float32 rounding on any processor
+        torch.testing.assert_close(got, recorded[name], **golden.ACROSS_CPUS)
     if name == "lm-serpent-empty":
         assert model.config.serpent.include_full_branch is False
         assert all(b.mixer.full_backbone is None for b in model.blocks)
