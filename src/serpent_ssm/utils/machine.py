@@ -37,7 +37,8 @@ def _cpuinfo(path: Path) -> dict[str, str]:
 
 def machine_info(device: str | torch.device = "cpu", cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """``{"cpu", "simd", "cores", "threads", "torch", "device"}``: the processor's model name (with
-    its family and model numbers where the name is generic), the vector extensions of ``_SIMD`` it
+    its family and model numbers where ``cpuinfo`` gives them: x86 names can be as generic as
+    "AMD EPYC"), the vector extensions of ``_SIMD`` it
     has, the logical cores, torch's intra-op threads, torch's version and ``device`` (for CUDA, the
     GPU's name). ``cpuinfo``: where to read the processor from (Linux's file by default)."""
     info = _cpuinfo(Path(cpuinfo))
