@@ -299,13 +299,13 @@ def table(task: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     scale, digits = (100.0, 1) if pct else (1.0, 3)
+    labels = machine_labels()
     for name, rs in sorted(runs.items(), key=lambda kv: (kv[0] != BACKBONE, kv[0])):
         s0 = rs[0]["summary"]
         tests = [r["test"][key] for r in rs]
         ratio = f" ({s0['parameters'] / base_params:.2f}×)" if base_params else ""
         per_seed = ", ".join(f"s{r['seed']}: {r['test'][key] * scale:.{digits}f}" for r in rs)
         vals = [r["summary"]["best_val"] for r in rs]
-        labels = machine_labels()
         groups = list(by_machine(rs).items())  # tokens/s and seconds compare only on one machine
         wall, tok = (
             "; ".join(f"{statistics.mean(r['summary'][k] for r in g):,.0f} ({labels[m]})" for m, g in groups)
@@ -368,7 +368,7 @@ def plot(task: str) -> Path | None:
             axes[0].fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
         # seconds only compare on one machine: the seeds run on the first (A before the others)
         machine, same = next(iter(by_machine(rs).items()))
-        timed = [[p[key] for p in r["curve"]] for r in same]
+        timed = [v for r, v in zip(rs, values, strict=True) if r in same]
         tag = "" if len(same) == len(rs) else f", the {len(same)} on machine {machine_labels()[machine]}"
         axes[1].plot(
             seconds(same, steps), [statistics.mean(c) for c in zip(*timed, strict=True)], marker="o", ms=3,
