@@ -88,6 +88,7 @@ FAMILY = {  # run names that are one variant at each task's backbone width (the 
 
 
 EARLIER = "the machine of every run before 2026-12-02 10:50 UTC (2 cores; its processor was not recorded)"
+SHARED_CPU = "shared_cpu.txt"  # in a run folder: the run shared the CPU (why); see finished_runs
 
 
 def machine_of(folder: Path, summary: dict) -> str:
@@ -116,11 +117,12 @@ def machine_labels() -> dict[str, str]:
 
 
 def by_machine(rs: list[dict]) -> dict[str, list[dict]]:
-    """The runs grouped by machine, in the order of ``machine_labels``."""
+    """The timed runs (see ``finished_runs``) grouped by machine, in the order of ``machine_labels``."""
     order = machine_labels()
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rs:
-        groups[r["machine"]].append(r)
+        if r["timed"]:
+            groups[r["machine"]].append(r)
     return dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
 
 
@@ -135,6 +137,9 @@ def finished_runs(task: str) -> dict[str, list[dict]]:
         run["test"] = json.loads((folder / "eval_test.json").read_text())
         run["seed"] = int(seed)
         run["machine"] = machine_of(folder, run["summary"])
+        # a run that shared the CPU (its folder holds shared_cpu.txt, why) keeps its scores; its
+        # seconds and tokens/s say nothing of its model's speed and stay out of those columns
+        run["timed"] = not (folder / SHARED_CPU).is_file()
         run["curve"] = [
             json.loads(line)
             for line in (folder / "metrics.jsonl").read_text().splitlines()
@@ -307,8 +312,12 @@ def table(task: str) -> str:
         per_seed = ", ".join(f"s{r['seed']}: {r['test'][key] * scale:.{digits}f}" for r in rs)
         vals = [r["summary"]["best_val"] for r in rs]
         groups = list(by_machine(rs).items())  # tokens/s and seconds compare only on one machine
+        untimed = ", ".join(f"s{r['seed']}" for r in rs if not r["timed"])
         wall, tok = (
-            "; ".join(f"{statistics.mean(r['summary'][k] for r in g):,.0f} ({labels[m]})" for m, g in groups)
+            "; ".join(
+                [f"{statistics.mean(r['summary'][k] for r in g):,.0f} ({labels[m]})" for m, g in groups]
+                + ([f"not {untimed} (shared the CPU)"] if untimed else [])
+            )
             for k in ("wall_time_s", "tokens_per_s")
         )
         mem = max(r["summary"]["peak_memory_mb"] for r in rs)
@@ -367,6 +376,8 @@ def plot(task: str) -> Path | None:
         if len(rs) > 1:
             axes[0].fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
         # seconds only compare on one machine: the seeds run on the first (A before the others)
+        if not by_machine(rs):  # no timed run
+            continue
         machine, same = next(iter(by_machine(rs).items()))
         timed = [v for r, v in zip(rs, values, strict=True) if r in same]
         tag = "" if len(same) == len(rs) else f", the {len(same)} on machine {machine_labels()[machine]}"
@@ -392,9 +403,10 @@ def plot(task: str) -> Path | None:
 def machines_legend() -> str:
     """The machines of the tables' letters. Wall time and tokens/s are means over the seeds run on
     one machine: the same code ran at very different speeds on different machines."""
+    names = "; ".join(f"**{k}** = {m}" for m, k in machine_labels().items())
     return (
-        "Machines (wall s and tokens/s are means over the seeds run on one machine; compare them only "
-        "within one machine): " + "; ".join(f"**{k}** = {m}" for m, k in machine_labels().items()) + "."
+        "Machines (wall s and tokens/s are means over the seeds run on one machine, without the runs "
+        f"that shared the CPU; compare them only within one machine): {names}."
     )
 
 
