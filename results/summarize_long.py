@@ -392,13 +392,16 @@ def plot(task: str) -> Path | None:
         if len(rs) > 1:
             axes[0].fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
         # seconds only compare on one machine: the seeds run on the first (A before the others)
-        if not by_machine(rs):  # no timed run
+        groups = by_machine(rs)
+        if not groups:  # no timed run
             continue
-        machine, same = next(iter(by_machine(rs).items()))
-        timed = [v for r, v in zip(rs, values, strict=True) if r in same]
+        machine, same = next(iter(groups.items()))
+        on_it = {id(r) for r in same}  # the runs themselves: dict equality would compare every field
+        timed_values = [v for r, v in zip(rs, values, strict=True) if id(r) in on_it]
+        mean_curve = [statistics.mean(c) for c in zip(*timed_values, strict=True)]
         tag = "" if len(same) == len(rs) else f", the {len(same)} on machine {machine_labels()[machine]}"
         axes[1].plot(
-            seconds(same, steps), [statistics.mean(c) for c in zip(*timed, strict=True)], marker="o", ms=3,
+            seconds(same, steps), mean_curve, marker="o", ms=3,
             color=line.get_color(), label=f"{name}{tag}",
         )  # fmt: skip
     for ax, xlabel in zip(axes, ("training step", "training seconds"), strict=True):
