@@ -98,20 +98,45 @@ def test_resume_with_a_half_full_logging_window(listops_dir, tmp_path):
 
 def test_window_add_record_reset_and_the_checkpoint_format():
     window = Window()
-    window.add(2.0, correct=3, samples=4, tokens=40)
-    window.add(1.0, correct=1, samples=4, tokens=40)
+    window.add(2.0, correct=3, samples=4, tokens=40, grad_norm=3.0, clipped=True)
+    window.add(1.0, correct=1, samples=4, tokens=40, grad_norm=0.5, clipped=False)
     record = window.record(step=7, lr=0.5)
-    assert {k: record[k] for k in ("step", "split", "loss", "accuracy", "lr")} == {
-        "step": 7, "split": "train", "loss": 1.5, "accuracy": 0.5, "lr": 0.5
+    assert {k: record[k] for k in ("step", "split", "loss", "accuracy", "lr", "grad_norm", "clipped")} == {
+        "step": 7, "split": "train", "loss": 1.5, "accuracy": 0.5, "lr": 0.5, "grad_norm": 1.75,
+        "clipped": 0.5,
     }  # fmt: skip
     saved = window.to_tensor()
-    assert saved.dtype == torch.float64 and saved.tolist() == [12.0, 4.0, 8.0, 80.0]
+    assert saved.dtype == torch.float64 and saved.tolist() == [12.0, 4.0, 8.0, 80.0, 2.0, 3.5, 1.0]
+    assert Window.from_tensor(saved).record(7, 0.5).keys() == record.keys()
     old = torch.tensor([12.0, 4.0, 8.0, 80.0], dtype=torch.float64)  # as earlier versions saved it
-    assert Window.from_tensor(old).record(7, 0.5)["loss"] == 1.5
+    resumed = Window.from_tensor(old)
+    assert resumed.record(7, 0.5)["loss"] == 1.5 and "grad_norm" not in resumed.record(7, 0.5)
+    resumed.add(1.0, correct=0, samples=8, tokens=80, grad_norm=2.0, clipped=True)
+    assert {k: resumed.record(9, 0.5)[k] for k in ("loss", "grad_norm", "clipped")} == {
+        "loss": 1.25, "grad_norm": 2.0, "clipped": 1.0
+    }  # fmt: skip
     window.reset()
-    assert window.to_tensor().tolist() == [0.0, 0.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match=r"^window: expected a \(4,\) tensor .*, got \(3,\)$"):
+    assert window.to_tensor().tolist() == [0.0] * 7
+    with pytest.raises(
+        ValueError,
+        match=r"^window: expected a \(7,\) tensor \[loss_sum, correct, samples, tokens, steps, "
+        r"grad_norm_sum, clipped\] or an older checkpoint's \(4,\) one, got \(3,\)$",
+    ):
         Window.from_tensor(torch.zeros(3, dtype=torch.float64))
+
+
+def test_training_lines_log_the_gradient_norm_before_clipping(listops_dir, tmp_path):
+    """A clip far below the norms clips every step and logs the unclipped norm; with no clip the
+    same first step logs the same norm and nothing clipped."""
+    lines = {}
+    for name, clip in (("tight", "optim.grad_clip=1e-6"), ("none", "optim.grad_clip=null")):
+        train(_cfg(listops_dir, clip, "train.log_every=1", "train.max_steps=2"), tmp_path / name, quiet=True)
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        lines[name] = [r for r in map(json.loads, rows) if r["split"] == "train"]
+    assert [r["clipped"] for r in lines["tight"]] == [1.0, 1.0]
+    assert [r["clipped"] for r in lines["none"]] == [0.0, 0.0]
+    assert all(r["grad_norm"] > 1e-3 for r in lines["tight"] + lines["none"])
+    assert lines["tight"][0]["grad_norm"] == pytest.approx(lines["none"][0]["grad_norm"], rel=1e-5)
 
 
 def test_config_json_records_the_code_commit_and_reads_back(listops_dir, tmp_path):

@@ -3,7 +3,9 @@
 - AdamW with parameter groups: weight decay only on matrices (``dim >= 2``) not flagged
   ``_no_weight_decay``; parameters carrying an ``_optim`` hint (the S4D SSM parameters) get
   their own group with ``optim.ssm_lr`` (or the hint's lr) and no weight decay.
-- Linear warmup, then cosine decay to ``min_lr_ratio * lr``; gradient clipping.
+- Linear warmup, then cosine decay to ``min_lr_ratio * lr``; gradient clipping (each training
+  line of ``metrics.jsonl`` gives the mean gradient norm before clipping, ``grad_norm``, and the
+  share of its steps that were clipped, ``clipped``).
 - Seeds: the same config and seed give identical results on the CPU; the data order is a
   function of (seed, epoch) only, so it can be restarted at any step.
 - Logs: ``metrics.jsonl`` (one JSON object per log or evaluation; a ``Window`` gathers the
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -242,27 +244,51 @@ def evaluate_split(
 class Window:
     """Training statistics since the last ``metrics.jsonl`` line: summed loss, correct
     predictions and scored samples (predicted bytes for a language model) of this process,
-    tokens seen by all processes; ``started`` is the ``time.perf_counter()`` its throughput counts
-    from. A checkpoint stores it as ``to_tensor()``: float64 ``[loss_sum, correct, samples, tokens]``.
+    tokens seen by all processes, optimisation steps, their summed gradient norms (before
+    clipping) and how many of them were clipped; ``started`` is the ``time.perf_counter()`` its
+    throughput counts from. A checkpoint stores it as ``to_tensor()``: float64 ``[loss_sum,
+    correct, samples, tokens, steps, grad_norm_sum, clipped]``.
     """
 
     loss_sum: float = 0.0
     correct: int = 0
     samples: int = 0
     tokens: int = 0
+    steps: int = 0
+    grad_norm_sum: float = 0.0
+    clipped: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, mean_loss: float, correct: int, samples: int, tokens: int) -> None:
-        """One batch: its mean loss over ``samples`` scored ones, ``correct`` of them, ``tokens``."""
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "loss_sum", "correct", "samples", "tokens", "steps", "grad_norm_sum", "clipped"
+    )  # fmt: skip
+
+    def add(
+        self,
+        mean_loss: float,
+        correct: int,
+        samples: int,
+        tokens: int,
+        grad_norm: float | None = None,
+        clipped: bool = False,
+    ) -> None:
+        """One batch: its mean loss over ``samples`` scored ones, ``correct`` of them, ``tokens``,
+        and, for an optimisation step, the gradient norm before clipping and whether it was clipped."""
         self.loss_sum += mean_loss * samples
         self.correct += correct
         self.samples += samples
         self.tokens += tokens
+        if grad_norm is not None:
+            self.steps += 1
+            self.grad_norm_sum += grad_norm
+            self.clipped += int(clipped)
 
     def record(self, step: int, lr: float) -> dict[str, Any]:
-        """The ``metrics.jsonl`` line of the window ending at ``step``."""
+        """The ``metrics.jsonl`` line of the window ending at ``step``: with the mean gradient norm
+        before clipping (``grad_norm``) and the share of steps clipped (``clipped``) over the
+        window's steps that recorded one (none after resuming from an older checkpoint's window)."""
         seconds = time.perf_counter() - self.started
-        return {
+        record = {
             "step": step,
             "split": "train",
             "loss": self.loss_sum / self.samples,
@@ -270,10 +296,15 @@ class Window:
             "lr": lr,
             "tokens_per_s": self.tokens / max(seconds, 1e-9),
         }
+        if self.steps:
+            record["grad_norm"] = self.grad_norm_sum / self.steps
+            record["clipped"] = self.clipped / self.steps
+        return record
 
     def reset(self) -> None:
         """Start the next window (zero sums, the clock from now)."""
-        self.loss_sum, self.correct, self.samples, self.tokens = 0.0, 0, 0, 0
+        for name in self.FIELDS:
+            setattr(self, name, type(getattr(self, name))(0))
         self.restart_clock()
 
     def restart_clock(self) -> None:
@@ -281,19 +312,25 @@ class Window:
         self.started = time.perf_counter()
 
     def to_tensor(self) -> torch.Tensor:
-        """``(4,)`` float64 ``[loss_sum, correct, samples, tokens]`` (a checkpoint's ``window``)."""
-        return torch.tensor([self.loss_sum, self.correct, self.samples, self.tokens], dtype=torch.float64)
+        """``(7,)`` float64 ``[loss_sum, correct, samples, tokens, steps, grad_norm_sum, clipped]``
+        (a checkpoint's ``window``)."""
+        return torch.tensor([float(getattr(self, name)) for name in self.FIELDS], dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Window:
-        """Inverse of ``to_tensor``; reads the ``window`` of any checkpoint this loop wrote."""
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (4,):
+        """Inverse of ``to_tensor``; reads the ``window`` of any checkpoint this loop wrote,
+        including the ``(4,)`` ``[loss_sum, correct, samples, tokens]`` of versions before the
+        gradient norms were logged (their window then has no gradient norms)."""
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) not in {(4,), (7,)}:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(
-                f"window: expected a (4,) tensor [loss_sum, correct, samples, tokens], got {got}"
+                "window: expected a (7,) tensor [loss_sum, correct, samples, tokens, steps, "
+                f"grad_norm_sum, clipped] or an older checkpoint's (4,) one, got {got}"
             )
-        loss_sum, correct, samples, tokens = t.tolist()
-        return cls(float(loss_sum), int(correct), int(samples), int(tokens))
+        values = t.tolist()
+        return cls(**{
+            name: type(getattr(cls, name))(v) for name, v in zip(cls.FIELDS, values, strict=False)
+        })  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -513,14 +550,23 @@ def _optimisation_step(run: _Run, step: int, indices: Iterator[list[int]]) -> fl
     loss = F.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.optim.grad_clip:
-        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
+    clip = cfg.optim.grad_clip
+    if clip:  # the norm before clipping
+        grad_norm = float(nn.utils.clip_grad_norm_(run.model.parameters(), clip))
+    else:
+        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+        grad_norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
     run.optimizer.step()
     loss_value = loss.item()
     n_scored = batch["labels"].numel()  # samples, or predicted bytes for a language model
     correct = int((logits.argmax(-1) == batch["labels"]).sum())
     run.pos.window.add(
-        loss_value, correct, n_scored, (n_scored if is_lm else _tokens(batch)) * run.proc.world
+        loss_value,
+        correct,
+        n_scored,
+        (n_scored if is_lm else _tokens(batch)) * run.proc.world,
+        grad_norm=grad_norm,
+        clipped=bool(clip) and grad_norm > clip,
     )
     return loss_value
 
