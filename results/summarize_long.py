@@ -47,6 +47,9 @@ TODAY = {  # task -> the run of today's shipped default at matched parameters: t
     "sparse-digits": "lean-d32",
     "english": DEFAULT,
 }
+AT_BACKBONE_WIDTH = {  # task -> a variant at the backbone's d_model and n_layers that also matches its
+    "english": "lean-d128-full",  # parameters (shared weights): the same-width comparison as well
+}
 BACKBONE_OF = {"serpent-s4d": "s4d-curve", "s4d-curve": None, BACKBONE: None}  # else: BACKBONE
 COMPARISON = {  # run name -> the comparison it belongs to; any other SeRpEnt run is a variant
     DEFAULT: "matched parameters",
@@ -233,9 +236,12 @@ def overview() -> str:
         variants = [n for n in runs if is_variant(n) and n != today]
         lean = today != DEFAULT  # at the backbone's width and not cheaper per step than it
         earlier = _cell(runs, DEFAULT, key, higher) if lean else "(the same)"
-        same_width = (
-            "= today's default (at the backbone's width)" if lean else _cell(runs, "same-width", key, higher)
-        )
+        if lean:
+            same_width = "= today's default (at the backbone's width)"
+        elif task in AT_BACKBONE_WIDTH and AT_BACKBONE_WIDTH[task] in runs:
+            same_width = f"`{AT_BACKBONE_WIDTH[task]}` " + _cell(runs, AT_BACKBONE_WIDTH[task], key, higher)
+        else:
+            same_width = _cell(runs, "same-width", key, higher)
         equal_time = (
             "its curve against seconds (not cheaper per step)"
             if lean
