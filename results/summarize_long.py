@@ -79,6 +79,10 @@ WHAT = {  # run name -> what it is (the flags are in each run's config.json)
     "lean-d128-full": "lean shared with the full branch, `init=backbone`, d_model 128 (the backbone's)",
     "same-width": "SeRpEnt at today's defaults, at the backbone's d_model (more parameters)",
     "equal-time": "SeRpEnt at today's defaults, trained for the backbone's wall time (more steps)",
+    "lean-d128-mean": "`lean-d128-full` with `interval_bounds=mean` (the causal-collapse remedy on the "
+    "variant that starts as its backbone)",
+    "lean-d128-bi": "`lean-d128-full` with `interval_source=backbone` (the intervals from the shared "
+    "backbone's Δ)",
     "backbone-intervals": "today's default with `interval_source=backbone` (the intervals from the "
     "backbone's own selective Δ, no score network)",
     "middle-layers": "today's default with `serpent.layers=[1, 2]` (SeRpEnt in the middle two layers, "
@@ -91,6 +95,10 @@ WHAT = {  # run name -> what it is (the flags are in each run's config.json)
 ON_TODAY = {  # variants of today's default (TODAY), judged against it rather than against DEFAULT
     "backbone-intervals",
     "middle-layers",
+}
+BUILT_ON = {  # variants of another variant, judged against it (the causal default was not replaced yet)
+    "lean-d128-mean": "lean-d128-full",
+    "lean-d128-bi": "lean-d128-full",
 }
 FAMILY = {  # run names that are one variant at each task's backbone width (the rule counts tasks per family)
     "lean-d64": "lean shared (non-causal)",
@@ -263,7 +271,10 @@ def overview() -> str:
 
 def judged_against(name: str, task: str) -> str:
     """The default a variant is judged against on ``task``: today's (``TODAY``) for the variants built
-    on it (``ON_TODAY``), else the one the first variants were run against (``DEFAULT``)."""
+    on it (``ON_TODAY``), the variant it builds on (``BUILT_ON``), else the one the first variants
+    were run against (``DEFAULT``)."""
+    if name in BUILT_ON:
+        return BUILT_ON[name]
     return TODAY.get(task, DEFAULT) if name in ON_TODAY else DEFAULT
 
 
@@ -272,8 +283,8 @@ def variants_table() -> str:
     ran, by the issue's decision rule (a variant becomes the default of its mode when it beats it on
     two tasks)."""
     lines = [
-        "### Variants against the default they were judged against, `serpent-mamba` or today's "
-        "(decision rule: means apart by more than the larger sd, 3 seeds)",
+        "### Variants against the default they were judged against, `serpent-mamba`, today's, or the "
+        "variant they build on (decision rule: means apart by more than the larger sd, 3 seeds)",
         "",
         "| variant | what | task | variant's test | default's test | against the default | "
         "against the backbone |",
