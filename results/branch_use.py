@@ -25,17 +25,25 @@ from serpent_ssm.models.io import from_pretrained
 from serpent_ssm.modules.serpent import BranchGates
 
 
-def _windows(run: Path, n: int) -> torch.Tensor:
-    """``(n, L)`` validation inputs of the run's task."""
+def _windows(run: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inputs (n, L)`` and ``mask (n, L)`` of the run's validation split, encoded as in training."""
+    from serpent_ssm.analysis.report import (
+        _batch,
+        _run_data,
+        lm_split_bytes,
+        samples_from_dataset,
+        samples_from_text,
+    )
     from serpent_ssm.train.run_files import read_run_config
-    from serpent_ssm.train.tasks import load_task
 
-    cfg = read_run_config(run)
-    val = load_task(cfg.data).val
-    if isinstance(val, torch.Tensor) and val.dim() == 1:  # an LM's byte stream
-        length = cfg.data.seq_len
-        return torch.stack([val[i * 5000 : i * 5000 + length].long() for i in range(n)])
-    return torch.stack([val[i][0] for i in range(n)])
+    task, vocab = _run_data(run)
+    if task.spec.is_lm:
+        length = read_run_config(run).data.seq_len
+        texts = (lm_split_bytes(task, "val", i * 5000, i * 5000 + length) for i in range(n))
+        samples = [s for text in texts for s in samples_from_text(text)]
+    else:
+        samples = samples_from_dataset(task.val, n, vocab)
+    return _batch(samples)
 
 
 def main() -> None:
@@ -44,12 +52,11 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--which", choices=["best", "final"], default="best")
     args = parser.parse_args()
-    torch.manual_seed(0)
     model = from_pretrained(args.run_dir / args.which).eval()
     gates = [m for m in model.modules() if isinstance(m, BranchGates)]
-    x = _windows(args.run_dir, args.windows)
+    x, mask = _windows(args.run_dir, args.windows)
     with torch.no_grad():
-        infos = record_resampling(model, x)
+        infos = record_resampling(model, x, mask)
     length = x.shape[1]
     print(f"{args.run_dir} ({args.which}), {args.windows} validation rows of {length}")
     print()
