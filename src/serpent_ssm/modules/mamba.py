@@ -145,36 +145,17 @@ class Mamba(CachedWeights):
         not), ``b, c (B, L, N)``.
         """
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        conv_in, xc = self._convolve(xs, state)
-        x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
-        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L); the bias is added by the scan
-        return conv_in, xc, z, dt, b, c
-
-    def _project_dt(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_project``'s ``conv_in`` and ``dt`` alone, computing only the rows of ``in_proj`` and
-        ``x_proj`` that they read (not the gate ``z`` nor ``b, c``): ``intervals``'s path."""
-        e, r = self.d_inner, self.dt_rank
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[:e]
-        conv_in, xc = self._convolve(F.linear(x, self.in_proj.weight[:e], bias), state)
-        dt = F.linear(xc.transpose(1, 2), self.x_proj.weight[:r])  # (B, L, R)
-        return conv_in, self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L)
-
-    def _convolve(
-        self, xs: torch.Tensor, state: dict[str, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``xs (B, L, E)``, ``in_proj``'s first half -> ``conv_in (B, E, d_conv - 1 + L)`` and
-        ``xc = silu(conv1d(conv_in)) (B, E, L)`` (see ``_project``)."""
         xs = xs.transpose(1, 2)  # (B, E, L)
         if state is not None:
             prefix = state["conv"].to(xs.dtype)
         else:
-            prefix = xs.new_zeros(xs.shape[0], self.d_inner, self.d_conv - 1)
+            prefix = xs.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
         conv_in = torch.cat([prefix, xs], dim=-1)  # (B, E, k - 1 + L)
         xc = F.silu(F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
-        return conv_in, xc
+        x_dbl = self.x_proj(xc.transpose(1, 2))  # (B, L, R + 2N)
+        dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L); the bias is added by the scan
+        return conv_in, xc, z, dt, b, c
 
     def intervals(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, conv: torch.Tensor | None = None
@@ -189,8 +170,7 @@ class Mamba(CachedWeights):
                 (``(B, E, d_conv - 1)``, as in ``allocate_state``/``forward``'s state).
         Returns:
             ``(B, L, d_inner)`` in float32 (float64 for float64 ``x``), from the arguments that
-            ``forward`` passes to the scan, as its ``"torch"`` backend computes it (to float
-            rounding: only the rows of ``in_proj`` and ``x_proj`` that ``Δ`` reads); with
+            ``forward`` passes to the scan, as its ``"torch"`` backend computes it; with
             ``conv``, also the convolution state after each row's last real element.
         """
         check_mixer_input(x, mask, self.d_model, self)
@@ -200,7 +180,9 @@ class Mamba(CachedWeights):
         if x.shape[1] == 0:
             empty = x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
             return empty if conv is None else (empty, conv)
-        conv_in, dt = self._project_dt(zero_padding(x, mask), None if conv is None else {"conv": conv})
+        conv_in, _, _, dt, _, _ = self._project(
+            zero_padding(x, mask), None if conv is None else {"conv": conv}
+        )
         delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.float().to(cdt)[:, None])  # (B, E, L)
         delta = zero_padding(delta, mask, dim=-1).transpose(1, 2)
         return delta if conv is None else (delta, self._conv_state(conv_in, mask))
