@@ -247,18 +247,19 @@ def overview() -> str:
         variants = [n for n in runs if is_variant(n) and n != today]
         lean = today != DEFAULT  # at the backbone's width and not cheaper per step than it
         earlier = _cell(runs, DEFAULT, key, higher) if lean else "(the same)"
-        if lean:
+        if lean:  # the same-width comparison, and not cheaper per step
             same_width = "= today's default (at the backbone's width)"
-        elif task in AT_BACKBONE_WIDTH and AT_BACKBONE_WIDTH[task] in runs:
-            same_width = f"`{AT_BACKBONE_WIDTH[task]}` " + _cell(runs, AT_BACKBONE_WIDTH[task], key, higher)
-        else:
-            same_width = _cell(runs, "same-width", key, higher)
-        if lean:
             equal_time = "its curve against seconds (not cheaper per step)"
-        elif task in NOT_CHEAPER and "equal-time" not in runs:
-            equal_time = NOT_CHEAPER[task]
         else:
-            equal_time = _cell(runs, "equal-time", key, higher)
+            wide = AT_BACKBONE_WIDTH.get(task, "same-width")
+            same_width = (f"`{wide}` " if wide in runs and wide != "same-width" else "") + _cell(
+                runs, wide, key, higher
+            )
+            equal_time = (
+                NOT_CHEAPER[task]
+                if task in NOT_CHEAPER and "equal-time" not in runs
+                else _cell(runs, "equal-time", key, higher)
+            )
         sign = 1.0 if higher else -1.0
         best = max(
             variants, key=lambda n: sign * statistics.mean(r["test"][key] for r in runs[n]), default=None
