@@ -7,10 +7,11 @@
 Models (all fp32, random initialisation, the same width, depth, state size N, expansion E, conv
 width and byte vocabulary, tied input/output embeddings):
   mamba            our ``CausalLM("mamba", ...)`` (the fused CPU selective-scan kernel when built)
-  serpent-mamba    our ``CausalLM("serpent-mamba", ...)``: a SeRpEnt mixer per block with one Mamba
-                   backbone per compression rate (0.5, 0.3, 0.2), so about 3.8x the parameters of
-                   ``mamba`` at the same d_model (``--serpent-d-model`` narrows it; both counts are
-                   printed)
+  serpent-mamba    our ``CausalLM("serpent-mamba", ...)``: a SeRpEnt mixer per block at its defaults
+                   (since format 0.4.0 one Mamba backbone shared by the branches at rates 0.5,
+                   0.3, 0.2 and the full one, about ``mamba``'s parameters at the same d_model;
+                   the tables in README.md were measured with the default of then, one backbone
+                   per branch, about 3.8x and 4.9x with the full branch; both counts are printed)
   mambapy          ``mambapy.lm.LM(mambapy.mamba.MambaConfig(...))``, its parallel scan (pscan).
                    mambapy unties its head by default; we tie it to the embedding (same compute) so
                    that its parameter count equals ours. ``mambapy.lm`` imports ``mambapy.mamba2``,

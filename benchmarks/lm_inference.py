@@ -4,8 +4,11 @@
     python benchmarks/lm_inference.py --prompts 1024 --eval-bytes 20000 --gen-tokens 64   # quick
 
 Models: ``configs/english/mamba.yaml`` and ``configs/english/serpent-mamba.yaml`` as configured
-(4 layers; d_model 128 and 56, parameters matched within 10 %), plus ``serpent-mamba`` at the
-backbone's width (``--same-width``, on by default), random initialisation, fp32, on the CPU.
+(4 layers, parameters matched within 10 %; since format 0.4.0 the causal default, the lean shared
+mixer, is matched at the backbone's width, d_model 128), plus ``serpent-mamba`` at the backbone's
+width where the config's differs (on unless ``--no-same-width``), and with ``--first-default`` the
+causal default of formats 0.2.0-0.3.0 (a backbone per branch, a dense merge; d_model 56), random
+initialisation, fp32, on the CPU.
 
 Columns (each the best of ``--repeats`` runs, at least 5 for decoding, the models interleaved within
 each; our mamba is the baseline of every ratio):
@@ -153,14 +156,32 @@ def main() -> None:
     p.add_argument("--gen-tokens", type=int, default=500)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-same-width", dest="same_width", action="store_false")
+    p.add_argument(
+        "--first-default",
+        action="store_true",
+        help="add the causal default of formats 0.2.0-0.3.0 (separate backbones, dense merge, d_model 56)",
+    )
     args = p.parse_args()
+    mamba = build("configs/english/mamba.yaml", [])
+    serpent = build("configs/english/serpent-mamba.yaml", [])
+    width = mamba.embedding.embedding_dim
+    same = serpent.embedding.embedding_dim == width
     models = [
-        ("mamba", build("configs/english/mamba.yaml", [])),
-        ("serpent-mamba (matched parameters)", build("configs/english/serpent-mamba.yaml", [])),
+        ("mamba", mamba),
+        (f"serpent-mamba (matched parameters{', same width' if same else ''})", serpent),
     ]
-    if args.same_width:
+    if args.same_width and not same:
         models.append(
-            ("serpent-mamba (same width)", build("configs/english/serpent-mamba.yaml", ["model.d_model=128"]))
+            (
+                "serpent-mamba (same width)",
+                build("configs/english/serpent-mamba.yaml", [f"model.d_model={width}"]),
+            )
+        )
+    if args.first_default:
+        first = ["share_backbone=false", "mix=dense", "cell_proj=true", "init=identity"]
+        overrides = ["model.d_model=56", *(f"model.serpent.{o}" for o in first)]
+        models.append(
+            ("serpent-mamba (first causal default)", build("configs/english/serpent-mamba.yaml", overrides))
         )
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -4,7 +4,7 @@ the ratio of two runs' logged tokens/s is not a measurement of it).
 
     python benchmarks/train_step.py fashion-mnist                     # mamba and serpent-mamba
     python benchmarks/train_step.py english mamba serpent-mamba \\
-        "lean=serpent-mamba:model.serpent.share_backbone=true,model.serpent.mix=gates,model.d_model=128"
+        "first=serpent-mamba:model.serpent.share_backbone=false,model.serpent.mix=dense,model.serpent.cell_proj=true,model.serpent.init=identity,model.d_model=56"
 
 Each model is ``configs/<task>/<model>.yaml`` (``NAME=MODEL:key=value,...`` adds ``--set``
 overrides and a name). One step = what ``serpent train`` does: forward, cross-entropy, backward,

@@ -17,6 +17,22 @@ def assert_close(
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+def wake_branches(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every SeRpEnt mixer in ``model`` a random branch merge (``out_proj``), so that each
+    branch shows in the output. A causal mixer with the full branch starts as its backbone
+    (``init="backbone"``: the compressed branches have zero weight), which would hide them from
+    a test of step = forward, causality or padding; after training they carry weight too."""
+    from serpent_ssm.modules import SeRpEnt
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SeRpEnt):
+                for p in m.out_proj.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
 def run_steps(model, x: torch.Tensor) -> torch.Tensor:
     """Feed ``x (B, L, ...)`` (features, or token ids ``(B, L)`` for a language model) through
     ``model.step`` one position at a time; outputs stacked on dim 1."""

@@ -24,7 +24,7 @@ from transformers import (  # noqa: E402
 from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB  # noqa: E402
 from serpent_ssm.models import ModelConfig, build_model  # noqa: E402
 
-from tests.helpers import assert_close  # noqa: E402
+from tests.helpers import assert_close, wake_branches  # noqa: E402
 
 NAMES = ["mamba", "s4d", "serpent-mamba", "serpent-s4d"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -34,7 +34,7 @@ def small_lm(name, seed=0):
     torch.manual_seed(seed)
     serpent = {"rates": (0.5, 0.25)} if name.startswith("serpent") else None
     cfg = ModelConfig(name=name, head="lm", d_model=16, n_layers=2, vocab_size=259, serpent=serpent)
-    return build_model(cfg).eval()
+    return wake_branches(build_model(cfg).eval(), seed)  # the compressed branches show
 
 
 def export(model, folder, tokenizer=True):
@@ -251,7 +251,7 @@ def test_lora_adapter_trains_and_merges(tmp_path):
     peft = pytest.importorskip("peft")
     folder = export(small_lm("serpent-mamba"), tmp_path)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    targets = ["in_proj", "out_proj", "x_proj"]
+    targets = r".*\.backbones\.\d+\.(in_proj|out_proj|x_proj)"  # mixer.out_proj: the branch gates
     adapted = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
     before = {k: v.detach().clone() for k, v in adapted.named_parameters()}
     trainable = {k for k, v in adapted.named_parameters() if v.requires_grad}

@@ -141,7 +141,7 @@ def test_models_saved_by_0_1_0_load_through_the_migration(name):
 
 def test_migrate_refuses_unknown_versions():
     with pytest.raises(
-        ValueError, match=r"^format_version: expected one of 0\.1\.0, 0\.2\.0, 0\.3\.0, got '9\.9'$"
+        ValueError, match=r"^format_version: expected one of 0\.1\.0, 0\.2\.0, 0\.3\.0, 0\.4\.0, got '9\.9'$"
     ):
         migrate({"format_version": "9.9"})
     assert migrate({"name": "mamba", "serpent": {}})["serpent"] is None
@@ -160,6 +160,38 @@ def test_a_0_2_0_classifier_keeps_the_mixer_of_then(tmp_path):
     assert ModelConfig.from_dict(migrate(kept)).serpent.mix == "gates"  # set values are kept
 
 
+def test_a_0_3_0_language_model_keeps_the_mixer_of_then(tmp_path):
+    """0.3.0 -> 0.4.0: a causal record that left share_backbone, mix, cell_proj and init out meant
+    the causal defaults of then (three backbones, a dense merge, the cell projection, identity
+    init); a saved model gives the same logits after the lean mixer became the causal default."""
+    then = {"share_backbone": False, "mix": "dense", "cell_proj": True, "init": "identity"}
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="serpent-mamba", head="lm", d_model=8, n_layers=2, vocab_size=11, serpent=then)
+    model = build_model(cfg).eval()
+    save_pretrained(model, tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())
+    record["format_version"] = "0.3.0"
+    for key in then:  # as a 0.3.0 record written by hand, or by a YAML config, would leave them
+        record["serpent"][key] = None
+    record["causal"] = None
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    loaded = from_pretrained(tmp_path).eval()
+    assert {k: getattr(loaded.config.serpent, k) for k in then} == then
+    ids = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    classifier = {"format_version": "0.3.0", "name": "serpent-mamba", "d_model": 8, "n_layers": 1,
+                  "d_input": 1, "n_classes": 3, "serpent": {"init": None}}  # fmt: skip
+    lean = ModelConfig.from_dict(migrate(classifier)).resolved().serpent
+    assert (lean.share_backbone, lean.mix, lean.cell_proj, lean.init) == (True, "gates", False, "identity")
+    today = ModelConfig(name="serpent-mamba", head="lm", d_model=8, n_layers=1, vocab_size=11).resolved()
+    assert (today.serpent.share_backbone, today.serpent.mix, today.serpent.init) == (
+        True,
+        "gates",
+        "backbone",
+    )
+
+
 def test_config_json_is_the_resolved_config_with_its_version(tmp_path):
     cfg = ModelConfig(name="serpent-mamba", head="lm", d_model=8, n_layers=1, vocab_size=9)
     model = build_model(cfg)
@@ -168,6 +200,7 @@ def test_config_json_is_the_resolved_config_with_its_version(tmp_path):
     assert next(iter(stored)) == "format_version" and stored["format_version"] == FORMAT_VERSION
     assert stored["causal"] is True and stored["serpent"]["include_full_branch"] is True
     assert stored["serpent"]["restore"] == "hold" and stored["serpent"]["bidirectional"] is False
+    assert stored["serpent"]["init"] == "backbone" and stored["serpent"]["share_backbone"] is True
     assert stored["backbone"]["d_state"] == 16 and stored["backbone"]["expand"] == 2
     assert ModelConfig.from_dict(stored) == model.config == cfg.resolved()
     mixer = model.blocks[0].mixer

@@ -12,12 +12,13 @@ from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.modules import Block, StateSupport, state_support
 from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
 
-from tests.helpers import run_steps
+from tests.helpers import run_steps, wake_branches
 
 
 def _lm(name, vocab=50, d=16, layers=2, seed=0):
     torch.manual_seed(seed)
-    return CausalLM(name, vocab, d, layers, mlp_ratio=1.0 if name.endswith("s4d") else 0.0).eval()
+    lm = CausalLM(name, vocab, d, layers, mlp_ratio=1.0 if name.endswith("s4d") else 0.0).eval()
+    return wake_branches(lm, seed)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -11,7 +11,7 @@ from torch import nn
 
 from serpent_ssm.models.pretrained import from_mamba_checkpoint, serpent_from_mamba
 
-from tests.helpers import run_steps
+from tests.helpers import run_steps, wake_branches
 
 transformers = pytest.importorskip("transformers")
 
@@ -284,7 +284,8 @@ def hf_dir(tmp_path_factory):
 def test_serpent_backbones_start_from_the_pretrained_mixers(hf_dir):
     _, path = hf_dir
     mamba = from_mamba_checkpoint(path)
-    model = serpent_from_mamba(path, {"include_full_branch": True})
+    separate = {"share_backbone": False, "mix": "dense", "cell_proj": True, "init": "identity"}
+    model = serpent_from_mamba(path, {"include_full_branch": True, **separate})
     assert len(model.blocks) == LAYERS and model.vocab_size == VOCAB
     for blk, pre in zip(model.blocks, mamba.blocks, strict=True):
         want = pre.mixer.state_dict()
@@ -307,7 +308,7 @@ def test_serpent_backbones_start_from_the_pretrained_mixers(hf_dir):
 
 def test_serpent_step_equals_forward(hf_dir):
     _, path = hf_dir
-    model = serpent_from_mamba(path)
+    model = wake_branches(serpent_from_mamba(path))  # the compressed branches show
     ids = _ids()[:, :12]
     full = _logits(model, ids)
     assert full.shape == (2, 12, VOCAB) and torch.isfinite(full).all()
@@ -318,7 +319,16 @@ def test_serpent_full_rate_fixed_is_the_mamba_lm(hf_dir):
     # one branch of rate 1 with fixed intervals: every cell holds one element, identity init
     # passes it through, so the warm-started model computes exactly the pretrained Mamba LM
     ref, path = hf_dir
-    model = serpent_from_mamba(path, {"rates": (1.0,), "interval_bounds": "fixed"})
+    model = serpent_from_mamba(path, {"rates": (1.0,), "interval_bounds": "fixed", "init": "identity"})
+    _check_same_logits(model, ref)
+
+
+def test_serpent_at_its_defaults_starts_as_the_mamba_lm(hf_dir):
+    """The causal default (one shared backbone, the full branch, ``init="backbone"``): the
+    compressed branches start at zero weight, so the warm-started model is the pretrained LM."""
+    ref, path = hf_dir
+    model = serpent_from_mamba(path)
+    assert all(blk.mixer.full_backbone is blk.mixer.backbones[0] for blk in model.blocks)
     _check_same_logits(model, ref)
 
 

@@ -38,6 +38,7 @@ def _s4d():
 
 def _serpent(causal, aggregate, backbone="mamba", **options):
     kwargs = {"d_state": 4} if backbone == "mamba" else {"d_state": 8}
+    options.setdefault("init", "identity")  # the compressed branches show (the causal default zeroes them)
     return lambda: SeRpEnt(D, backbone, causal=causal, aggregate=aggregate, backbone_kwargs=kwargs, **options)
 
 
@@ -199,7 +200,7 @@ def _mixers():
         "mamba": Mamba(8, d_state=4),
         "s4d": S4D(8, d_state=8),
         "serpent": SeRpEnt(8, backbone_kwargs={"d_state": 4}),
-        "serpent-causal": SeRpEnt(8, causal=True, backbone_kwargs={"d_state": 4}),
+        "serpent-causal": SeRpEnt(8, causal=True, backbone_kwargs={"d_state": 4}, init="identity"),
     }
 
 

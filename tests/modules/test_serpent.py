@@ -20,6 +20,9 @@ SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
 
 
 def make(seed=0, backbone="mamba", **options):
+    """A small mixer; ``init="identity"`` unless given, so that the compressed branches show in the
+    outputs (the causal default, ``"backbone"``, starts them at zero weight)."""
+    options.setdefault("init", "identity")
     torch.manual_seed(seed)
     return SeRpEnt(D, backbone, backbone_kwargs=SMALL.get(backbone, {}), **options).eval()
 
@@ -212,6 +215,7 @@ def test_step_equals_forward(
         init="default" if gate else "identity",  # a gate that is not 1 everywhere
         interval_bounds=bounds,
         interval_source="backbone" if from_backbone and backbone == "mamba" else "score",
+        share_backbone=lean,
         mix="gates" if lean else "dense",
         cell_proj=not lean,
     )
@@ -262,7 +266,7 @@ def test_user_supplied_mixer_works():
             return self.lin(s / n), {"sum": s, "n": n}
 
     torch.manual_seed(0)
-    model = SeRpEnt(D, backbone=CumulativeMean, causal=True).eval()
+    model = SeRpEnt(D, backbone=CumulativeMean, causal=True, init="identity").eval()  # every branch shows
     x = randn(2, 30, D)
     mask = right_padding_mask([30, 17], 30)
     with torch.no_grad():
@@ -355,7 +359,7 @@ def test_tiny_rate_gives_one_element():
 @pytest.mark.parametrize("causal", [False, True])
 def test_long_sequence_is_finite(causal):
     torch.manual_seed(0)
-    model = SeRpEnt(4, "mamba", causal=causal, backbone_kwargs={"d_state": 2, "expand": 1})
+    model = SeRpEnt(4, "mamba", causal=causal, backbone_kwargs={"d_state": 2, "expand": 1}, init="identity")
     x = randn(1, 16384, 4)
     y = model(x)
     y.square().mean().backward()
@@ -465,13 +469,36 @@ def test_defaults_follow_the_mode():
     assert SeRpEntConfig(8).include_full_branch is False
     assert SeRpEntConfig(8, causal=True).include_full_branch is True
     assert SeRpEntConfig(8, causal=True, include_full_branch=False).include_full_branch is False
-    # the long runs (results/long/README.md): non-causal, the lean shared mixer; causal, as before
+    # the long runs (results/long/README.md): the lean shared mixer in both modes; a causal one
+    # starts as its backbone
     lean = SeRpEntConfig(8)
-    assert (lean.share_backbone, lean.mix, lean.cell_proj) == (True, "gates", False)
+    assert (lean.share_backbone, lean.mix, lean.cell_proj, lean.init) == (True, "gates", False, "identity")
     causal = SeRpEntConfig(8, causal=True)
-    assert (causal.share_backbone, causal.mix, causal.cell_proj) == (False, "dense", True)
-    mine = SeRpEntConfig(8, share_backbone=False, mix="dense", cell_proj=True)
-    assert (mine.share_backbone, mine.mix, mine.cell_proj) == (False, "dense", True)
+    assert (causal.share_backbone, causal.mix, causal.cell_proj, causal.init) == (
+        True,
+        "gates",
+        False,
+        "backbone",
+    )
+    assert SeRpEntConfig(8, causal=True, include_full_branch=False).init == "identity"
+    assert SeRpEntConfig(8, include_full_branch=True).init == "identity"
+    mine = SeRpEntConfig(8, causal=True, share_backbone=False, mix="dense", cell_proj=True, init="default")
+    assert (mine.share_backbone, mine.mix, mine.cell_proj, mine.init) == (False, "dense", True, "default")
+
+
+def test_causal_default_is_its_backbone_at_the_start():
+    """At its defaults a causal mixer has one backbone's parameters plus O(D) (the score network,
+    D + 1, and the gates of three branches and the full one, 4·D + D) and computes exactly its
+    backbone until training gives the compressed branches weight."""
+    torch.manual_seed(3)
+    model = SeRpEnt(D, causal=True, backbone_kwargs=SMALL["mamba"]).eval()
+    n_backbone = sum(p.numel() for p in model.full_backbone.parameters())
+    assert model.full_backbone is model.backbones[0]
+    assert sum(p.numel() for p in model.parameters()) == n_backbone + (D + 1) + (4 * D + D)
+    x = randn(2, 17, D, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.full_backbone(x))
+        assert_close(run_steps(model, x), model(x), 1e-5, 1e-6, "step outputs")
 
 
 def test_non_causal_default_is_as_wide_as_its_backbone():
@@ -515,6 +542,27 @@ def test_shared_backbone_has_one_set_of_weights_and_starts_as_it(causal, backbon
     with torch.no_grad():  # init="backbone": exactly the full branch, i.e. the backbone
         assert torch.equal(shared(x, mask=mask), shared.full_backbone(x, mask=mask) * mask[..., None])
     assert_padding_invariant(shared, x, [23, 11, 1], 1e-5, 1e-6)
+
+
+def test_shared_backbone_is_stored_once():
+    """The full branch runs the shared module without a second name for it: the state dict holds
+    each weight once (transformers' save_pretrained refuses tensors stored under two names), and a
+    state dict saved before 0.4.0, which named them twice, still loads."""
+    model = make(2, causal=True, include_full_branch=True)
+    state = model.state_dict()
+    assert model.full_backbone is model.backbones[0]
+    assert not any(k.startswith("full_backbone.") for k in state)
+    assert len({v.data_ptr() for v in state.values()}) == len(state)
+    old = {**state, **{"full_backbone." + k.removeprefix("backbones.0."): v for k, v in state.items()
+                       if k.startswith("backbones.0.")}}  # fmt: skip
+    other = make(3, causal=True, include_full_branch=True)
+    other.load_state_dict(old)
+    x = randn(2, 9, D)
+    with torch.no_grad():
+        assert torch.equal(other(x), model(x))
+    separate = make(2, causal=True, include_full_branch=True, share_backbone=False)
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # only a shared mixer drops them
+        separate.load_state_dict({**separate.state_dict(), "full_backbone.extra": torch.zeros(1)})
 
 
 @given(length=st.integers(1, 30), aggregate=st.sampled_from(["cell", "linear"]), seed=st.integers(0, 99))

@@ -16,13 +16,14 @@ from serpent_ssm.models import CausalLM
 from serpent_ssm.modules import S4D, SeRpEnt
 from serpent_ssm.modules.protocol import StateSupport
 
-from tests.helpers import ShiftedLayer, assert_close, right_padding_mask, run_steps
+from tests.helpers import ShiftedLayer, assert_close, right_padding_mask, run_steps, wake_branches
 
 D = 8
 SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
 
 
 def make(seed=0, backbone="mamba", **options):
+    options.setdefault("init", "identity")  # the compressed branches show (the default zeroes them)
     torch.manual_seed(seed)
     model = SeRpEnt(D, backbone, backbone_kwargs=SMALL[backbone], causal=True, **options).double().eval()
     with torch.no_grad():  # scores with some spread, so that the intervals differ along the sequence
@@ -187,7 +188,7 @@ def test_state_support_and_refusals():
 def test_serpent_language_model_runs_in_chunks(name):
     """CausalLM: chunked forward = one forward = step by step; generate prefills in one pass."""
     torch.manual_seed(0)
-    lm = CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)}).double().eval()
+    lm = wake_branches(CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)}).double().eval())
     assert lm.state_support == StateSupport(step=True, forward_state=True)
     ids = torch.randint(0, 259, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -261,7 +262,7 @@ def test_which_mixers_step_fused():
 def test_fused_step_follows_parameter_changes_and_passes_gradients():
     """The stacked weights are cached without gradients; a changed parameter (an optimiser
     step, load_state_dict) is seen at the next step, and with gradients they flow back."""
-    model = make(3, include_full_branch=True)
+    model = make(3, include_full_branch=True, share_backbone=False, cell_proj=True)
     x = torch.randn(2, D, dtype=torch.float64)
 
     def start():  # every branch about to cross a grid point
@@ -289,7 +290,7 @@ def test_select_state_picks_rows_of_every_models_state(name):
     rows continue exactly as the same rows of a run started from those rows alone."""
     torch.manual_seed(0)
     lm = CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)} if name.startswith("serpent") else None)
-    lm = lm.double().eval()
+    lm = wake_branches(lm.double().eval())  # the compressed branches' states show
     ids = torch.randint(3, 259, (3, 12), generator=torch.Generator().manual_seed(2))
     index = torch.tensor([2, 0, 2, 1])
     with torch.no_grad():

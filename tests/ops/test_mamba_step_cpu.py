@@ -136,6 +136,7 @@ def test_mamba_step_uses_the_kernel_and_equals_forward():
             "share_intervals": st.booleans(),
             "mix": st.sampled_from(["dense", "gates"]),
             "cell_proj": st.booleans(),
+            "init": st.sampled_from(["identity", "default"]),  # the compressed branches show
             "rates": st.sampled_from([(0.5, 0.3, 0.2), (0.5,), (0.25, 0.45)]),
         }
     ),

@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from serpent_ssm.models import MODEL_NAMES, from_pretrained
+from serpent_ssm.models.config import FORMAT_VERSION
 from serpent_ssm.train.config import load_run_config
 from serpent_ssm.train.loop import Window, batch_indices, train
 from serpent_ssm.train.report import evaluate_run, report_table
@@ -144,10 +145,37 @@ def test_config_json_records_the_code_commit_and_reads_back(listops_dir, tmp_pat
     train(cfg, tmp_path / "run", quiet=True)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["code_commit"] == code_commit()
+    assert saved["model"]["format_version"] == FORMAT_VERSION
     assert code_commit() is None or len(code_commit()) in (40, 64)
     assert code_commit(tmp_path) is None  # not a git checkout
     assert read_run_config(tmp_path / "run") == cfg
     train(_cfg(listops_dir, "train.max_steps=3"), tmp_path / "run", resume=True, quiet=True)  # same key
+
+
+@pytest.mark.parametrize(
+    ("task", "era", "want"),
+    [  # (share_backbone, mix, cell_proj, init) of the model that ran
+        ("english", "0.3.0", (False, "dense", True, "identity")),  # causal: separate backbones then
+        ("listops", "0.3.0", (True, "gates", False, "identity")),  # non-causal: the lean mixer then
+        ("english", "0.2.0", (False, "dense", True, "identity")),
+        ("listops", "0.2.0", (False, "dense", True, "identity")),
+    ],
+)
+def test_run_configs_of_earlier_formats_read_as_the_model_that_ran(tmp_path, task, era, want):
+    """A run's config.json written before 0.4.0 has no model format_version: read_run_config tells
+    the format from the keys and migrates, so analysis and evaluation rebuild the model that ran."""
+    record = load_run_config(None, [f"data.task={task}", "model.name=serpent-mamba"]).to_dict()
+    serpent = record["model"]["serpent"]
+    serpent["init"] = "identity"  # written explicitly before 0.4.0
+    for key in ("share_backbone", "mix", "cell_proj"):
+        if era == "0.3.0":
+            serpent[key] = None  # mode-dependent in 0.3.0
+        else:
+            del serpent[key]  # not written yet in 0.2.0
+    (tmp_path / "config.json").write_text(json.dumps({**record, "code_commit": None}))
+    model = read_run_config(tmp_path).model
+    got = (model.serpent.share_backbone, model.serpent.mix, model.serpent.cell_proj, model.serpent.init)
+    assert got == want
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous(listops_dir, tmp_path):

@@ -86,6 +86,7 @@ class SerpentConfig(PretrainedConfig):
         resolved = self.model_config().to_dict()
         self.causal, self.backbone = resolved["causal"], resolved["backbone"]
         self.serpent = resolved["serpent"]
+        self.format_version = resolved["format_version"]  # the fields are today's format now
 
     @property
     def hidden_size(self) -> int:

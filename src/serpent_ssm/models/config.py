@@ -23,10 +23,10 @@ from serpent_ssm.modules.block import NORMS
 from serpent_ssm.modules.serpent_config import SeRpEntOptions, resolve_options
 from serpent_ssm.utils.config import check_fields, check_minimums, from_mapping, prefix_error, to_mapping
 
-__all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate"]
+__all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate", "unversioned_format"]
 
 HEADS = ("classify", "retrieval", "lm")
-FORMAT_VERSION = "0.3.0"
+FORMAT_VERSION = "0.4.0"
 
 
 @dataclass
@@ -104,7 +104,7 @@ class ModelConfig:
     def resolved(self) -> ModelConfig:
         """A copy with every default that depends on another field filled in: ``causal`` (by the
         head) and SeRpEnt's mode-dependent options (``restore``, ``include_full_branch``,
-        ``bidirectional``). Raises ValueError naming ``model.serpent.<key>`` on a conflict."""
+        ``bidirectional``, ``init``). Raises ValueError naming ``model.serpent.<key>`` on a conflict."""
         causal = self.causal if self.causal is not None else self.head == "lm"
         serpent = self.serpent
         if serpent is not None:
@@ -141,8 +141,7 @@ def _migrate_0_1_0(record: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(name, str) or not name.startswith("serpent-"):
         if record.get("serpent") in ({}, None):
             record["serpent"] = None
-    elif isinstance(record.get("serpent", {}), dict):
-        serpent = dict(record.get("serpent") or {})
+    elif (serpent := _serpent_record(record)) is not None:
         serpent.setdefault("include_full_branch", False)
         record["serpent"] = serpent
     if record.get("head") == "lm":
@@ -155,8 +154,8 @@ def _migrate_0_2_0(record: dict[str, Any]) -> dict[str, Any]:
     lean shared mixer in non-causal mode); a 0.2.0 record that left them out meant the defaults of
     then: False, "dense", True."""
     record = dict(record)
-    if isinstance(record.get("serpent"), dict):
-        serpent = dict(record["serpent"])
+    serpent = _serpent_record(record)
+    if serpent is not None:
         for key, then in (("share_backbone", False), ("mix", "dense"), ("cell_proj", True)):
             if serpent.get(key) is None:
                 serpent[key] = then
@@ -164,10 +163,60 @@ def _migrate_0_2_0(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _migrate_0_3_0(record: dict[str, Any]) -> dict[str, Any]:
+    """0.3.0 -> 0.4.0. The lean shared mixer became the causal default too (with ``init``
+    "backbone" when causal with the full branch): a 0.3.0 record that left ``share_backbone``,
+    ``mix``, ``cell_proj`` or ``init`` out meant the defaults of then: when causal False,
+    "dense", True; when not, True, "gates", False; and ``init`` "identity" in both modes."""
+    record = dict(record)
+    serpent = _serpent_record(record)
+    if serpent is not None:
+        causal = record.get("causal")
+        causal = record.get("head") == "lm" if causal is None else bool(causal)
+        then = {"share_backbone": not causal, "mix": "dense" if causal else "gates", "cell_proj": causal}
+        for key, value in {**then, "init": "identity"}.items():
+            if serpent.get(key) is None:
+                serpent[key] = value
+        record["serpent"] = serpent
+    return record
+
+
+def _serpent_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy of a serpent-* record's ``serpent`` mapping (``{}`` where it was left out: the
+    defaults of its version), or None for the other models and for values migrate cannot read
+    (``from_dict`` reports those)."""
+    name = record.get("name", "mamba")
+    if not isinstance(name, str) or not name.startswith("serpent-"):
+        return None
+    serpent = record.get("serpent")
+    if serpent is None:
+        return {}
+    return dict(serpent) if isinstance(serpent, dict) else None
+
+
 _MIGRATIONS = {  # format -> (the next format, the step to it)
     "0.1.0": ("0.2.0", _migrate_0_1_0),
     "0.2.0": ("0.3.0", _migrate_0_2_0),
+    "0.3.0": ("0.4.0", _migrate_0_3_0),
 }
+
+
+def unversioned_format(record: dict[str, Any]) -> str:
+    """The format of a model record written without ``format_version`` by a run's ``config.json``
+    (whose ``model`` section carries it since 0.4.0), told by its keys: no ``include_full_branch``
+    in ``serpent``: 0.1.0; no ``share_backbone``: 0.2.0; one of ``share_backbone``, ``mix``,
+    ``cell_proj`` null (mode-dependent then): 0.3.0; else today's (a record of any earlier format
+    with these keys set reads the same today)."""
+    serpent = record.get("serpent")
+    if not isinstance(serpent, dict) or not str(record.get("name", "")).startswith("serpent-"):
+        return FORMAT_VERSION
+    if "include_full_branch" not in serpent:
+        return "0.1.0"
+    if "share_backbone" not in serpent:
+        return "0.2.0"
+    if any(serpent.get(k, "") is None for k in ("share_backbone", "mix", "cell_proj")):
+        return "0.3.0"
+    return FORMAT_VERSION
 
 
 def migrate(record: dict[str, Any]) -> dict[str, Any]:

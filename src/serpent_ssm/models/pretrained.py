@@ -462,10 +462,13 @@ def serpent_from_mamba(
     (``mixer.scores``), the aggregators (``mixer.aggregators``) and the branch merge
     (``mixer.out_proj``).
 
-    The untrained model is not the Mamba LM: each branch runs the pretrained mixer on a
-    sequence compressed by its rate, which the mixer was not trained on. With
-    ``serpent={"rates": (1.0,), "interval_bounds": "fixed"}`` and ``init="identity"`` (the
-    default) it computes exactly the Mamba LM (every cell holds one element).
+    At the defaults (one backbone shared by every branch, the full branch, ``init="backbone"``)
+    the warm-started model computes exactly the Mamba LM: the merge passes the full branch and
+    the compressed branches, which run the pretrained mixer on sequences compressed by their
+    rates, start at zero weight; training gives them weight where they help. With
+    ``init="identity"`` the merge averages the branches instead, and the model is the Mamba LM
+    only when every branch sees the whole sequence
+    (``{"rates": (1.0,), "interval_bounds": "fixed", "init": "identity"}``).
     """
     serpent = dict(serpent or {})
     reserved = sorted({"d_model", "backbone", "backbone_kwargs", "causal", "config"} & set(serpent))

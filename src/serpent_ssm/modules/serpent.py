@@ -19,9 +19,12 @@ Each branch ``r`` with compression rate ``κ_r``:
 6. the output is restored to length ``L`` (``"hold"``: causal default; ``"interp"``: linear in
    time, non-causal default; ``"scatter"``);
 
-and ``y = W_o · concat_r(ŷ^r)`` (with the plain backbone on the full sequence as one more branch
-when ``include_full_branch``, the causal default), optionally gated per position (``gate=True``:
-``y ⊙ 2σ(W_g x + b_g)``). The surrounding residual block adds the skip connection.
+and the branches merge: ``y = Σ_r g_r ⊙ ŷ^r + c`` (``mix="gates"``, the default: a weight per
+branch and channel) or ``y = W_o · concat_r(ŷ^r)`` (``mix="dense"``), with the plain backbone on
+the full sequence as one more branch when ``include_full_branch`` (the causal default; with
+``init="backbone"``, also the causal default, the merge starts as that branch alone), optionally
+gated per position (``gate=True``: ``y ⊙ 2σ(W_g x + b_g)``). By default every branch runs one
+backbone's weights (``share_backbone``). The surrounding residual block adds the skip connection.
 
 Options: ``SeRpEntOptions`` / ``SeRpEntConfig`` (``modules.serpent_config``).
 """
@@ -178,10 +181,14 @@ class SeRpEnt(CachedWeights):
             )
             for r in cfg.rates
         )
-        if cfg.share_backbone:  # one module, registered once per role; its weights are stored once
+        if cfg.share_backbone:  # one module, registered once (as backbones.0): one set of weights
             shared = self._make_backbone()
             self.backbones = nn.ModuleList([shared])
-            self.full_backbone = shared if cfg.include_full_branch else None
+            # the full branch runs the same module; registering it twice would put every weight
+            # in the state dict twice (tied tensors that transformers' save_pretrained refuses)
+            object.__setattr__(self, "full_backbone", shared if cfg.include_full_branch else None)
+            if cfg.include_full_branch:
+                self.register_load_state_dict_pre_hook(_drop_shared_full_branch_keys)
         else:
             self.backbones = nn.ModuleList(self._make_backbone() for _ in cfg.rates)
             self.full_backbone = self._make_backbone() if cfg.include_full_branch else None
@@ -802,3 +809,10 @@ class SeRpEnt(CachedWeights):
                 scattered = scattered + yk * active.unsqueeze(1).to(yk.dtype)
         new = {"t": t_new, "held": held, "backbone": bstate, "aggregator": agg_state}
         return (scattered if scatter else held), new
+
+
+def _drop_shared_full_branch_keys(module, state_dict, prefix, *args) -> None:
+    """Load hook of a SeRpEnt mixer with a shared backbone: a state dict saved before 0.4.0 also
+    named the full branch (``full_backbone.*``, the same tensors as ``backbones.0.*``)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "full_backbone.")]:
+        del state_dict[key]

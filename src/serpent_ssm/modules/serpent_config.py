@@ -4,9 +4,10 @@ one ``SeRpEnt`` needs), both checked on construction by the same coercion as the
 
 Options left at None depend on the mode and are resolved in one place, ``resolve_options``:
 ``restore`` ("hold" causal, "interp" otherwise), ``include_full_branch`` (True causal, False
-otherwise), ``bidirectional`` (``not causal``) and the lean shared mixer of the non-causal mode
-(``share_backbone`` True, ``mix`` "gates", ``cell_proj`` False when non-causal; False, "dense",
-True when causal).
+otherwise), ``bidirectional`` (``not causal``) and ``init`` ("backbone" causal with the full
+branch, "identity" otherwise). Both modes default to the lean shared mixer (``share_backbone``
+True, ``mix`` "gates", ``cell_proj`` False), chosen by the long runs (docs/design.md, "Does
+SeRpEnt help?").
 """
 
 from __future__ import annotations
@@ -92,22 +93,23 @@ class SeRpEntOptions:
             backbone), ``"backbone"`` (as ``"identity"``, but the output map passes the full
             branch alone and the compressed branches start at zero weight: the mixer starts
             *equal* to its backbone; needs ``include_full_branch``) or ``"default"``
-            (PyTorch's default initialisation everywhere).
+            (PyTorch's default initialisation everywhere). None = ``"backbone"`` when causal with
+            the full branch, ``"identity"`` otherwise.
         share_backbone: every branch, the full branch included, runs one backbone (one set of
-            weights) [ours]: a SeRpEnt mixer then has about one backbone's parameters, so at a
-            matched parameter count it is as wide as its backbone. Each branch keeps its own
-            recurrent state when streaming. None = True when non-causal, False when causal
-            (with ``mix`` and ``cell_proj`` below: the lean shared mixer, the non-causal default
-            chosen by the long runs, docs/design.md, "Does SeRpEnt help?").
+            weights) [ours, default]: a SeRpEnt mixer then has about one backbone's parameters,
+            so at a matched parameter count it is as wide as its backbone. Each branch keeps its
+            own recurrent state when streaming. With ``mix`` and ``cell_proj`` below: the lean
+            shared mixer, the default of both modes, chosen by the long runs (docs/design.md,
+            "Does SeRpEnt help?"); False gives each branch its own backbone.
         mix: how the branch outputs combine: ``"dense"`` (one ``Linear(n·D -> D)`` over their
-            concatenation) or ``"gates"`` [ours]: a learned weight per branch and channel and a
-            bias, ``y = Σ_b g_b ⊙ ŷ_b + c`` (``n·D + D`` parameters instead of ``n·D² + D``).
-            None = ``"gates"`` when non-causal, ``"dense"`` when causal.
-        cell_proj: the ``D -> D`` map after cell pooling (``aggregate="cell"``); False: none, the
-            pooled input goes to the backbone as it is (whose input projection follows anyway).
-            With ``share_backbone``, ``mix="gates"`` and ``cell_proj=False`` a SeRpEnt mixer has
-            its backbone's parameters plus ``O(D)``: as wide as its backbone at a matched count.
-            None = False when non-causal, True when causal.
+            concatenation) or ``"gates"`` [ours, default]: a learned weight per branch and
+            channel and a bias, ``y = Σ_b g_b ⊙ ŷ_b + c`` (``n·D + D`` parameters instead of
+            ``n·D² + D``).
+        cell_proj: the ``D -> D`` map after cell pooling (``aggregate="cell"``); False [default]:
+            none, the pooled input goes to the backbone as it is (whose input projection follows
+            anyway). With ``share_backbone``, ``mix="gates"`` and ``cell_proj=False`` a SeRpEnt
+            mixer has its backbone's parameters plus ``O(D)``: as wide as its backbone at a
+            matched count.
         layers: the layers of a model's stack (0-based) that get the SeRpEnt mixer; the others get
             the plain backbone (bidirectional when non-causal), as hourglass and dynamic-pooling
             models keep full resolution at both ends. None = every layer. A model option: one
@@ -129,11 +131,11 @@ class SeRpEntOptions:
     include_full_branch: bool | None = None
     gate: bool = False
     bidirectional: bool | None = None
-    init: str = "identity"
+    init: str | None = None
     trim_buffer: bool = True
-    share_backbone: bool | None = None
-    mix: str | None = None
-    cell_proj: bool | None = None
+    share_backbone: bool = True
+    mix: str = "gates"
+    cell_proj: bool = False
     layers: tuple[int, ...] | None = field(default=None, metadata={"expected": "a list of layer indices"})
 
     def __post_init__(self) -> None:
@@ -151,9 +153,9 @@ class SeRpEntOptions:
             _check_choice("restore", self.restore, RESTORES)
         _check_choice("interval_bounds", self.interval_bounds, INTERVAL_BOUNDS)
         _check_choice("interval_source", self.interval_source, INTERVAL_SOURCES)
-        _check_choice("init", self.init, INITS)
-        if self.mix is not None:
-            _check_choice("mix", self.mix, MIXES)
+        if self.init is not None:
+            _check_choice("init", self.init, INITS)
+        _check_choice("mix", self.mix, MIXES)
         if self.layers is not None:
             if (
                 not self.layers
@@ -183,11 +185,9 @@ def _mode_defaults(options: SeRpEntOptions, causal: bool) -> dict[str, Any]:
             options.include_full_branch if options.include_full_branch is not None else causal
         ),
         "bidirectional": options.bidirectional if options.bidirectional is not None else not causal,
-        # the lean shared mixer in non-causal mode (docs/design.md, "Does SeRpEnt help?")
-        "share_backbone": options.share_backbone if options.share_backbone is not None else not causal,
-        "mix": options.mix if options.mix is not None else ("dense" if causal else "gates"),
-        "cell_proj": options.cell_proj if options.cell_proj is not None else causal,
     }
+    # a causal mixer with the full branch starts as its backbone (docs/design.md, "Does SeRpEnt help?")
+    values["init"] = options.init or ("backbone" if causal and values["include_full_branch"] else "identity")
     if causal and values["restore"] == "interp":
         raise ValueError(
             "restore: expected 'hold' or 'scatter' in causal mode, got 'interp' "
@@ -195,7 +195,7 @@ def _mode_defaults(options: SeRpEntOptions, causal: bool) -> dict[str, Any]:
         )
     if causal and values["bidirectional"]:
         raise ValueError("bidirectional: expected False in causal mode, got True (it would read the future)")
-    if options.init == "backbone" and not values["include_full_branch"]:
+    if values["init"] == "backbone" and not values["include_full_branch"]:
         raise ValueError(
             "init: expected 'identity' or 'default' without the full branch, got 'backbone' "
             "(it starts the mixer as its full branch; set include_full_branch=true)"

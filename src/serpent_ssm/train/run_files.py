@@ -1,8 +1,10 @@
 """The files of a run directory that describe the run, and the run directory itself.
 
-- ``config.json`` = the run config (``RunConfig.to_dict()``) plus ``code_commit``, the git commit
-  of the code that ran (null when the package is not imported from a git checkout);
-  ``write_run_config`` and ``read_run_config`` are its one writer and reader.
+- ``config.json`` = the run config (``RunConfig.to_dict()``, its ``model`` section with the
+  ``format_version`` of saved models) plus ``code_commit``, the git commit of the code that ran
+  (null when the package is not imported from a git checkout); ``write_run_config`` and
+  ``read_run_config`` are its one writer and reader (a model section of an earlier format goes
+  through ``models.config.migrate``, as a saved model does).
 - ``metrics.jsonl``: one JSON object per line, appended; ``read_metrics_file`` is its one reader.
   A torn last line (a kill or a full disk during an append) is dropped with a warning; a bad line
   elsewhere is an error naming the file and the line.
@@ -22,7 +24,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from serpent_ssm.models.config import FORMAT_VERSION, migrate, unversioned_format
 from serpent_ssm.train.config import RunConfig
+from serpent_ssm.train.tasks import task_spec
 from serpent_ssm.utils.io import atomic_write_text
 
 __all__ = [
@@ -67,15 +71,20 @@ def code_commit(directory: str | Path = PACKAGE_DIR) -> str | None:
 
 
 def write_run_config(run_dir: str | Path, cfg: RunConfig) -> Path:
-    """Write ``run_dir/config.json``: ``cfg.to_dict()`` and ``code_commit``."""
+    """Write ``run_dir/config.json``: ``cfg.to_dict()`` (the model section with ``format_version``)
+    and ``code_commit``."""
     path = Path(run_dir) / RUN_CONFIG
-    atomic_write_text(path, json.dumps({**cfg.to_dict(), CODE_COMMIT: code_commit()}, indent=1) + "\n")
+    record = cfg.to_dict()
+    record["model"] = {"format_version": FORMAT_VERSION, **record["model"]}
+    atomic_write_text(path, json.dumps({**record, CODE_COMMIT: code_commit()}, indent=1) + "\n")
     return path
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The ``RunConfig`` of a run directory; ``config.json``'s ``code_commit`` is not part of it
-    (every other key is checked as ``RunConfig.from_dict`` does)."""
+    (every other key is checked as ``RunConfig.from_dict`` does). The model section is read as a
+    saved model's config is (``migrate``; files written before 0.4.0 carry no ``format_version``
+    there, ``unversioned_format`` tells it from the keys), so an old run's model is the one that ran."""
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise ValueError(f"{path}: missing: expected the run's config.json (is this a run directory?)")
@@ -83,7 +92,31 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{Path(run_dir) / RUN_CONFIG}: expected a mapping, got {type(raw).__name__}")
     raw.pop(CODE_COMMIT, None)
+    if isinstance(raw.get("model"), dict):
+        raw["model"] = _current_model_section(raw["model"], raw.get("data"), path)
     return RunConfig.from_dict(raw)
+
+
+def _current_model_section(model: dict[str, Any], data: Any, path: Path) -> dict[str, Any]:
+    """A run config's model section in today's format (without ``format_version``)."""
+    model = dict(model)
+    version = model.pop("format_version", None) or unversioned_format(model)
+    if version == FORMAT_VERSION:
+        return model
+    causal = model.get("causal")
+    if causal is None:  # a run leaves the mode to its task; earlier formats' defaults depend on it
+        task = data.get("task") if isinstance(data, dict) else None
+        try:
+            causal = task_spec(task).head == "lm" if task is not None else None
+        except ValueError:  # an unknown task: RunConfig.from_dict names it
+            causal = None
+    try:
+        migrated = migrate({"format_version": version, **model, "causal": causal})
+    except ValueError as exc:
+        raise ValueError(f"{path}: model.{exc}") from None
+    migrated.pop("format_version")
+    migrated["causal"] = model.get("causal")  # the run's own setting (the task decides when unset)
+    return migrated
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
