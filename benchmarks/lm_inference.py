@@ -37,6 +37,7 @@ import torch
 
 from serpent_ssm.models import build_model
 from serpent_ssm.models.build import count_parameters
+from serpent_ssm.models.config import FIRST_DEFAULT_MIXER
 from serpent_ssm.train.config import load_run_config, model_config_for
 from serpent_ssm.train.loop import evaluate_lm
 
@@ -178,8 +179,8 @@ def main() -> None:
             )
         )
     if args.first_default:
-        first = ["share_backbone=false", "mix=dense", "cell_proj=true", "init=identity"]
-        overrides = ["model.d_model=56", *(f"model.serpent.{o}" for o in first)]
+        first = [f"model.serpent.{k}={str(v).lower()}" for k, v in FIRST_DEFAULT_MIXER.items()]
+        overrides = ["model.d_model=56", *first]
         models.append(
             ("serpent-mamba (first causal default)", build("configs/english/serpent-mamba.yaml", overrides))
         )

@@ -47,6 +47,10 @@ TODAY = {  # task -> the run of today's shipped default at matched parameters: t
     "sparse-digits": "lean-d32",  # default (format 0.4.0)
     "english": "lean-d128-full",
 }
+# today's defaults run at their backbone's width (the same-width comparison) and are not cheaper per
+# step than it (no equal-wall-clock run applies)
+SAME_WIDTH = "= today's default (at the backbone's width)"
+EQUAL_TIME = "its curve against seconds (not cheaper per step)"
 CAUSAL_TASKS = ("english",)  # the causal mode's tasks: there the rule's "two tasks" reads as all of them
 BACKBONE_OF = {"serpent-s4d": "s4d-curve", "s4d-curve": None, BACKBONE: None}  # else: BACKBONE
 COMPARISON = {  # run name -> the comparison it belongs to; any other SeRpEnt run is a variant
@@ -239,24 +243,16 @@ def overview() -> str:
         if not runs:
             continue
         key, higher = _metric(task)
-        today = TODAY.get(task, DEFAULT)
+        today = TODAY[task]
         variants = [n for n in runs if is_variant(n) and n != today]
-        lean = today != DEFAULT  # at the backbone's width and not cheaper per step than it
-        earlier = _cell(runs, DEFAULT, key, higher) if lean else "(the same)"
-        if lean:  # the same-width comparison, and not cheaper per step
-            same_width = "= today's default (at the backbone's width)"
-            equal_time = "its curve against seconds (not cheaper per step)"
-        else:
-            same_width = _cell(runs, "same-width", key, higher)
-            equal_time = _cell(runs, "equal-time", key, higher)
         sign = 1.0 if higher else -1.0
         best = max(
             variants, key=lambda n: sign * statistics.mean(r["test"][key] for r in runs[n]), default=None
         )
         lines.append(
             f"| {task} | {'accuracy %' if higher else key.replace('_', ' ')} | "
-            f"{_cell(runs, BACKBONE, key, higher, False)} | {_cell(runs, today, key, higher)} | {earlier} | "
-            f"{same_width} | {equal_time} | "
+            f"{_cell(runs, BACKBONE, key, higher, False)} | {_cell(runs, today, key, higher)} | "
+            f"{_cell(runs, DEFAULT, key, higher)} | {SAME_WIDTH} | {EQUAL_TIME} | "
             f"{f'`{best}` ' + _cell(runs, best, key, higher) if best else 'none'} | "
             f"{_cell(runs, 's4d-curve', key, higher, False)} | {_cell(runs, 'serpent-s4d', key, higher)} |"
         )

@@ -23,10 +23,15 @@ from serpent_ssm.modules.block import NORMS
 from serpent_ssm.modules.serpent_config import SeRpEntOptions, resolve_options
 from serpent_ssm.utils.config import check_fields, check_minimums, from_mapping, prefix_error, to_mapping
 
-__all__ = ["FORMAT_VERSION", "HEADS", "ModelConfig", "migrate", "unversioned_format"]
+__all__ = ["FIRST_DEFAULT_MIXER", "FORMAT_VERSION", "HEADS", "ModelConfig", "migrate", "unversioned_format"]
 
 HEADS = ("classify", "retrieval", "lm")
 FORMAT_VERSION = "0.4.0"
+# The first default's SeRpEnt mixer (non-causal up to format 0.2.0, causal up to 0.3.0): a backbone
+# per branch, a dense merge, the cell projection, identity init. Migrations fill it in; a benchmark
+# or a test that wants that mixer sets these options.
+FIRST_DEFAULT_MIXER = {"share_backbone": False, "mix": "dense", "cell_proj": True, "init": "identity"}
+LEAN = ("share_backbone", "mix", "cell_proj")  # the options of the lean shared mixer
 
 
 @dataclass
@@ -156,9 +161,9 @@ def _migrate_0_2_0(record: dict[str, Any]) -> dict[str, Any]:
     record = dict(record)
     serpent = _serpent_record(record)
     if serpent is not None:
-        for key, then in (("share_backbone", False), ("mix", "dense"), ("cell_proj", True)):
+        for key in LEAN:
             if serpent.get(key) is None:
-                serpent[key] = then
+                serpent[key] = FIRST_DEFAULT_MIXER[key]
         record["serpent"] = serpent
     return record
 
@@ -173,8 +178,8 @@ def _migrate_0_3_0(record: dict[str, Any]) -> dict[str, Any]:
     if serpent is not None:
         causal = record.get("causal")
         causal = record.get("head") == "lm" if causal is None else bool(causal)
-        then = {"share_backbone": not causal, "mix": "dense" if causal else "gates", "cell_proj": causal}
-        for key, value in {**then, "init": "identity"}.items():
+        lean = {"share_backbone": True, "mix": "gates", "cell_proj": False, "init": "identity"}
+        for key, value in (FIRST_DEFAULT_MIXER if causal else lean).items():
             if serpent.get(key) is None:
                 serpent[key] = value
         record["serpent"] = serpent
@@ -214,7 +219,7 @@ def unversioned_format(record: dict[str, Any]) -> str:
         return "0.1.0"
     if "share_backbone" not in serpent:
         return "0.2.0"
-    if any(serpent.get(k, "") is None for k in ("share_backbone", "mix", "cell_proj")):
+    if any(serpent.get(k, "") is None for k in LEAN):
         return "0.3.0"
     return FORMAT_VERSION
 
