@@ -176,7 +176,8 @@ class SeRpEnt(CachedWeights):
                 cfg.aggregate,
                 cfg.causal,
                 cfg.delta_max(r),
-                cfg.init,
+                # "backbone" differs from "identity" only in the merge: each aggregator passes its input
+                "identity" if cfg.init == "backbone" else cfg.init,
                 cfg.cell_proj,
             )
             for r in cfg.rates

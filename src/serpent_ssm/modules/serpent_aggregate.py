@@ -52,13 +52,13 @@ class Grid(NamedTuple):
 
 class CellAggregator(nn.Module):
     """Overlap-weighted pooling into grid cells, then ``proj: D -> D`` (identity at
-    ``init="identity"`` or ``"backbone"``; with ``proj=False`` no map at all, and no parameters)."""
+    ``init="identity"``; with ``proj=False`` no map at all, and no parameters)."""
 
     def __init__(self, d: int, init: str, proj: bool = True) -> None:
         super().__init__()
         self.d = d
         self.proj = nn.Linear(d, d) if proj else nn.Identity()
-        if init in ("identity", "backbone") and proj:
+        if init == "identity" and proj:
             with torch.no_grad():
                 self.proj.weight.copy_(torch.eye(d))
                 self.proj.bias.zero_()
@@ -104,8 +104,7 @@ class WindowAggregator(nn.Module):
 
     ``kind="linear"``: ``proj`` maps the concatenation ``(K·(D + M)) -> D``; ``kind="kernel"``:
     ``filter: M -> D`` weighs each element's ``value: D -> D`` by its offset's features.
-    ``init="identity"`` (or ``"backbone"``) passes the selected element through (small random RBF
-    weights).
+    ``init="identity"`` passes the selected element through (small random RBF weights).
     """
 
     def __init__(
@@ -116,7 +115,7 @@ class WindowAggregator(nn.Module):
         offsets = rs.window_offsets(window, causal)
         if kind == "linear":
             self.proj = nn.Linear(window * (d + n_bases), d)
-            if init in ("identity", "backbone"):
+            if init == "identity":
                 with torch.no_grad():
                     w = torch.zeros(d, window, d + n_bases)
                     w[:, offsets.index(0), :d] = torch.eye(d)
@@ -126,7 +125,7 @@ class WindowAggregator(nn.Module):
         else:
             self.filter = nn.Linear(n_bases, d)  # g: RBF features -> per-channel weight
             self.value = nn.Linear(d, d, bias=False)  # V
-            if init in ("identity", "backbone"):
+            if init == "identity":
                 with torch.no_grad():
                     self.value.weight.copy_(torch.eye(d))
                     self.filter.weight.normal_(0.0, 0.02)
