@@ -544,6 +544,19 @@ def test_shared_backbone_has_one_set_of_weights_and_starts_as_it(causal, backbon
     assert_padding_invariant(shared, x, [23, 11, 1], 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("aggregate", ["cell", "linear", "kernel"])
+def test_backbone_init_builds_the_identity_aggregators(aggregate):
+    """``init="backbone"`` differs from ``"identity"`` only in the merge: every aggregator starts
+    as it does under ``"identity"`` (passing its input), so the compressed branches carry a view
+    of the sequence once their merge weights leave zero."""
+    options = dict(causal=True, include_full_branch=True, aggregate=aggregate, cell_proj=True)
+    backbone_init = make(5, init="backbone", **options).aggregators.state_dict()
+    identity_init = make(5, init="identity", **options).aggregators.state_dict()
+    assert backbone_init.keys() == identity_init.keys()
+    for key, value in backbone_init.items():
+        assert torch.equal(value, identity_init[key]), key
+
+
 def test_shared_backbone_is_stored_once():
     """The full branch runs the shared module without a second name for it: the state dict holds
     each weight once (transformers' save_pretrained refuses tensors stored under two names), and a
