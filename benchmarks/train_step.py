@@ -26,11 +26,24 @@ import torch.nn.functional as F
 from _common import best_time
 
 
+def _split_top_level(sets: str) -> list[str]:
+    """Split ``k=v,k=[1, 2],k=v`` at the commas outside YAML brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(sets):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            parts.append(sets[start:i])
+            start = i + 1
+    parts.append(sets[start:])
+    return [s for s in parts if s]
+
+
 def _spec(text: str) -> tuple[str, str, list[str]]:
-    """``NAME=MODEL:k=v,k=v`` | ``MODEL:k=v`` | ``MODEL`` -> (name, model, overrides)."""
+    """``NAME=MODEL:k=v,k=v`` | ``MODEL:k=v`` | ``MODEL`` -> (name, model, overrides); a value
+    may be a YAML list or mapping (``model.serpent.layers=[1, 2]``)."""
     head, _, sets = text.partition(":")
     name, _, model = head.rpartition("=")
-    return name or head, model, [s for s in sets.split(",") if s]
+    return name or head, model, _split_top_level(sets)
 
 
 def _load(task: str, model: str, overrides: list[str]):
