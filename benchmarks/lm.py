@@ -6,12 +6,13 @@
 
 Models (all fp32, random initialisation, the same width, depth, state size N, expansion E, conv
 width and byte vocabulary, tied input/output embeddings):
-  mamba            our ``CausalLM("mamba", ...)`` (the fused CPU selective-scan kernel when built)
-  serpent-mamba    our ``CausalLM("serpent-mamba", ...)``: a SeRpEnt mixer per block at its defaults
+  mamba            our ``mamba`` ``CausalLM`` (the fused CPU selective-scan kernel when built)
+  serpent-mamba    our ``serpent-mamba`` ``CausalLM``: a SeRpEnt mixer per block at its defaults
                    (since format 0.4.0 one Mamba backbone shared by the branches at rates 0.5,
                    0.3, 0.2 and the full one, about ``mamba``'s parameters at the same d_model;
-                   the tables in README.md were measured with the default of then, one backbone
-                   per branch, about 3.8x and 4.9x with the full branch; both counts are printed)
+                   the tables in results/lm_benchmark.md were measured with the default of then,
+                   one backbone per branch, about 3.8x and 4.9x with the full branch; both counts
+                   are printed)
   mambapy          ``mambapy.lm.LM(mambapy.mamba.MambaConfig(...))``, its parallel scan (pscan).
                    mambapy unties its head by default; we tie it to the embedding (same compute) so
                    that its parameter count equals ours. ``mambapy.lm`` imports ``mambapy.mamba2``,
@@ -106,17 +107,15 @@ def import_mambapy_lm():
 def build(model: str, args) -> object:
     """The model, in train mode."""
     if model in ("mamba", "serpent-mamba"):
-        from serpent_ssm.models.lm import CausalLM
+        from serpent_ssm.models import CausalLM, make_mixer_factory
 
         d = args.d_model if model == "mamba" else args.serpent_d_model
-        return CausalLM(
-            model,
-            VOCAB,
-            d,
-            args.n_layers,
-            backbone={"d_state": args.n, "expand": args.expand, "d_conv": args.d_conv},
-            serpent={} if model == "mamba" else {"include_full_branch": args.serpent_full_branch == "on"},
+        backbone = {"d_state": args.n, "expand": args.expand, "d_conv": args.d_conv}
+        serpent = {} if model == "mamba" else {"include_full_branch": args.serpent_full_branch == "on"}
+        make_mixer = make_mixer_factory(
+            model, d, causal=True, backbone_kwargs=backbone, serpent_kwargs=serpent
         )
+        return CausalLM(make_mixer, VOCAB, d, args.n_layers)
     if model == "mambapy":
         from mambapy.mamba import MambaConfig
 
@@ -417,7 +416,7 @@ def main() -> None:
 
     import torch
 
-    from serpent_ssm.ops.scan_cpu import cpu_kernel_status
+    from serpent_ssm.ops.cpu_build import cpu_kernel_status
 
     torch.set_num_threads(args.threads)
     matched = args.serpent_d_model == "match"

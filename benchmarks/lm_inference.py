@@ -22,7 +22,7 @@ each; our mamba is the baseline of every ratio):
   decode tokens/s         greedy ``generate``: ``--gen-tokens`` new tokens after a 16-byte prompt,
                           at batch 1 and batch 8 (tokens of all rows per second; the time of the
                           prompt's pass, ``generate`` with no new token, subtracted), with the fused
-                          CPU step kernel (``ops.mamba_step_cpu``) and with its torch reference
+                          CPU step kernel (``ops.serpent_step``, backend "cpu") and with its torch reference
                           (``SERPENT_SSM_STEP_KERNEL=0``)
 """
 

@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> dict:
     name, serpent = VARIANTS[args.worker]
     model = make_mixer_factory(
         name, args.d_model, causal=causal, backbone_kwargs=bkw, serpent_kwargs=serpent
-    )()
+    )(0)
     x = torch.randn(args.batch, args.lengths[0], args.d_model, requires_grad=True)
 
     def step():

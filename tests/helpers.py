@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 
@@ -15,6 +17,19 @@ def assert_close(
 ) -> None:
     """``torch.testing.assert_close`` with a label naming the compared quantity."""
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def causal_lm(
+    name: str, vocab_size: int, d_model: int, n_layers: int, backbone=None, serpent=None, **kwargs
+) -> torch.nn.Module:
+    """``CausalLM`` of model ``name`` (``mamba``, ``s4d``, ``serpent-mamba``, ``serpent-s4d``) with
+    ``backbone`` and ``serpent`` options; ``kwargs`` go to ``CausalLM`` (``norm``, ``mlp_ratio``, ...)."""
+    from serpent_ssm.models import CausalLM, make_mixer_factory
+
+    make_mixer = make_mixer_factory(
+        name, d_model, causal=True, backbone_kwargs=backbone, serpent_kwargs=serpent
+    )
+    return CausalLM(make_mixer, vocab_size, d_model, n_layers, **kwargs)
 
 
 def wake_branches(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -46,7 +61,10 @@ def run_steps(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _state_rows(state, b):
-    """Row ``b`` of a recurrent state (a tensor or a dict of tensors), as a dict of tensors."""
+    """Row ``b`` of a recurrent state (a tensor, a typed state or a dict of tensors), as a dict
+    of tensors."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name)[b] for f in dataclasses.fields(state)}
     if isinstance(state, dict):
         return {k: v[b] for k, v in state.items()}
     return {"state": state[b]}

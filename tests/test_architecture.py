@@ -1,4 +1,4 @@
-"""The shape of the code (docs/design.md, "Architecture"): imports point one way, functions stay short,
+"""The shape of the code (docs/architecture.md, "Layers"): imports point one way, functions stay short,
 and the docs stand alone."""
 
 from __future__ import annotations

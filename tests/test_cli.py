@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serpent_ssm.cli import main
-from serpent_ssm.ops.scan_cpu import cpu_kernel_available
+from serpent_ssm.ops.cpu_build import cpu_kernel_available
 
 
 def test_check_runs_every_model(capsys):

@@ -34,13 +34,13 @@ from serpent_ssm import __version__
 from serpent_ssm.models import MODEL_NAMES, make_mixer_factory
 from serpent_ssm.modules import Block
 from serpent_ssm.ops import available_backends, resolve_backend
-from serpent_ssm.ops.scan_cpu import cpu_kernel_status
+from serpent_ssm.ops.cpu_build import cpu_kernel_status
 
 
 def _build_stack(name: str, d_model: int, layers: int, bidirectional: bool) -> nn.ModuleList:
     make_mixer = make_mixer_factory(name, d_model, causal=not bidirectional)
     mlp_ratio = 2.0 if name.endswith("s4d") else 0.0
-    return nn.ModuleList(Block(d_model, make_mixer(), mlp_ratio=mlp_ratio) for _ in range(layers))
+    return nn.ModuleList(Block(d_model, make_mixer(i), mlp_ratio=mlp_ratio) for i in range(layers))
 
 
 def _run_stack(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from serpent_ssm.analysis.intervals import record_intervals
-from serpent_ssm.models.lm import CausalLM
+
+from tests.helpers import causal_lm
 
 
 def test_mamba_delta_per_layer_matches_a_manual_computation():
     torch.manual_seed(0)
-    lm = CausalLM("mamba", 40, 16, 2).eval()
+    lm = causal_lm("mamba", 40, 16, 2).eval()
     ids = torch.randint(0, 40, (2, 12))
     rec = record_intervals(lm, ids)
     assert sorted(rec) == ["layer0", "layer1"] and rec["layer0"].shape == (2, 12)
@@ -30,7 +31,7 @@ def test_mamba_delta_per_layer_matches_a_manual_computation():
 
 def test_serpent_intervals_per_branch_equal_return_info():
     torch.manual_seed(0)
-    lm = CausalLM("serpent-mamba", 40, 16, 1).eval()
+    lm = causal_lm("serpent-mamba", 40, 16, 1).eval()
     ids = torch.randint(0, 40, (2, 20))
     rec = record_intervals(lm, ids)
     assert sorted(rec) == ["layer0/rate0.2", "layer0/rate0.3", "layer0/rate0.5"]

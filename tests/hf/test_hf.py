@@ -3,8 +3,10 @@ lm-evaluation-harness), tiny models on the CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from transformers import (  # noqa: E402
 )
 
 from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB  # noqa: E402
-from serpent_ssm.models import ModelConfig, build_model  # noqa: E402
+from serpent_ssm.models import ModelConfig, build_model, from_pretrained, save_pretrained  # noqa: E402
 
 from tests.helpers import assert_close, wake_branches  # noqa: E402
 
@@ -65,6 +67,26 @@ def wikitext_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def listops_run(tmp_path_factory):
+    """A 2-step SeRpEnt classifier training run on a tiny generated ListOps set."""
+    from serpent_ssm.cli import main
+    from serpent_ssm.data.listops import generate_listops
+
+    root = tmp_path_factory.mktemp("lo")
+    generate_listops(root / "data", n_train=40, n_val=8, n_test=8, min_len=5, max_len=20)
+    run = root / "run"
+    args = ["train", "--data-dir", str(root / "data"), "--max-steps", "2", "--set", "data.batch_size=8"]
+    args += ["--set", "model.name=serpent-mamba", "--set", "model.d_model=8", "--out", str(run)]
+    assert main(args) == 0
+    return run
+
+
+def _files(folder):
+    """Every file under ``folder``: relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # ----------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("name", NAMES)
 def test_causal_lm_round_trip_through_the_auto_classes(name, tmp_path):
@@ -74,7 +96,7 @@ def test_causal_lm_round_trip_through_the_auto_classes(name, tmp_path):
     assert config["model_type"] == "serpent" and config["model_name"] == name
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert isinstance(loaded, hf.SerpentForCausalLM)
-    assert isinstance(AutoConfig.from_pretrained(folder), hf.SerpentConfig)
+    assert isinstance(AutoConfig.from_pretrained(folder), hf.SerpentHFConfig)
     ids = byte_ids("It is a truth universally acknowledged")
     with torch.no_grad():
         assert_close(loaded(ids).logits, lm(ids), 1e-6, 1e-6, "logits")
@@ -313,12 +335,12 @@ def test_lm_eval_scores_an_exported_model_with_our_log_likelihoods(tmp_path, mon
 def test_bad_input_fails_with_one_clear_error(tmp_path):
     names = "mamba, s4d, serpent-mamba, serpent-s4d"
     with pytest.raises(ValueError, match=rf"^model\.name: expected one of {names}, got 'gru'$"):
-        hf.SerpentConfig(model_name="gru")
+        hf.SerpentHFConfig(model_name="gru")
     with pytest.raises(ValueError, match=r"^model\.serpent\.rates"):
-        hf.SerpentConfig(serpent={"rates": [1.5]})
+        hf.SerpentHFConfig(serpent={"rates": [1.5]})
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     with pytest.raises(ValueError, match=r"^config\.json: expected model_type 'serpent' .* got 'llama'$"):
-        hf.SerpentConfig.from_pretrained(tmp_path)
+        hf.SerpentHFConfig.from_pretrained(tmp_path)
     model = hf.to_transformers(small_lm("serpent-mamba"))
     ids = byte_ids("abcdef").repeat(2, 1)
     holes = torch.tensor([[1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
@@ -333,19 +355,259 @@ def test_bad_input_fails_with_one_clear_error(tmp_path):
     classifier = build_model(ModelConfig(name="mamba", head="lm", d_model=8, n_layers=1, vocab_size=259))
     message = r"^config\.head: expected 'classify' for SerpentForSequenceClassification, got 'lm'$"
     with pytest.raises(ValueError, match=message):
-        hf.SerpentForSequenceClassification(hf.SerpentConfig.from_model_config(classifier.config))
+        hf.SerpentForSequenceClassification(hf.SerpentHFConfig.from_model_config(classifier.config))
     empty = tmp_path / "no-tokenizer"
     export(small_lm("mamba"), empty, tokenizer=False)
     with pytest.raises((OSError, ValueError), match="tokenizer"):
         AutoTokenizer.from_pretrained(empty)
 
 
+# ----------------------------------------------------------------------------- one file format
+def test_a_runs_best_loads_in_a_fresh_process_through_the_auto_classes(wikitext_run, listops_run, tmp_path):
+    """``best/`` as ``serpent train`` writes it (the library's ``save_pretrained``, no
+    transformers) loads with transformers' Auto classes and ``trust_remote_code=True`` in a
+    process that never imported ``serpent_ssm.hf``, with the native loader's logits."""
+    lm_best, clf_best = wikitext_run / "best", listops_run / "best"
+    assert json.loads((lm_best / "config.json").read_text())["model_type"] == "serpent"
+    ids = byte_ids("the quick brown fox")
+    tokens = LISTOPS_VOCAB.encode_tokens("[MAX 2 9 [MIN 4 7 ] 0 ]".split())[None]
+    code = f"""
+import sys, torch, transformers
+lm = transformers.AutoModelForCausalLM.from_pretrained({str(lm_best)!r}, trust_remote_code=True).eval()
+clf = transformers.AutoModelForSequenceClassification.from_pretrained(
+    {str(clf_best)!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    out = {{"lm": lm(torch.tensor({ids.tolist()})).logits,
+            "clf": clf(input_ids=torch.tensor({tokens.tolist()})).logits}}
+torch.save(out, {str(tmp_path / "logits.pt")!r})
+print(type(lm).__module__, type(lm).__name__, type(clf).__name__)
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = "serpent_ssm.hf.modeling SerpentForCausalLM SerpentForSequenceClassification"
+    assert done.stdout.split() == expected.split()
+    theirs = torch.load(tmp_path / "logits.pt", weights_only=True)
+    with torch.no_grad():
+        assert_close(theirs["lm"], from_pretrained(lm_best).eval()(ids), 1e-6, 1e-6, "LM logits")
+        assert_close(theirs["clf"], from_pretrained(clf_best).eval()(tokens), 1e-6, 1e-6, "classifier logits")
+
+
+def test_the_library_and_transformers_read_each_others_files(tmp_path):
+    """One layout: our ``save_pretrained`` -> transformers, transformers' ``save_pretrained`` ->
+    ours, with the same logits."""
+    lm = small_lm("serpent-mamba", seed=5)
+    save_pretrained(lm, tmp_path / "ours")
+    ids = byte_ids("one layout")
+    with torch.no_grad():
+        want = lm(ids)
+        assert_close(
+            AutoModelForCausalLM.from_pretrained(tmp_path / "ours")(ids).logits, want, 1e-6, 1e-6, "ours"
+        )
+        export(lm, tmp_path / "theirs", tokenizer=False)
+        assert_close(from_pretrained(tmp_path / "theirs").eval()(ids), want, 1e-6, 1e-6, "theirs")
+
+
+def test_folders_of_earlier_releases_still_load(tmp_path):
+    """A folder ``export-hf`` wrote before the config class was renamed (its ``auto_map`` and
+    ``serpent_auto.py`` name ``SerpentConfig``) loads with remote code, through the registered
+    classes and natively; a run's ``best/`` of 0.1.0 (the library's own layout) loads in the
+    transformers classes too."""
+    lm = small_lm("serpent-mamba", seed=6)
+    folder = export(lm, tmp_path / "old")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        k: v.replace("SerpentHFConfig", "SerpentConfig") for k, v in config["auto_map"].items()
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    source = (folder / "serpent_auto.py").read_text()
+    (folder / "serpent_auto.py").write_text(source.replace("SerpentHFConfig", "SerpentConfig"))
+    ids = byte_ids("as it was")
+    with torch.no_grad():
+        want = lm(ids)
+        assert_close(from_pretrained(folder).eval()(ids), want, 1e-6, 1e-6, "native")
+        assert_close(
+            AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits, want, 1e-6, 1e-6, "auto"
+        )
+    code = f"""
+import torch, transformers
+m = transformers.AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save(m(torch.tensor({ids.tolist()})).logits, {str(tmp_path / "old.pt")!r})
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_close(torch.load(tmp_path / "old.pt", weights_only=True), want, 1e-6, 1e-6, "remote code")
+    fixture = FIXTURES / "v0.1.0" / "lm-mamba"
+    ids = torch.randint(0, 259, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = hf.SerpentForCausalLM.from_pretrained(fixture).eval()(ids).logits
+        assert_close(theirs, from_pretrained(fixture).eval()(ids), 1e-6, 1e-6, "0.1.0 run folder")
+
+
+def test_no_two_public_classes_differ_only_in_case():
+    import serpent_ssm
+    import serpent_ssm.models
+    import serpent_ssm.modules
+
+    names = set()
+    for module in (serpent_ssm, serpent_ssm.models, serpent_ssm.modules, hf):
+        names |= {n for n in module.__all__ if isinstance(getattr(module, n), type)}
+    lower = [n.lower() for n in names]
+    assert len(set(lower)) == len(lower), sorted(n for n in names if lower.count(n.lower()) > 1)
+    assert "SerpentConfig" not in hf.__all__
+    with pytest.warns(FutureWarning, match="SerpentConfig was renamed SerpentHFConfig"):
+        assert hf.SerpentConfig is hf.SerpentHFConfig  # what old serpent_auto.py files import
+
+
+# ----------------------------------------------------------------------------- missing weights
+def test_weights_missing_from_a_checkpoint_get_our_initialisation(tmp_path):
+    """What transformers does not load (a new head of another size, layers past the
+    checkpoint's, an untied head the file lacks) gets the values ``build_model`` gives it under
+    the same seed, transformers reports it, and the model computes finite numbers; the loaded
+    tensors are untouched."""
+    torch.manual_seed(0)
+    serpent = {"rates": (0.5, 0.25)}
+    vocab = LISTOPS_VOCAB.size
+    cfg = ModelConfig(
+        name="serpent-mamba", d_model=16, n_layers=2, n_classes=4, vocab_size=vocab, serpent=serpent
+    )
+    classifier = build_model(cfg)
+    save_pretrained(classifier, tmp_path / "clf")
+    torch.manual_seed(5)
+    loaded, info = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "clf", num_labels=7, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert {key for key, *_ in info["mismatched_keys"]} == {"model.head.weight", "model.head.bias"}
+    torch.manual_seed(5)
+    fresh = build_model(dataclasses.replace(classifier.config, n_classes=7))
+    assert torch.equal(loaded.model.head.weight, fresh.head.weight)
+    assert torch.equal(loaded.model.head.bias, fresh.head.bias)
+    saved = classifier.encoder.state_dict()
+    for k, v in loaded.model.encoder.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    x = torch.randint(1, LISTOPS_VOCAB.size, (2, 11), generator=torch.Generator().manual_seed(1))
+    loss = loaded(input_ids=x, labels=torch.tensor([1, 6])).loss
+    assert torch.isfinite(loss)
+
+    lm = small_lm("serpent-mamba", seed=2)
+    folder = export(lm, tmp_path / "lm", tokenizer=False)
+    record = json.loads((folder / "config.json").read_text())
+    ids = byte_ids("missing weights")
+    for change, missing in [
+        ({"n_layers": 3}, "model.blocks.2."),
+        ({"tie_word_embeddings": False}, "model.head."),
+    ]:
+        (folder / "config.json").write_text(json.dumps({**record, **change}))
+        torch.manual_seed(7)
+        model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+        assert info["missing_keys"] and all(k.startswith(missing) for k in info["missing_keys"]), info
+        torch.manual_seed(7)
+        fresh = build_model(hf.SerpentHFConfig.from_pretrained(folder).model_config())
+        state, fresh_state, saved = model.model.state_dict(), fresh.state_dict(), lm.state_dict()
+        for k in state:
+            want = fresh_state[k] if "model." + k in info["missing_keys"] else saved[k]
+            assert torch.equal(state[k], want), (change, k)
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(ids).logits).all()
+    assert model.model.head.weight is not model.model.embedding.weight
+
+
+def test_a_model_built_from_its_config_is_initialised_once():
+    """``SerpentForCausalLM(config)`` has the weights ``build_model`` gives under the same seed
+    (transformers' ``post_init`` does not initialise it a second time)."""
+    config = hf.SerpentHFConfig(model_name="serpent-mamba", d_model=16, n_layers=2, serpent={"rates": [0.5]})
+    torch.manual_seed(3)
+    model = hf.SerpentForCausalLM(config)
+    torch.manual_seed(3)
+    fresh = build_model(config.model_config())
+    for (k, v), w in zip(model.model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+# ----------------------------------------------------------------------------- export-hf
+@pytest.mark.parametrize("where", ["best", "run", "inside", "symlink", "around"])
+def test_export_refuses_an_out_that_would_overwrite_the_run(where, wikitext_run, tmp_path, capsys):
+    from serpent_ssm.cli import main
+
+    before = _files(wikitext_run)
+    run = wikitext_run.resolve()
+    out = {"best": run / "best", "run": run, "inside": run / "best" / "hf", "around": run.parent}.get(where)
+    if where == "symlink":
+        out = tmp_path / "link"
+        out.symlink_to(wikitext_run / "best")
+    assert main(["export-hf", str(wikitext_run), str(out)]) == 2
+    err = capsys.readouterr().err
+    what = "that does not hold" if where == "around" else "outside"
+    assert err.startswith(f"serpent: error: out: expected a folder {what} the run directory {run}")
+    assert f"got {out}" in err and err.count("\n") == 1, err
+    assert _files(wikitext_run) == before  # nothing written
+    with pytest.raises(ValueError, match=r"^out: expected a folder "):
+        hf.export_run(wikitext_run, out)
+    assert _files(wikitext_run) == before
+
+
+def test_export_writes_a_whole_folder_or_nothing(wikitext_run, tmp_path, monkeypatch, capsys):
+    from serpent_ssm.cli import main
+    from serpent_ssm.models import io
+
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(wikitext_run), str(out)]) == 0
+    first = _files(out)
+    assert json.loads(first["config.json"])["model_type"] == "serpent" and "tokenizer.json" in first
+    (out / "generation_config.json").write_text("{}")  # as an export by an earlier release left it
+    assert main(["export-hf", str(wikitext_run), str(out)]) == 0
+    assert _files(out) == first  # replaced whole: nothing stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left
+
+    def fail_half_way(model, directory):
+        (Path(directory) / "model.safetensors").write_bytes(b"half")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(io, "save_pretrained", fail_half_way)
+    monkeypatch.setattr("serpent_ssm.models.save_pretrained", fail_half_way)
+    with pytest.raises(OSError, match="no space"):
+        hf.export_run(wikitext_run, out)
+    monkeypatch.undo()
+    assert _files(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+    capsys.readouterr()
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    refusals = {
+        "file": "out: expected a folder (new, empty, or an earlier export), got the file",
+        "other": "out: expected a new or empty folder, or an earlier export",
+        "file/sub": "out: expected a folder path, got",
+    }
+    for name, message in refusals.items():
+        assert main(["export-hf", str(wikitext_run), str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"serpent: error: {message}") and err.count("\n") == 1, err
+    assert (tmp_path / "file").read_text() == (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+    run = tmp_path / "run"
+    shutil.copytree(wikitext_run, run)
+    for content, detail in [
+        ('{"name": "bytes"}', "got no 'kind' entry"),
+        ("{not json", "got JSONDecodeError"),
+    ]:
+        (run / "vocab.json").write_text(content)
+        assert main(["export-hf", str(run), str(tmp_path / "new")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"serpent: error: {run / 'vocab.json'}: expected the run's vocabulary"), err
+        assert detail in err and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "hf", "other", "run"]
+
+
 # ----------------------------------------------------------------------------- optional extra
 def _python(code, tmp_path):
+    import os
     import subprocess
     import sys
 
     env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    if "PYTHONPATH" in os.environ:  # a checkout run from another tree
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 

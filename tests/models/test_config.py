@@ -18,6 +18,7 @@ from serpent_ssm.models import (
     migrate,
     save_pretrained,
 )
+from serpent_ssm.models.io import read_config
 from serpent_ssm.modules import SeRpEntOptions
 
 from tests.fixtures import golden
@@ -44,7 +45,9 @@ def test_save_and_load_round_trip(tmp_path, name, head):
     with torch.no_grad():
         want = model(*args)
     save_pretrained(model, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["name"] == name
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["model_type"] == "serpent" and stored["model_name"] == name  # transformers' names
+    assert len(stored["id2label"]) == 3
     loaded = from_pretrained(tmp_path).eval()
     with torch.no_grad():
         got = loaded(*args)
@@ -93,7 +96,8 @@ def test_load_errors(tmp_path):
     other = build_model(ModelConfig(d_model=12, n_layers=1, vocab_size=5))
     save_pretrained(other, tmp_path / "b")
     (tmp_path / "a/model.safetensors").write_bytes((tmp_path / "b/model.safetensors").read_bytes())
-    wrong = r"model\.safetensors: tensor 'encoder\.encoder\.weight': expected shape \(5, 8\), got \(5, 12\)"
+    wrong = r"model\.safetensors: tensor 'model\.encoder\.encoder\.weight': expected shape \(5, 8\), "
+    wrong += r"got \(5, 12\)"
     with pytest.raises(ValueError, match=wrong):
         from_pretrained(tmp_path / "a")
     data = (tmp_path / "b/model.safetensors").read_bytes()
@@ -137,6 +141,28 @@ def test_models_saved_by_0_1_0_load_through_the_migration(name):
     if name == "lm-serpent-empty":
         assert model.config.serpent.include_full_branch is False
         assert all(b.mixer.full_backbone is None for b in model.blocks)
+
+
+def test_the_library_layout_of_0_4_0_still_loads(tmp_path):
+    """Up to 0.4.0 ``save_pretrained`` wrote ``ModelConfig``'s names (no ``model_type``) and the
+    tensors without transformers' ``model.`` prefix: such a folder (every run's ``best/`` then)
+    loads with the same logits."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="serpent-mamba", head="lm", d_model=8, n_layers=2, vocab_size=11)
+    model = build_model(cfg).eval()
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    state = {k: v for k, v in model.state_dict().items() if k != "head.weight"}  # tied: stored once
+    safetensors_torch.save_file(state, str(tmp_path / "model.safetensors"))
+    loaded = from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    assert loaded.head.weight is loaded.embedding.weight
+    record = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**record, "model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"config\.json: not a model config: model_type: expected 'serpent'"):
+        from_pretrained(tmp_path)
 
 
 def test_migrate_refuses_unknown_versions():
@@ -198,11 +224,12 @@ def test_config_json_is_the_resolved_config_with_its_version(tmp_path):
     save_pretrained(model, tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())
     assert next(iter(stored)) == "format_version" and stored["format_version"] == FORMAT_VERSION
+    assert stored["model_type"] == "serpent" and stored["architectures"] == ["SerpentForCausalLM"]
     assert stored["causal"] is True and stored["serpent"]["include_full_branch"] is True
     assert stored["serpent"]["restore"] == "hold" and stored["serpent"]["bidirectional"] is False
     assert stored["serpent"]["init"] == "backbone" and stored["serpent"]["share_backbone"] is True
     assert stored["backbone"]["d_state"] == 16 and stored["backbone"]["expand"] == 2
-    assert ModelConfig.from_dict(stored) == model.config == cfg.resolved()
+    assert read_config(tmp_path / "config.json") == model.config == cfg.resolved()
     mixer = model.blocks[0].mixer
     assert mixer.config.options() == model.config.serpent  # the module runs what the file says
 

@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from serpent_ssm.models import MODEL_NAMES
-from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.modules import Block, StateSupport, state_support
 from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
 
-from tests.helpers import run_steps, wake_branches
+from tests.helpers import causal_lm, run_steps, wake_branches
 
 
 def _lm(name, vocab=50, d=16, layers=2, seed=0):
     torch.manual_seed(seed)
-    lm = CausalLM(name, vocab, d, layers, mlp_ratio=1.0 if name.endswith("s4d") else 0.0).eval()
+    lm = causal_lm(name, vocab, d, layers, mlp_ratio=1.0 if name.endswith("s4d") else 0.0).eval()
     return wake_branches(lm, seed)
 
 

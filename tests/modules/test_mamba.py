@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -103,8 +104,8 @@ def test_forward_with_state_continues_a_split_sequence(length, split, seed):
         # the state also hands over to step() for generation after a prompt
         y_next, _ = model.step(x[:, -1], s1 if cut == length else model(x[:, :-1], return_state=True)[1])
     assert_close(torch.cat([y1, y2], 1), y, 1e-5, 1e-5, "outputs")
-    for k in final:
-        assert_close(s2[k], final[k], 1e-5, 1e-5, f"state {k}")
+    for k in ("conv", "ssm"):
+        assert_close(getattr(s2, k), getattr(final, k), 1e-5, 1e-5, f"state {k}")
     if cut != length:
         assert_close(y_next, y[:, -1], 1e-5, 1e-5, "step after forward")
 
@@ -152,7 +153,7 @@ def test_intervals_are_what_forward_scans_with(monkeypatch, dtype):
 def test_intervals_step_equals_intervals():
     model = make_mamba(3).double()
     x = torch.randn(2, 13, D_MODEL, dtype=torch.float64)
-    conv, steps = model.allocate_state(2)["conv"], []
+    conv, steps = model.allocate_state(2).conv, []
     with torch.no_grad():
         for t in range(13):
             delta, conv = model.intervals_step(x[:, t], conv)
@@ -233,12 +234,29 @@ def test_nan_parameter_is_reported():
 def test_bad_state():
     model = make_mamba()
     _raises(
-        "state: expected a dict with keys 'conv' and 'ssm' (from allocate_state), got Tensor",
+        "state: expected a MambaState (from allocate_state, step or forward), got Tensor",
         lambda: model.step(torch.zeros(2, D_MODEL), torch.zeros(2)),
     )
     _raises(
-        "state['ssm']: expected shape (2, 32, 8), got (3, 32, 8)",
+        "state: expected a MambaState (from allocate_state, step or forward), got dict",
         lambda: model.step(
-            torch.zeros(2, D_MODEL), model.allocate_state(3) | {"conv": torch.zeros(2, 32, 3)}
+            torch.zeros(2, D_MODEL), {"conv": torch.zeros(2, 32, 3), "ssm": torch.zeros(2, 32, 8)}
         ),
+    )
+    _raises(
+        "state.ssm: expected shape (2, 32, 8), got (3, 32, 8)",
+        lambda: model.step(
+            torch.zeros(2, D_MODEL), dataclasses.replace(model.allocate_state(3), conv=torch.zeros(2, 32, 3))
+        ),
+    )
+    _raises(
+        "state.ssm: expected a tensor on cpu, got one on meta",
+        lambda: model.step(
+            torch.zeros(2, D_MODEL),
+            dataclasses.replace(model.allocate_state(2), ssm=torch.zeros(2, 32, 8, device="meta")),
+        ),
+    )
+    _raises(
+        "x_t: expected a tensor on cpu, got one on meta",
+        lambda: model.step(torch.zeros(2, D_MODEL, device="meta"), model.allocate_state(2)),
     )

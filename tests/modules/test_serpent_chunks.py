@@ -4,7 +4,7 @@ chunks gives the outputs and the final state of one ``forward`` over the whole s
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import re
 
 import pytest
@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serpent_ssm.models import CausalLM
 from serpent_ssm.modules import S4D, SeRpEnt
 from serpent_ssm.modules.protocol import StateSupport
+from serpent_ssm.ops.serpent_step import serpent_step
 
-from tests.helpers import ShiftedLayer, assert_close, right_padding_mask, run_steps, wake_branches
+from tests.helpers import ShiftedLayer, assert_close, causal_lm, right_padding_mask, run_steps, wake_branches
 
 D = 8
 SMALL = {"mamba": {"d_state": 4}, "s4d": {"d_state": 8}}
@@ -36,7 +36,12 @@ def flat(state, prefix=""):
     """``{path: tensor}`` of a nested state (complex tensors as their real and imaginary parts)."""
     if isinstance(state, torch.Tensor):
         return {prefix: torch.view_as_real(state) if state.is_complex() else state}
-    items = state.items() if isinstance(state, dict) else enumerate(state)
+    if state is None:
+        return {}
+    if dataclasses.is_dataclass(state):
+        items = ((f.name, getattr(state, f.name)) for f in dataclasses.fields(state))
+    else:
+        items = state.items() if isinstance(state, dict) else enumerate(state)
     out = {}
     for k, v in items:
         out.update(flat(v, f"{prefix}/{k}"))
@@ -188,7 +193,7 @@ def test_state_support_and_refusals():
 def test_serpent_language_model_runs_in_chunks(name):
     """CausalLM: chunked forward = one forward = step by step; generate prefills in one pass."""
     torch.manual_seed(0)
-    lm = wake_branches(CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)}).double().eval())
+    lm = wake_branches(causal_lm(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)}).double().eval())
     assert lm.state_support == StateSupport(step=True, forward_state=True)
     ids = torch.randint(0, 259, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -221,11 +226,9 @@ FUSED = st.fixed_dictionaries(
 )
 
 
-def branch_by_branch(model):
-    """A copy of ``model`` whose ``step`` takes the branch-by-branch path."""
-    other = copy.deepcopy(model)
-    other._fused_step = False
-    return other
+def branch_by_branch(model, x_t, state):
+    """``model``'s step on the ``"naive"`` backend (branch by branch, the reference)."""
+    return serpent_step(x_t, state, model.step_weights(), backend="naive")
 
 
 @settings(max_examples=40, deadline=None)
@@ -235,28 +238,39 @@ def test_fused_step_equals_branch_by_branch_steps(options, length, batch, seed):
     stacked backbone step; outputs and states equal the branch-by-branch path's."""
     lean = options.pop("lean")
     model = make(seed, init="default", mix="gates" if lean else "dense", cell_proj=not lean, **options)
-    assert model._fused_step
-    reference = branch_by_branch(model)
+    assert model.step_weights().stacked is not None
     x = torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x[:, length // 2] *= 40.0  # big inputs: long intervals, so that grid points are crossed
     with torch.no_grad():
-        s_fused, s_ref = model.allocate_state(batch), reference.allocate_state(batch)
+        s_fused, s_ref = model.allocate_state(batch), model.allocate_state(batch)
         for t in range(length):
-            y_fused, s_fused = model.step(x[:, t], s_fused)
-            y_ref, s_ref = reference.step(x[:, t], s_ref)
+            y_fused, s_fused = serpent_step(x[:, t], s_fused, model.step_weights(), backend="torch")
+            y_ref, s_ref = branch_by_branch(model, x[:, t], s_ref)
             # float32 SSM states: errors scale with the largest output (the 40x inputs give ~100)
             scale = max(1.0, y_ref.abs().max().item())
             assert_close(y_fused, y_ref, 1e-5, 1e-6 * scale, f"output at {t}")
-            assert torch.equal(torch.floor(s_fused["t"]), torch.floor(s_ref["t"]))  # same grid points
+            assert torch.equal(torch.floor(s_fused.t), torch.floor(s_ref.t))  # same grid points
     assert_states_close(s_fused, s_ref, "fused vs branch by branch")
 
 
 def test_which_mixers_step_fused():
-    assert make(0)._fused_step  # the causal defaults
-    assert not make(0, rates=(0.9,))._fused_step  # Δ up to 1.8: two grid points per element
-    assert not make(0, aggregate="linear")._fused_step
-    assert not make(0, backbone="s4d")._fused_step
-    assert not SeRpEnt(D, "mamba", backbone_kwargs=SMALL["mamba"])._fused_step  # non-causal
+    def fused(model):
+        with torch.no_grad():
+            return model.step_weights().stacked is not None
+
+    assert fused(make(0))  # the causal defaults
+    assert not fused(make(0, rates=(0.9,)))  # Δ up to 1.8: two grid points per element
+    assert not fused(make(0, aggregate="linear"))
+    assert not fused(make(0, backbone="s4d"))
+    x = torch.randn(2, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="^backend: 'torch' steps every branch at once"):
+        serpent_step(
+            x, make(0, backbone="s4d").allocate_state(2), make(0, backbone="s4d").step_weights(), "torch"
+        )
+    with pytest.raises(
+        ValueError, match="^backend: expected one of 'auto', 'naive', 'torch', 'cpu', got 'gpu'$"
+    ):
+        serpent_step(x, make(0).allocate_state(2), make(0).step_weights(), "gpu")
 
 
 def test_fused_step_follows_parameter_changes_and_passes_gradients():
@@ -267,15 +281,14 @@ def test_fused_step_follows_parameter_changes_and_passes_gradients():
 
     def start():  # every branch about to cross a grid point
         state = model.allocate_state(2)
-        state["t"].fill_(0.999)
-        return state
+        return dataclasses.replace(state, t=torch.full_like(state.t, 0.999))
 
     with torch.no_grad():
         before, _ = model.step(x, start())
         model.backbones[1].out_proj.weight.mul_(2.0)
         model.full_backbone.in_proj.weight.add_(0.1)
         after, _ = model.step(x, start())
-        want, _ = branch_by_branch(model).step(x, start())
+        want, _ = branch_by_branch(model, x, start())
     assert not torch.allclose(before, after)
     assert_close(after, want, 1e-5, 1e-6, "after the change")
     y, _ = model.step(x, start())
@@ -289,7 +302,7 @@ def test_select_state_picks_rows_of_every_models_state(name):
     """``CausalLM.select_state`` (beam search's reorder) gives the state of the chosen rows: the
     rows continue exactly as the same rows of a run started from those rows alone."""
     torch.manual_seed(0)
-    lm = CausalLM(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)} if name.startswith("serpent") else None)
+    lm = causal_lm(name, 259, 16, 2, serpent={"rates": (0.5, 0.25)} if name.startswith("serpent") else None)
     lm = wake_branches(lm.double().eval())  # the compressed branches' states show
     ids = torch.randint(3, 259, (3, 12), generator=torch.Generator().manual_seed(2))
     index = torch.tensor([2, 0, 2, 1])
@@ -309,7 +322,8 @@ def test_a_wrapped_layer_applies_in_step(shared):
 
     model = make(2, include_full_branch=True, share_backbone=shared)
     model.backbones[0].in_proj = ShiftedLayer(model.backbones[0].in_proj)
-    assert (model._fused_weights() is None) is not shared
+    with torch.no_grad():
+        assert (model.step_weights().stacked is None) is not shared
     x = torch.randn(2, 20, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5.0
     with torch.no_grad():
         y = model(x)

@@ -1,5 +1,5 @@
-"""The fused CPU resampling kernel (``ops.resample_cpu``) against the torch reference of
-``ops.resample``: outputs (bit for bit) and gradients (values and times, to rounding) of
+"""The fused CPU resampling kernel (``ops.resample.cpu``) against the torch reference
+(``ops.resample.torch``): outputs (bit for bit) and gradients (values and times, to rounding) of
 ``cell_pool`` and ``restore``."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serpent_ssm.ops import cpu_build
 from serpent_ssm.ops import resample as rs
-from serpent_ssm.ops import scan_cpu
 
 from tests.helpers import assert_close, right_padding_mask
 from tests.ops.test_resample import batches, peaked_batches
 
 pytestmark = pytest.mark.skipif(
-    not scan_cpu.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
+    not cpu_build.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
 )
 
 

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serpent_ssm.ops import available_backends, resolve_backend, selective_scan
-from serpent_ssm.ops.scan_chunked import DEFAULT_CHUNK_SIZE
-from serpent_ssm.ops.scan_cpu import CHECKPOINT_INTERVAL, cpu_kernel_available
+from serpent_ssm.ops.cpu_build import cpu_kernel_available
 from serpent_ssm.ops.selective_scan import naive
+from serpent_ssm.ops.selective_scan.chunked import DEFAULT_CHUNK_SIZE
+from serpent_ssm.ops.selective_scan.cpu import CHECKPOINT_INTERVAL
 from serpent_ssm.ops.selective_scan.naive import selective_scan_ref
 
 from tests.helpers import assert_close, right_padding_mask

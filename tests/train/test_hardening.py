@@ -1,5 +1,5 @@
 """Faults and bad input around training: each test reproduces one defect found by trying the library
-as a careful and as a hostile user would (docs/design.md, "Failure behaviour")."""
+as a careful and as a hostile user would (docs/failures.md)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from serpent_ssm.models.lm import CausalLM
 from serpent_ssm.train.config import load_run_config
 from serpent_ssm.train.loop import evaluate_lm, train
 from serpent_ssm.train.report import evaluate_run
 
-from tests.helpers import wake_branches
+from tests.helpers import causal_lm, wake_branches
 
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 + "\n").encode()
 
@@ -64,7 +63,7 @@ def test_lm_learns_and_reports_bits_per_byte(wikitext_dir, tmp_path, name):
 def test_evaluation_does_not_depend_on_the_window(name):
     """Carrying the state makes window boundaries invisible: same loss for any window size."""
     torch.manual_seed(0)
-    lm = wake_branches(CausalLM(name, 259, 16, 1))  # the compressed branches show
+    lm = wake_branches(causal_lm(name, 259, 16, 1))  # the compressed branches show
     stream = torch.frombuffer(bytearray(TEXT[:301]), dtype=torch.uint8)
     whole = evaluate_lm(lm, stream, seq_len=1000, batch_size=2)
     pieces = evaluate_lm(lm, stream, seq_len=37, batch_size=2)
@@ -94,7 +93,7 @@ def test_serpent_evaluation_carries_the_state_through_forward(monkeypatch):
     step() at all, the same loss for any window size, and the training loop's validation
     (exact=False) scores exactly what ``serpent eval`` does."""
     torch.manual_seed(0)
-    lm = wake_branches(CausalLM("serpent-mamba", 259, 16, 1))
+    lm = wake_branches(causal_lm("serpent-mamba", 259, 16, 1))
     stream = torch.frombuffer(bytearray(TEXT[:301]), dtype=torch.uint8)
     steps = []
     original = lm.step

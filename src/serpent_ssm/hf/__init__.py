@@ -1,11 +1,13 @@
 """serpent-ssm models as transformers models (extra ``hf``: ``pip install 'serpent-ssm[hf]'``).
 
-Importing this module registers ``SerpentConfig`` (``model_type = "serpent"``) with
+Importing this module registers ``SerpentHFConfig`` (``model_type = "serpent"``) with
 ``AutoConfig`` and the model classes with ``AutoModel``, ``AutoModelForCausalLM`` and
-``AutoModelForSequenceClassification``, so that a folder written by ``save_pretrained`` or
-``serpent export-hf`` loads with ``AutoModelForCausalLM.from_pretrained(folder)`` (offline), its
-tokenizer with ``AutoTokenizer.from_pretrained(folder)``, and works with ``generate``,
-``Trainer``, peft and lm-evaluation-harness. The core library never imports it.
+``AutoModelForSequenceClassification``, so that a folder written by ``save_pretrained`` (ours in
+``serpent_ssm.models``, which writes a run's ``best/``, or transformers') or ``serpent export-hf``
+loads with ``AutoModelForCausalLM.from_pretrained(folder)`` (offline; without this import, with
+``trust_remote_code=True``), its tokenizer with ``AutoTokenizer.from_pretrained(folder)`` (after
+``export-hf``), and works with ``generate``, ``Trainer``, peft and lm-evaluation-harness. The core
+library never imports it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
 )
 
-from serpent_ssm.hf.configuration import SerpentConfig  # noqa: E402
+from serpent_ssm.hf.configuration import SerpentHFConfig  # noqa: E402
 from serpent_ssm.hf.export import export_run, to_transformers  # noqa: E402
 from serpent_ssm.hf.modeling import (  # noqa: E402
     SerpentCache,
@@ -41,16 +43,16 @@ from serpent_ssm.hf.modeling import (  # noqa: E402
 )
 from serpent_ssm.hf.tokenization import byte_tokenizer, token_tokenizer, tokenizer_for  # noqa: E402
 
-AutoConfig.register(SerpentConfig.model_type, SerpentConfig, exist_ok=True)
-AutoModel.register(SerpentConfig, SerpentModel, exist_ok=True)
-AutoModelForCausalLM.register(SerpentConfig, SerpentForCausalLM, exist_ok=True)
-AutoModelForSequenceClassification.register(SerpentConfig, SerpentForSequenceClassification, exist_ok=True)
+AutoConfig.register(SerpentHFConfig.model_type, SerpentHFConfig, exist_ok=True)
+AutoModel.register(SerpentHFConfig, SerpentModel, exist_ok=True)
+AutoModelForCausalLM.register(SerpentHFConfig, SerpentForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(SerpentHFConfig, SerpentForSequenceClassification, exist_ok=True)
 
 __all__ = [
     "SerpentCache",
-    "SerpentConfig",
     "SerpentForCausalLM",
     "SerpentForSequenceClassification",
+    "SerpentHFConfig",
     "SerpentModel",
     "SerpentPreTrainedModel",
     "byte_tokenizer",
@@ -59,3 +61,19 @@ __all__ = [
     "token_tokenizer",
     "tokenizer_for",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``SerpentConfig``: the name of ``SerpentHFConfig`` before it was renamed (it differed
+    from the mixer options' ``SeRpEntConfig`` only in case), still imported by the
+    ``serpent_auto.py`` of folders exported then."""
+    if name == "SerpentConfig":
+        import warnings
+
+        warnings.warn(
+            "serpent_ssm.hf.SerpentConfig was renamed SerpentHFConfig; the old name will go",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return SerpentHFConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``SerpentConfig``: a transformers config (``model_type = "serpent"``) that holds one
+"""``SerpentHFConfig``: a transformers config (``model_type = "serpent"``) that holds one
 ``ModelConfig`` of this library, field by field.
 
 The fields are ``ModelConfig``'s (``model_name`` for its ``name``; ``tie_word_embeddings`` for
@@ -7,7 +7,16 @@ transformers and its tools read: the special token ids, ``use_cache`` and
 ``max_position_embeddings`` (None: no limit; lm-evaluation-harness falls back to the
 tokenizer's ``model_max_length``). Every architecture field is checked on construction by
 ``ModelConfig`` itself, so a bad value fails with the same message as in a run config
-(``model.serpent.rates: ...``).
+(``model.serpent.rates: ...``). The names and the reading of a ``config.json`` are those of
+``models.io`` (``config_record``, ``model_record``), which writes the same file without
+transformers: the library's ``save_pretrained`` and this config read each other's files.
+
+A ``config.json`` in the library's own layout of 0.1.0-0.4.0 (a run's ``best/`` saved then: no
+``model_type``, ``ModelConfig``'s names) is read too, through ``model_record`` and its migrations.
+
+The class was called ``SerpentConfig`` (one letter case away from the mixer options'
+``SeRpEntConfig``); ``serpent_ssm.hf.SerpentConfig`` still names it, with a warning, for the
+``serpent_auto.py`` that folders exported before the rename carry.
 """
 
 from __future__ import annotations
@@ -17,19 +26,19 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from serpent_ssm.models.config import FORMAT_VERSION, ModelConfig, migrate
+from serpent_ssm.models.config import FORMAT_VERSION, ModelConfig
+from serpent_ssm.models.io import FILE_NAMES, MODEL_TYPE, config_record, model_record
 
-__all__ = ["SerpentConfig"]
+__all__ = ["SerpentHFConfig"]
 
-MODEL_TYPE = "serpent"
+# ModelConfig's fields under the names of this config (n_classes: num_labels, a property of
+# transformers' config kept in id2label)
+RENAMED = {**FILE_NAMES, "n_classes": "num_labels"}
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-# ModelConfig's names that transformers knows under another name (num_labels: a property of
-# transformers' config, kept in id2label)
-RENAMED = {"name": "model_name", "tie_embeddings": "tie_word_embeddings", "n_classes": "num_labels"}
 
 
-class SerpentConfig(PretrainedConfig):
-    """A serpent-ssm model for transformers. ``SerpentConfig.from_model_config(cfg)`` wraps a
+class SerpentHFConfig(PretrainedConfig):
+    """A serpent-ssm model for transformers. ``SerpentHFConfig.from_model_config(cfg)`` wraps a
     ``ModelConfig``; ``config.model_config()`` gives it back (resolved)."""
 
     model_type = MODEL_TYPE
@@ -100,13 +109,12 @@ class SerpentConfig(PretrainedConfig):
 
     def model_config(self) -> ModelConfig:
         """The ``ModelConfig`` these fields describe, resolved (what ``build_model`` builds)."""
-        record = {k: getattr(self, RENAMED.get(k, k)) for k in MODEL_FIELDS}
-        if self.head == "lm":  # a language model has no classes: ModelConfig's default stands
-            del record["n_classes"]
-        return ModelConfig.from_dict(migrate({"format_version": self.format_version, **record})).resolved()
+        record = {"model_type": MODEL_TYPE, "format_version": self.format_version}
+        record.update((RENAMED.get(k, k), getattr(self, RENAMED.get(k, k))) for k in MODEL_FIELDS)
+        return ModelConfig.from_dict(model_record(record)).resolved()
 
     @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> SerpentConfig:
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> SerpentHFConfig:
         """Wrap ``config`` (resolved first, so a later change of a default cannot change it)."""
         if not isinstance(config, ModelConfig):
             raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
@@ -118,7 +126,8 @@ class SerpentConfig(PretrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """transformers' ``from_dict``, refusing the config of another model type with a clear
-        error (transformers itself only warns)."""
+        error (transformers itself only warns), and reading the library's own layout of
+        0.1.0-0.4.0 (no ``model_type``; ``name``, ``tie_embeddings``, ``n_classes``)."""
         model_type = config_dict.get("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
             hint = (
@@ -130,4 +139,9 @@ class SerpentConfig(PretrainedConfig):
                 f"config.json: expected model_type {MODEL_TYPE!r} (a serpent-ssm model saved by "
                 f"save_pretrained or `serpent export-hf`), got {model_type!r}{hint}"
             )
+        if "model_type" not in config_dict and "name" in config_dict:  # the library's layout then
+            try:
+                config_dict = config_record(ModelConfig.from_dict(model_record(config_dict)))
+            except ValueError as exc:
+                raise ValueError(f"config.json: not a model config: {exc}") from None
         return super().from_dict(config_dict, **kwargs)

@@ -26,8 +26,9 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
-from serpent_ssm.hf.configuration import SerpentConfig
+from serpent_ssm.hf.configuration import SerpentHFConfig
 from serpent_ssm.models.build import build_model
+from serpent_ssm.models.io import AUTO_FILE, AUTO_MAP, AUTO_SOURCE, KEY_PREFIX
 from serpent_ssm.models.lm import CausalLM
 
 __all__ = [
@@ -109,30 +110,10 @@ def _undo_shift(y: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
     return y.gather(1, index.view(*index.shape, *([1] * (y.dim() - 2))).expand_as(y))
 
 
-AUTO_MODULE = "serpent_auto"
-AUTO_MAP = {
-    "AutoConfig": f"{AUTO_MODULE}.SerpentConfig",
-    "AutoModel": f"{AUTO_MODULE}.SerpentModel",
-    "AutoModelForCausalLM": f"{AUTO_MODULE}.SerpentForCausalLM",
-    "AutoModelForSequenceClassification": f"{AUTO_MODULE}.SerpentForSequenceClassification",
-}
-AUTO_SOURCE = """\
-# Written by serpent-ssm's save_pretrained: transformers loads this folder through these classes
-# with trust_remote_code=True where serpent_ssm.hf was not imported (it needs serpent-ssm[hf]
-# installed). With `import serpent_ssm.hf` no code from here runs.
-from serpent_ssm.hf import (  # noqa: F401
-    SerpentConfig,
-    SerpentForCausalLM,
-    SerpentForSequenceClassification,
-    SerpentModel,
-)
-"""
-
-
 class SerpentPreTrainedModel(PreTrainedModel):
     """The shared part of the serpent-ssm transformers classes."""
 
-    config_class = SerpentConfig
+    config_class = SerpentHFConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
@@ -140,11 +121,62 @@ class SerpentPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The library initialises its modules itself (``build_model``); here only the buffers that
-        are not saved are recomputed (transformers leaves them empty when it loads a model)."""
+        """Give ``module``'s tensors that transformers did not load (missing from the checkpoint,
+        or of another shape with ``ignore_mismatched_sizes``) the values ``build_model`` gives
+        them: the library's modules initialise themselves in their constructors, so these are
+        copied from a freshly built model of this config (built once per ``initialize_weights``,
+        only when a tensor needs it). The buffers that are not saved are recomputed by the module
+        itself (``reset_buffers``: transformers' loader leaves them empty). A module outside the
+        model (a resized embedding) gets the initialisation of its kind in our models."""
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
             reset()
+        skip = set(getattr(module, "_non_persistent_buffers_set", ())) if callable(reset) else set()
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        todo = [
+            (n, t)
+            for n, t in tensors
+            if t is not None and n not in skip and not getattr(t, "_is_hf_initialized", False)
+        ]
+        if not todo:
+            return
+        fresh = self._fresh_module(module)
+        if fresh is None or any(_shape(fresh, n) != t.shape for n, t in todo):
+            _init_like_ours(module)
+            return
+        with torch.no_grad():
+            for n, t in todo:
+                t.copy_(getattr(fresh, n))
+
+    def initialize_weights(self) -> None:
+        """transformers' ``initialize_weights``, sharing one freshly built model among the
+        modules whose tensors need values (``_init_weights``)."""
+        self.__dict__["_init_cache"] = {}
+        try:
+            super().initialize_weights()
+        finally:
+            self.__dict__.pop("_init_cache", None)
+
+    def _fresh_module(self, module: nn.Module) -> nn.Module | None:
+        """The module at ``module``'s place in a freshly built model of this config (None when
+        ``module`` is not part of this model)."""
+        cache = self.__dict__.get("_init_cache", {})  # outside initialize_weights: for this call
+        if "names" not in cache:
+            cache["names"] = {id(m): name for name, m in self.named_modules()}
+        name = cache["names"].get(id(module))
+        if name == KEY_PREFIX.rstrip("."):
+            path = ""
+        elif name is not None and name.startswith(KEY_PREFIX):
+            path = name.removeprefix(KEY_PREFIX)
+        else:
+            return None
+        if "model" not in cache:
+            with torch.device("cpu"):
+                cache["model"] = build_model(self.config.model_config())
+        try:
+            return cache["model"].get_submodule(path)
+        except AttributeError:
+            return None
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
         """transformers' ``save_pretrained``, plus ``auto_map`` in ``config.json`` and the module it
@@ -153,17 +185,21 @@ class SerpentPreTrainedModel(PreTrainedModel):
         self.config.auto_map = dict(AUTO_MAP)
         out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            (Path(save_directory) / f"{AUTO_MODULE}.py").write_text(AUTO_SOURCE)
+            (Path(save_directory) / AUTO_FILE).write_text(AUTO_SOURCE)
         return out
 
-    def _build(self, config: SerpentConfig, heads: tuple[str, ...]) -> nn.Module:
+    def _build(self, config: SerpentHFConfig, heads: tuple[str, ...]) -> nn.Module:
         model_config = config.model_config()
         if model_config.head not in heads:
             raise ValueError(
                 f"config.head: expected {' or '.join(map(repr, heads))} for {type(self).__name__}, "
                 f"got {model_config.head!r}"
             )
-        return build_model(model_config)
+        model = build_model(model_config)
+        if not any(p.is_meta for p in model.parameters()):  # built with values, not for loading
+            for m in model.modules():  # so post_init does not initialise it a second time
+                m._is_hf_initialized = True
+        return model
 
 
 class SerpentForCausalLM(SerpentPreTrainedModel, GenerationMixin):
@@ -173,7 +209,7 @@ class SerpentForCausalLM(SerpentPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"model.head.weight": "model.embedding.weight"}
 
-    def __init__(self, config: SerpentConfig) -> None:
+    def __init__(self, config: SerpentHFConfig) -> None:
         super().__init__(config)
         self.model = self._build(config, ("lm",))
         self.post_init()
@@ -272,7 +308,7 @@ class SerpentForCausalLM(SerpentPreTrainedModel, GenerationMixin):
             lm = from_mamba_checkpoint(path)
         else:
             lm = serpent_from_mamba(path, serpent=None if serpent is True else serpent)
-        model = cls(SerpentConfig.from_model_config(lm.config))
+        model = cls(SerpentHFConfig.from_model_config(lm.config))
         model.model.load_state_dict(lm.state_dict())
         return model.eval()
 
@@ -282,7 +318,7 @@ class SerpentForSequenceClassification(SerpentPreTrainedModel):
     models) or ``input_values (B, L[, d_input])`` (feature models, e.g. pixels) ->
     ``SequenceClassifierOutput`` (``logits (B, num_labels)``, ``loss`` with ``labels (B,)``)."""
 
-    def __init__(self, config: SerpentConfig) -> None:
+    def __init__(self, config: SerpentHFConfig) -> None:
         super().__init__(config)
         self.model = self._build(config, ("classify",))
         self.post_init()
@@ -306,12 +342,26 @@ class SerpentForSequenceClassification(SerpentPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+def _shape(module: nn.Module, name: str) -> torch.Size | None:
+    tensor = getattr(module, name, None)
+    return tensor.shape if isinstance(tensor, torch.Tensor) else None
+
+
+def _init_like_ours(module: nn.Module) -> None:
+    """The initialisation our models give a module of ``module``'s kind: an embedding as
+    ``CausalLM``'s (normal, std 0.02), else the module's own ``reset_parameters``."""
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+    elif callable(getattr(module, "reset_parameters", None)):
+        module.reset_parameters()
+
+
 class SerpentModel(SerpentPreTrainedModel):
     """A serpent-ssm model without its head: a language model gives its final normalised hidden
     states (``last_hidden_state (B, L, d_model)``), a classifier its pooled encoding
     (``pooler_output (B, d_model)``)."""
 
-    def __init__(self, config: SerpentConfig) -> None:
+    def __init__(self, config: SerpentHFConfig) -> None:
         super().__init__(config)
         self.model = self._build(config, ("lm", "classify"))
         self.post_init()
@@ -339,7 +389,7 @@ class SerpentModel(SerpentPreTrainedModel):
 
 
 def _classifier_inputs(
-    config: SerpentConfig, input_ids: torch.Tensor | None, input_values: torch.Tensor | None
+    config: SerpentHFConfig, input_ids: torch.Tensor | None, input_values: torch.Tensor | None
 ) -> torch.Tensor:
     """The classifier's input: token ids for a vocabulary model, float features otherwise."""
     if config.vocab_size is not None:

@@ -18,11 +18,18 @@ def build_model(config: ModelConfig) -> nn.Module:
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
     config = config.resolved()
+    make_mixer = make_mixer_factory(
+        config.name,
+        config.d_model,
+        causal=config.causal,
+        backbone_kwargs=config.backbone,
+        serpent_kwargs=config.serpent,
+    )
     if config.head == "lm":
         if config.vocab_size is None:
             raise ValueError("model.vocab_size: expected the vocabulary size of the language model, got None")
         model: nn.Module = CausalLM(
-            config.name,
+            make_mixer,
             config.vocab_size,
             config.d_model,
             config.n_layers,
@@ -30,21 +37,12 @@ def build_model(config: ModelConfig) -> nn.Module:
             norm_eps=config.norm_eps,
             mlp_ratio=config.mlp_ratio,
             dropout=config.dropout,
-            backbone=config.backbone,
-            serpent=config.serpent,
             tie_embeddings=config.tie_embeddings,
         )
     else:
-        factory = make_mixer_factory(
-            config.name,
-            config.d_model,
-            causal=config.causal,
-            backbone_kwargs=config.backbone,
-            serpent_kwargs=config.serpent,
-        )
         cls = RetrievalClassifier if config.head == "retrieval" else SequenceClassifier
         model = cls(
-            factory,
+            make_mixer,
             config.d_model,
             config.n_layers,
             config.n_classes,

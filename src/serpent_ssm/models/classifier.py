@@ -2,7 +2,8 @@
 
 See docs/design.md, "Models".
 
-The mixer of each block comes from a factory (``models.mixers.make_mixer_factory``).
+The mixer of each block comes from ``make_mixer(layer_idx)`` (``models.mixers``; from a model
+name: ``make_mixer_factory``), as for ``CausalLM``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from serpent_ssm.models.mixers import layer_factory
 from serpent_ssm.modules.block import Block, make_norm
 from serpent_ssm.utils.validation import check_positive_int
 
@@ -23,12 +25,12 @@ class SequenceEncoder(nn.Module):
 
     ``tokens (B, L)`` int (with ``vocab_size``) or ``features (B, L, d_input)`` float (with
     ``d_input``) -> ``(B, d_model)``: encoder (embedding or linear) -> ``n_layers`` pre-norm
-    residual blocks around ``make_mixer()`` -> final norm -> masked mean pooling.
+    residual blocks, block ``i`` around ``make_mixer(i)`` -> final norm -> masked mean pooling.
     """
 
     def __init__(
         self,
-        make_mixer: Callable[[], nn.Module],
+        make_mixer: Callable[[int], nn.Module],
         d_model: int,
         n_layers: int,
         vocab_size: int | None = None,
@@ -40,6 +42,7 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("n_layers", n_layers)
+        make_mixer = layer_factory(make_mixer)
         if (vocab_size is None) == (d_input is None):
             raise ValueError(
                 "vocab_size, d_input: expected exactly one of them, "
@@ -51,8 +54,8 @@ class SequenceEncoder(nn.Module):
             self.encoder = nn.Linear(check_positive_int("d_input", d_input), d_model)
         self.d_input = d_input
         self.blocks = nn.ModuleList(
-            Block(d_model, make_mixer(), norm=norm, mlp_ratio=mlp_ratio, dropout=dropout)
-            for _ in range(n_layers)
+            Block(d_model, make_mixer(i), norm=norm, mlp_ratio=mlp_ratio, dropout=dropout)
+            for i in range(n_layers)
         )
         self.norm = make_norm(norm, d_model)
 
@@ -78,7 +81,7 @@ class SequenceClassifier(nn.Module):
     logits ``(B, n_classes)``. Arguments as ``SequenceEncoder``, plus ``n_classes``."""
 
     def __init__(
-        self, make_mixer: Callable[[], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
+        self, make_mixer: Callable[[int], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
     ):
         super().__init__()
         check_positive_int("n_classes", n_classes)
@@ -95,7 +98,7 @@ class RetrievalClassifier(nn.Module):
     ``(B, n_classes)``."""
 
     def __init__(
-        self, make_mixer: Callable[[], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
+        self, make_mixer: Callable[[int], nn.Module], d_model: int, n_layers: int, n_classes: int, **kwargs
     ):
         super().__init__()
         check_positive_int("n_classes", n_classes)

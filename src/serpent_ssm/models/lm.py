@@ -1,8 +1,10 @@
 """Causal language model: embedding -> causal pre-norm blocks -> norm -> tied head (docs/design.md, "Models").
 
 Byte level by default (``BYTE_VOCAB``: 259 ids = 3 specials + 256 bytes); any vocabulary size
-when a tokenizer is used. Every model name works: ``mamba``, ``s4d``, ``serpent-mamba``,
-``serpent-s4d`` (causal mixers throughout).
+when a tokenizer is used. The mixer of each block comes from ``make_mixer(layer_idx)``, as for the
+classifiers; every model name works through ``make_mixer_factory(name, d_model, causal=True)``
+(``mamba``, ``s4d``, ``serpent-mamba``, ``serpent-s4d``: causal mixers throughout), and
+``build_model`` builds one from a ``ModelConfig``.
 
 ``generate`` decodes with the mixers' ``step()``: the recurrent state has a fixed size, so
 memory does not grow with the number of generated tokens, and the result equals greedy decoding
@@ -12,12 +14,13 @@ by repeated full forward passes (tested).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from serpent_ssm.models.mixers import make_mixer_factory
+from serpent_ssm.models.mixers import layer_factory
 from serpent_ssm.modules.block import Block, make_norm
 from serpent_ssm.modules.protocol import StateSupport
 from serpent_ssm.utils.validation import check_positive_int
@@ -29,18 +32,17 @@ class CausalLM(nn.Module):
     """``ids (B, L)`` int64 -> next-token logits ``(B, L, vocab_size)``.
 
     Args:
-        name: mamba, s4d, serpent-mamba or serpent-s4d.
+        make_mixer: ``make_mixer(layer_idx) -> nn.Module``, the (causal) mixer of block
+            ``layer_idx``, e.g. ``make_mixer_factory("serpent-mamba", d_model, causal=True)``.
         vocab_size: number of token ids (259 for bytes).
         d_model, n_layers, norm, mlp_ratio, dropout: as ``SequenceClassifier``; ``norm_eps`` the
             epsilon of every norm.
-        backbone: options of the Mamba/S4D mixer (a mapping or the backbone's options
-            dataclass); serpent: ``SeRpEntOptions`` (or a mapping of them).
         tie_embeddings: the output head shares the embedding matrix (default).
     """
 
     def __init__(
         self,
-        name: str,
+        make_mixer: Callable[[int], nn.Module],
         vocab_size: int,
         d_model: int,
         n_layers: int,
@@ -48,23 +50,19 @@ class CausalLM(nn.Module):
         norm_eps: float = 1e-5,
         mlp_ratio: float = 0.0,
         dropout: float = 0.0,
-        backbone: Any = None,
-        serpent: Any = None,
         tie_embeddings: bool = True,
     ) -> None:
         super().__init__()
+        make_mixer = layer_factory(make_mixer)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
         check_positive_int("n_layers", n_layers)
-        make_mixer = make_mixer_factory(
-            name, d_model, causal=True, backbone_kwargs=backbone, serpent_kwargs=serpent
-        )
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(
             self.embedding.weight, std=0.02
         )  # as GPT-2 and Mamba's LMs: a tied head starts near uniform
         self.blocks = nn.ModuleList(
-            Block(d_model, make_mixer(), norm=norm, norm_eps=norm_eps, mlp_ratio=mlp_ratio, dropout=dropout)
-            for _ in range(n_layers)
+            Block(d_model, make_mixer(i), norm=norm, norm_eps=norm_eps, mlp_ratio=mlp_ratio, dropout=dropout)
+            for i in range(n_layers)
         )
         self.norm = make_norm(norm, d_model, norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)

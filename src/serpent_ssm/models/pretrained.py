@@ -1,9 +1,9 @@
 """Import pretrained Mamba language models (Mamba-1: transformers' ``MambaForCausalLM`` and
 mamba_ssm's ``MambaLMHeadModel``) into ``CausalLM``.
 
-``from_mamba_checkpoint(path)`` returns ``CausalLM(name="mamba")`` with the checkpoint's weights:
+``from_mamba_checkpoint(path)`` returns a ``mamba`` ``CausalLM`` with the checkpoint's weights:
 its logits equal those of the original model (tested against transformers to 1e-5).
-``serpent_from_mamba(path)`` returns ``CausalLM(name="serpent-mamba")`` of the same width and
+``serpent_from_mamba(path)`` returns a ``serpent-mamba`` ``CausalLM`` of the same width and
 depth whose SeRpEnt branch backbones all start from the pretrained mixer of their layer.
 
 Checkpoint layouts (``path`` is the directory, or the weights file with ``config.json`` beside it):
@@ -146,7 +146,7 @@ class MambaCheckpointConfig:
         if ours.startswith("blocks."):
             _, i, rest = ours.split(".", 2)
             return f"backbone.layers.{i}.{rest}"
-        raise ValueError(f"{ours}: expected a tensor of a CausalLM(name='mamba'), got an unknown name")
+        raise ValueError(f"{ours}: expected a tensor of a mamba CausalLM, got an unknown name")
 
 
 # ---------------------------------------------------------------------- config.json
@@ -371,7 +371,7 @@ def read_mamba_checkpoint(
 ) -> tuple[MambaCheckpointConfig, dict[str, torch.Tensor]]:
     """Read and check a Mamba LM checkpoint.
 
-    Returns its config and its tensors under our ``CausalLM(name="mamba")`` state-dict names
+    Returns its config and its tensors under the state-dict names of our ``mamba`` ``CausalLM``
     (``embedding.weight``, ``blocks.{i}.norm.*``, ``blocks.{i}.mixer.*``, ``norm.*``, and
     ``head.weight`` when the embeddings are not tied), each checked against the shape the config
     implies. ``ValueError`` names the file and the tensor on any mismatch.
@@ -423,7 +423,7 @@ def _copy(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def from_mamba_checkpoint(path_or_dir: str | Path, map_location: str | torch.device = "cpu") -> CausalLM:
-    """``CausalLM(name="mamba")`` with the weights of a transformers or mamba_ssm Mamba LM.
+    """A ``mamba`` ``CausalLM`` with the weights of a transformers or mamba_ssm Mamba LM.
 
     Args:
         path_or_dir: the checkpoint directory, or its weights file (``config.json`` beside it).
@@ -450,7 +450,7 @@ def serpent_from_mamba(
     serpent: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> CausalLM:
-    """``CausalLM(name="serpent-mamba")`` warm-started from a pretrained Mamba LM.
+    """A ``serpent-mamba`` ``CausalLM`` warm-started from a pretrained Mamba LM.
 
     Same width, depth, vocabulary, norms and mixer sizes as the checkpoint; ``serpent`` holds
     SeRpEnt options (``rates``, ``aggregate``, ``init``, ...; causal mode is implied).

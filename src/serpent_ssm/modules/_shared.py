@@ -8,10 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.module import (
-    register_module_module_registration_hook,
-    register_module_parameter_registration_hook,
-)
 
 
 def empty_sequence_output(mixer: nn.Module, x: torch.Tensor, state: Any, return_state: bool) -> Any:
@@ -30,50 +26,54 @@ def plain_linear(layer: nn.Module) -> bool:
 
 
 _VERSION = operator.attrgetter("_version")
-# bumped whenever any module, anywhere, registers a submodule or a parameter (setattr,
-# add_module, register_parameter: building a model, an adapter library wrapping a layer, a
-# parameter replaced): a cached value read from weights checks one integer for all of that
-_STRUCTURE = [0]
 
 
-def _structure_changed(*_: Any) -> None:
-    _STRUCTURE[0] += 1
+def _weights_fingerprint(sources: list[nn.Module]) -> tuple[list[nn.Module], list[torch.Tensor], int]:
+    """Every module under ``sources``, every parameter they hold, and the sum of the parameters'
+    version counters (an in-place change, an optimiser step or ``load_state_dict``, bumps it)."""
+    modules = [m for src in sources for m in src.modules()]
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    return modules, params, sum(map(_VERSION, params))
 
 
-register_module_module_registration_hook(_structure_changed)
-register_module_parameter_registration_hook(_structure_changed)
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build: Callable[[], Any]) -> Any:
     """``build()`` (a value read from the weights of the modules in ``sources``), kept in
-    ``module.__dict__[name]`` while no module anywhere registered a submodule or a parameter
-    (a layer wrapped or replaced, a parameter replaced), no leaf module of ``sources`` has
-    hooks, and no parameter of ``sources`` changed in place (their version counters: an
-    optimiser step, ``load_state_dict``). A few microseconds per check, for steps that run once a
-    token. Call it only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()``
-    drops the cache. Assigning a parameter's ``.data`` is not seen (call ``.to()`` after that)."""
+    ``module.__dict__[name]`` while the modules under ``sources`` are the same objects (no layer
+    wrapped, added or replaced), their parameters are the same tensors (none replaced or
+    added), none changed in place (their version counters: an optimiser step,
+    ``load_state_dict``) and no leaf module has forward hooks. Nothing outside ``module`` is
+    touched: no global hook, no counter. A few microseconds per check, for steps that run once a
+    token. Call it only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()`` and
+    ``train()``/``eval()`` drop the cache. Assigning a parameter's ``.data`` is not seen (call
+    ``.to()`` after that)."""
     caches = module.__dict__.setdefault("_weight_caches", {})
+    modules, params, version = _weights_fingerprint(sources)
     hit = caches.get(name)
-    if hit is not None:
-        structure, leaves, params, version, value = hit
-        if (
-            structure == _STRUCTURE[0]
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in leaves)
-            and sum(map(_VERSION, params)) == version
-        ):
-            return value
-    structure = _STRUCTURE[0]
+    if (
+        hit is not None
+        and hit[2] == version
+        and _same(hit[0], modules)
+        and _same(hit[1], params)
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in modules if not m._modules)
+    ):
+        return hit[3]
     value = build()
-    leaves = [m for src in sources for m in src.modules() if not m._modules]
-    params = [p for src in sources for p in src.parameters()]
-    caches[name] = (structure, leaves, params, sum(map(_VERSION, params)), value)
+    caches[name] = (modules, params, version, value)
     return value
 
 
 class CachedWeights(nn.Module):
     """A module that keeps values read from its weights (``cached_weights``): ``nn.Module._apply``
-    (``.to()``, ``.float()``, ...) also drops them."""
+    (``.to()``, ``.float()``, ...) and ``train()``/``eval()`` also drop them."""
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> nn.Module:
         self.__dict__.pop("_weight_caches", None)
         return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True) -> nn.Module:
+        self.__dict__.pop("_weight_caches", None)
+        return super().train(mode)

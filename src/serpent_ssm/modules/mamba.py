@@ -24,11 +24,13 @@ from torch import nn
 
 from serpent_ssm.modules._shared import CachedWeights, cached_weights, empty_sequence_output, plain_linear
 from serpent_ssm.modules.protocol import StateSupport
-from serpent_ssm.ops.mamba_step import MambaStepWeights, conv_step, mamba_step
-from serpent_ssm.ops.mamba_step_cpu import KernelWeights, kernel_weights, mamba_step_cpu, step_kernel_usable
 from serpent_ssm.ops.selective_scan import check_backend, selective_scan
+from serpent_ssm.ops.serpent_step import MambaStepWeights, MambaTensors, kernel_weights, mamba_step
+from serpent_ssm.ops.serpent_step.torch import conv_step
+from serpent_ssm.ops.states import MambaState
 from serpent_ssm.utils.sequence import zero_padding
 from serpent_ssm.utils.validation import (
+    check_device,
     check_float_tensor,
     check_mixer_input,
     check_module_dtype,
@@ -135,19 +137,20 @@ class Mamba(CachedWeights):
 
     # ------------------------------------------------------------------ full sequence
     def _project(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor] | None
+        self, x: torch.Tensor, conv: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The projections in front of the scan, for ``x (B, L, d_model)`` with ``L >= 1``.
 
-        Returns ``conv_in (B, E, d_conv - 1 + L)`` (the convolution's input: the state's last
-        inputs, or zeros, then the sequence), ``xc (B, E, L)`` (the scan input ``u``),
+        Returns ``conv_in (B, E, d_conv - 1 + L)`` (the convolution's input: the last inputs
+        before it, ``conv (B, E, d_conv - 1)``, or zeros, then the sequence), ``xc (B, E, L)``
+        (the scan input ``u``),
         ``z (B, L, E)`` (the gate), ``dt (B, E, L)`` (``dt_proj``'s weight applied, its bias
         not), ``b, c (B, L, N)``.
         """
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = xs.transpose(1, 2)  # (B, E, L)
-        if state is not None:
-            prefix = state["conv"].to(xs.dtype)
+        if conv is not None:
+            prefix = conv.to(xs.dtype)
         else:
             prefix = xs.new_zeros(x.shape[0], self.d_inner, self.d_conv - 1)
         conv_in = torch.cat([prefix, xs], dim=-1)  # (B, E, k - 1 + L)
@@ -180,9 +183,7 @@ class Mamba(CachedWeights):
         if x.shape[1] == 0:
             empty = x.new_zeros(x.shape[0], 0, self.d_inner, dtype=cdt)
             return empty if conv is None else (empty, conv)
-        conv_in, _, _, dt, _, _ = self._project(
-            zero_padding(x, mask), None if conv is None else {"conv": conv}
-        )
+        conv_in, _, _, dt, _, _ = self._project(zero_padding(x, mask), conv)
         delta = F.softplus(dt.to(cdt) + self.dt_proj.bias.float().to(cdt)[:, None])  # (B, E, L)
         delta = zero_padding(delta, mask, dim=-1).transpose(1, 2)
         return delta if conv is None else (delta, self._conv_state(conv_in, mask))
@@ -199,9 +200,9 @@ class Mamba(CachedWeights):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
-        state: dict[str, torch.Tensor] | None = None,
+        state: MambaState | None = None,
         return_state: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, MambaState]:
         """Mix a sequence.
 
         Args:
@@ -222,7 +223,7 @@ class Mamba(CachedWeights):
         if length == 0:
             return empty_sequence_output(self, x, state, return_state)
         x = zero_padding(x, mask)  # zeros in, so that no NaN reaches the projections' gradients
-        conv_in, xc, z, dt, b, c = self._project(x, state)
+        conv_in, xc, z, dt, b, c = self._project(x, None if state is None else state.conv)
         a = -torch.exp(self.A_log.float())
         y, h = selective_scan(
             xc,
@@ -235,65 +236,81 @@ class Mamba(CachedWeights):
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
             mask=mask,
-            initial_state=state["ssm"] if state is not None else None,
+            initial_state=state.ssm if state is not None else None,
             return_final_state=True,
             backend=self.backend,
         )
         out = zero_padding(self.out_proj(y.transpose(1, 2)), mask)
         if not return_state:
             return out
-        return out, {"conv": self._conv_state(conv_in, mask), "ssm": h}
+        return out, MambaState(self._conv_state(conv_in, mask), h)
 
     # ------------------------------------------------------------------ recurrence
     def allocate_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> dict[str, torch.Tensor]:
+    ) -> MambaState:
         """Zero state for ``batch`` rows: ``conv (B, E, d_conv - 1)`` and ``ssm (B, E, N)`` float32."""
         check_positive_int("batch", batch)
         device = device if device is not None else self.A_log.device
         dtype = dtype if dtype is not None else self.in_proj.weight.dtype
-        return {
-            "conv": torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            "ssm": torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
-        }
+        return MambaState(
+            conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
 
     def _check_state(self, state: object, batch: int) -> None:
-        if not isinstance(state, dict) or set(state) != {"conv", "ssm"}:
+        if not isinstance(state, MambaState):
             raise ValueError(
-                f"state: expected a dict with keys 'conv' and 'ssm' (from allocate_state), got "
-                f"{type(state).__name__ if not isinstance(state, dict) else sorted(state)}"
+                "state: expected a MambaState (from allocate_state, step or forward), "
+                f"got {type(state).__name__}"
             )
-        check_shape("state['conv']", state["conv"], (batch, self.d_inner, self.d_conv - 1))
-        check_shape("state['ssm']", state["ssm"], (batch, self.d_inner, self.d_state))
+        check_shape("state.conv", state.conv, (batch, self.d_inner, self.d_conv - 1))
+        check_shape("state.ssm", state.ssm, (batch, self.d_inner, self.d_state))
+        check_device("state.conv", state.conv, self.A_log.device)
+        check_device("state.ssm", state.ssm, self.A_log.device)
 
-    def step(
-        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One recurrent step: ``x_t (B, d_model) -> y_t (B, d_model)``; returns a new state dict."""
+    def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One recurrent step: ``x_t (B, d_model) -> y_t (B, d_model)``; returns the new state
+        (``ops.serpent_step.mamba_step``: the CPU kernel where it applies, else torch)."""
         check_float_tensor("x_t", x_t, ndim=2)
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
+        check_device("x_t", x_t, self.A_log.device)
         self._check_state(state, x_t.shape[0])
-        kernel = self._kernel_weights() if step_kernel_usable(x_t) else None
-        if kernel is not None:  # the fused CPU step: one kernel call
-            y, conv, ssm = mamba_step_cpu(x_t, state["conv"], state["ssm"], kernel)
-        else:
-            y, conv, ssm = mamba_step(x_t, state["conv"], state["ssm"], self.step_weights())
-        return y, {"conv": conv, "ssm": ssm}
+        return mamba_step(x_t, state, self.step_weights())
 
-    def _kernel_weights(self) -> KernelWeights | None:
-        """The fused CPU step's weights (``ops.mamba_step_cpu``), cached; None when a projection
-        is not a plain ``nn.Linear`` (an adapter or a hook: ``step`` then calls the layers)."""
-        return cached_weights(self, "_kernel_cache", [self], self._build_kernel_weights)
+    def step_tensors(self) -> MambaTensors:
+        """The weights as plain tensors (``ops.serpent_step.MambaTensors``), for the CPU kernel."""
+        return MambaTensors(
+            w_in=self.in_proj.weight,
+            b_in=self.in_proj.bias,
+            w_conv=self.conv1d.weight[:, 0, :],
+            b_conv=self.conv1d.bias,
+            w_x=self.x_proj.weight,
+            w_dt=self.dt_proj.weight,
+            b_dt=self.dt_proj.bias,
+            a=-torch.exp(self.A_log.float()),
+            d_skip=self.D,
+            w_out=self.out_proj.weight,
+            b_out=self.out_proj.bias,
+            sizes=(self.d_model, self.d_inner, self.d_state, self.d_conv, self.dt_rank),
+        )
 
-    def _build_kernel_weights(self) -> KernelWeights | None:
-        if not all(map(plain_linear, (self.in_proj, self.x_proj, self.dt_proj, self.out_proj))):
-            return None
-        return kernel_weights([self])
+    def plain_layers(self) -> bool:
+        """Whether every projection is a plain ``nn.Linear`` without hooks, so that a fused step
+        may read their weights instead of calling them."""
+        return all(map(plain_linear, (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)))
 
     def step_weights(self) -> MambaStepWeights:
-        """What one step reads (``ops.mamba_step``): the projection layers themselves (whatever
-        wraps them applies) and the parameters (gradients flow through them)."""
+        """What one step reads (``ops.serpent_step.MambaStepWeights``): the projection layers
+        themselves (whatever wraps them applies) and the parameters (gradients flow through
+        them); without gradients, cached (``_shared.cached_weights``) and with the CPU kernel's
+        packed copy when the projections are plain layers."""
+        if torch.is_grad_enabled():
+            return self._build_step_weights(kernel=False)
+        return cached_weights(self, "_step_weights", [self], self._build_step_weights)
+
+    def _build_step_weights(self, kernel: bool = True) -> MambaStepWeights:
         return MambaStepWeights(
             in_proj=self.in_proj,
             conv_w=self.conv1d.weight[:, 0, :],
@@ -305,11 +322,12 @@ class Mamba(CachedWeights):
             out_proj=self.out_proj,
             dt_rank=self.dt_rank,
             d_state=self.d_state,
+            kernel=kernel_weights([self.step_tensors()]) if kernel and self.plain_layers() else None,
         )
 
     def intervals_step(self, x_t: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One element of ``intervals``: ``Δ_t (B, E)`` (its dtype) for ``x_t (B, d_model)`` and the
-        convolution state ``conv (B, E, d_conv - 1)`` (``allocate_state(B)["conv"]`` to start);
+        convolution state ``conv (B, E, d_conv - 1)`` (``allocate_state(B).conv`` to start);
         returns ``Δ_t`` and the new ``conv``."""
         check_float_tensor("x_t", x_t, ndim=2)
         check_shape("x_t", x_t, (None, self.d_model))

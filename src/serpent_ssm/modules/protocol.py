@@ -15,20 +15,22 @@ depends on the instance's options):
 ``CausalLM.generate`` and the language-model evaluation ask it and nothing else. A mixer that
 declares nothing supports neither.
 
-A state is a tensor or a nest of dicts, lists and tuples of tensors (``map_state`` walks it).
-Its rows are on dim 0 of every tensor unless the mixer says otherwise with a
+A state is a tensor, one of the typed states of ``ops.states`` (``MambaState``,
+``SeRpEntState``, ...), or a nest of dicts, lists and tuples of them (``map_state`` walks any of
+them). Its rows are on dim 0 of every tensor unless the mixer says otherwise with a
 ``select_state(state, index)`` method; ``select_rows(mixer, state, index)`` picks rows (beam
 search reorders its beams with it) either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from serpent_ssm.ops.states import map_state
 
 __all__ = ["StateSupport", "map_state", "select_rows", "state_support"]
 
@@ -56,19 +58,6 @@ def state_support(mixer: nn.Module) -> StateSupport:
             f"{type(mixer).__name__}.state_support: expected a StateSupport, got {type(declared).__name__}"
         )
     return declared
-
-
-def map_state(fn: Callable[..., torch.Tensor], *states: Any) -> Any:
-    """``fn`` applied leaf by leaf to recurrent states of the same structure (tensors, dicts,
-    lists, tuples); returns a state of that structure."""
-    first = states[0]
-    if isinstance(first, torch.Tensor):
-        return fn(*states)
-    if isinstance(first, dict):
-        return {k: map_state(fn, *(st[k] for st in states)) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(map_state(fn, *parts) for parts in zip(*states, strict=True))
-    raise ValueError(f"state: expected tensors, dicts or tuples of tensors, got {type(first).__name__}")
 
 
 def select_rows(mixer: nn.Module, state: Any, index: torch.Tensor) -> Any:

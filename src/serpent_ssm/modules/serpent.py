@@ -31,9 +31,11 @@ Options: ``SeRpEntOptions`` / ``SeRpEntConfig`` (``modules.serpent_config``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,21 +44,21 @@ from serpent_ssm.modules._shared import CachedWeights, cached_weights, plain_lin
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
 from serpent_ssm.modules.mamba import Mamba
-from serpent_ssm.modules.protocol import StateSupport, map_state, state_support
+from serpent_ssm.modules.protocol import StateSupport, state_support
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
 from serpent_ssm.ops import resample as rs
-from serpent_ssm.ops.mamba_step import CellState, MambaStepWeights, cell_step, stack_step_weights
-from serpent_ssm.ops.mamba_step_cpu import (
-    KernelWeights,
+from serpent_ssm.ops.serpent_step import (
     LayerWeights,
-    cell_step_cpu,
+    SeRpEntStepWeights,
     kernel_weights,
-    serpent_step_cpu,
-    step_kernel_usable,
+    serpent_step,
+    stack_step_weights,
 )
+from serpent_ssm.ops.states import ScoreState, SeRpEntState, map_state
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
+    check_device,
     check_float_tensor,
     check_mixer_input,
     check_module_dtype,
@@ -66,47 +68,14 @@ from serpent_ssm.utils.validation import (
 __all__ = ["SeRpEnt", "SeRpEntConfig", "SeRpEntOptions"]
 
 
-def _where_state(cond: torch.Tensor, new: Any, old: Any) -> Any:
-    """Per-row select ``cond (B,)`` between two recurrent states of the same structure."""
-    return map_state(lambda n, o: torch.where(cond.view(-1, *([1] * (n.dim() - 1))), n, o), new, old)
-
-
-def _stack_states(states: list[Any]) -> Any:
+def _stack(states: list[Any]) -> Any:
     """States of the same structure -> one with a leading dim, ``len(states)``, on every leaf."""
     return map_state(lambda *leaves: torch.stack(leaves), *states)
-
-
-def _index_state(state: Any, i: int) -> Any:
-    """Entry ``i`` of a state stacked by ``_stack_states`` (views)."""
-    return map_state(lambda leaf: leaf[i], state)
 
 
 def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
     """The score of ``interval_source="backbone"``: ``log`` of the mean ``Δ`` (clamped above 0)."""
     return torch.log(selectivity.clamp(min=torch.finfo(selectivity.dtype).tiny))
-
-
-class _FusedWeights(NamedTuple):
-    """What a fused step reads: the stacked step weights and cell projections (the torch step),
-    the CPU kernel's weights of the cell step, and of the rest of the layer (None where the kernel
-    does not apply)."""
-
-    weights: MambaStepWeights
-    proj: tuple[torch.Tensor, torch.Tensor] | None
-    kernel: KernelWeights | None
-    layer: LayerWeights | None
-
-
-def _cell_state(state: dict[str, Any]) -> CellState:
-    """The part of a fused-step mixer's streaming state that ``ops.mamba_step.cell_step`` reads."""
-    backbone = state["backbone"]
-    return CellState(state["aggregator"]["acc"], state["held"], backbone["conv"], backbone["ssm"])
-
-
-def _from_cell_state(t: torch.Tensor, cells: CellState) -> dict[str, Any]:
-    """A streaming state (no scores) from the running times and ``cell_step``'s new state."""
-    backbone = {"conv": cells.conv, "ssm": cells.ssm}
-    return {"t": t, "held": cells.held, "aggregator": {"acc": cells.acc}, "backbone": backbone}
 
 
 def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
@@ -276,14 +245,14 @@ class SeRpEnt(CachedWeights):
 
     # ------------------------------------------------------------------ intervals
     def _scores(
-        self, x: torch.Tensor, mask: torch.Tensor | None, states: list[dict] | None = None
-    ) -> tuple[list[torch.Tensor], list[dict] | None]:
+        self, x: torch.Tensor, mask: torch.Tensor | None, states: tuple[ScoreState, ...] | None = None
+    ) -> tuple[list[torch.Tensor], list[ScoreState] | None]:
         """The score sequences ``s (B, L)`` for ``x (B, L, D)`` (0 at padding), one per score
         slot, and, for a causal chunk from the score ``states``, the states after it."""
         cfg = self.config
         scores, new_states = [], None if states is None else []
         for j in range(self._score_slots()):
-            new = None if states is None else dict(states[j])
+            new = None if states is None else states[j]
             if cfg.interval_source == "score":
                 s = self.scores[j](x).squeeze(-1)
             else:
@@ -291,15 +260,15 @@ class SeRpEnt(CachedWeights):
                 if new is None:
                     selectivity = bb.intervals(x, mask)
                 else:
-                    selectivity, new["conv"] = bb.intervals(x, mask, conv=states[j]["conv"])
+                    selectivity, conv = bb.intervals(x, mask, conv=new.conv)
+                    new = dataclasses.replace(new, conv=conv)
                 real = (
                     mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
                 )
                 s = _log_selectivity(torch.where(real, selectivity.mean(-1), 1.0))  # (B, L)
             if new is not None and cfg.interval_bounds == "mean":
-                new["log_sum"], new["n"] = rs.mean_normalised_carry(
-                    s, mask, states[j]["log_sum"], states[j]["n"]
-                )
+                log_sum, n = rs.mean_normalised_carry(s, mask, new.log_sum, new.n)
+                new = dataclasses.replace(new, log_sum=log_sum, n=n)
             scores.append(s)
             if new_states is not None:
                 new_states.append(new)
@@ -316,8 +285,8 @@ class SeRpEnt(CachedWeights):
         return scale * sig if bounds == "ours" else offset + scale * sig
 
     def _branch_intervals(
-        self, x: torch.Tensor, mask: torch.Tensor | None, states: list[dict] | None = None
-    ) -> tuple[list[torch.Tensor], list[dict] | None]:
+        self, x: torch.Tensor, mask: torch.Tensor | None, states: tuple[ScoreState, ...] | None = None
+    ) -> tuple[list[torch.Tensor], list[ScoreState] | None]:
         """Intervals ``Δ (B, L)`` of every branch for ``x (B, L, D)`` (one score pass when shared)
         and, for a causal chunk from the score ``states``, the states after it."""
         cfg = self.config
@@ -327,7 +296,7 @@ class SeRpEnt(CachedWeights):
         for i, rate in enumerate(cfg.rates):
             j = 0 if cfg.share_intervals else i
             if cfg.interval_bounds == "mean":
-                carry = None if states is None else (states[j]["log_sum"], states[j]["n"])
+                carry = None if states is None else (states[j].log_sum, states[j].n)
                 out.append(rs.mean_normalised_intervals(scores[j], rate, mask, cfg.causal, carry))
             else:
                 out.append(self._intervals(scores[j], offset[i], scale[i]))
@@ -343,7 +312,7 @@ class SeRpEnt(CachedWeights):
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         return_info: bool = False,
-        state: dict[str, Any] | None = None,
+        state: SeRpEntState | None = None,
         return_state: bool = False,
     ) -> torch.Tensor | tuple[Any, ...]:
         """Mix ``x (B, L, d_model)`` with optional right-padding ``mask (B, L)``.
@@ -368,7 +337,7 @@ class SeRpEnt(CachedWeights):
         if length == 0 or b == 0:
             return _outputs(x.new_zeros(b, length, d), info, state, return_info, return_state)
         xm = zero_padding(x, mask)  # whatever the padding holds, zeros go in
-        deltas, score_states = self._branch_intervals(xm, mask, None if state is None else state["scores"])
+        deltas, score_states = self._branch_intervals(xm, mask, None if state is None else state.scores)
         poisoned = self._poisoned(xm, deltas, mask, state)
         if mask is not None or bool(poisoned.any()):  # poisoned positions are treated as padding
             mask = ~poisoned if mask is None else mask & ~poisoned
@@ -376,7 +345,7 @@ class SeRpEnt(CachedWeights):
         lengths = mask.sum(1) if mask is not None else torch.full((b,), length, device=x.device)
         outs, branches = [], []
         for i, delta in enumerate(deltas):
-            st = None if state is None else self._branch_state(state, i)
+            st = None if state is None else state.branch(i)
             y_branch, branch_info, new = self._branch_forward(i, xm, delta, mask, lengths, st)
             outs.append(y_branch)
             branches.append(new)
@@ -385,43 +354,32 @@ class SeRpEnt(CachedWeights):
         if self.full_backbone is not None and state is None:
             outs.append(self.full_backbone(xm, mask=mask))
         elif self.full_backbone is not None:
-            full = _index_state(state["backbone"], len(deltas))
+            full = map_state(lambda leaf: leaf[len(deltas)], state.backbone)
             y_full, full = self.full_backbone(xm, mask=mask, state=full, return_state=True)
             outs.append(y_full)
         y = zero_padding(self._gated(self.out_proj(torch.cat(outs, dim=-1)), xm), mask)
         y = torch.where(poisoned.unsqueeze(-1), math.nan, y)
         new_state = None
         if state is not None:
-            new_state = self._stacked_state(branches, full if self.full_backbone is not None else None)
-            new_state["t"] = torch.where(poisoned.any(1), math.nan, new_state["t"])  # stays poisoned
-            new_state["scores"] = score_states
+            backbones = [br.backbone for br in branches]
+            backbones += [full] if self.full_backbone is not None else []
+            new_state = SeRpEntState(
+                t=torch.where(
+                    poisoned.any(1), math.nan, torch.stack([br.t for br in branches])
+                ),  # stays poisoned
+                held=torch.stack([br.held for br in branches]),
+                aggregator=_stack([br.aggregator for br in branches]),
+                backbone=_stack(backbones),
+                scores=tuple(score_states),
+            )
         return _outputs(y, info, new_state, return_info, return_state)
-
-    def _branch_state(self, state: dict[str, Any], i: int) -> dict[str, Any]:
-        """Branch ``i``'s part of a streaming state (views): ``t (B,)``, ``held (B, D)`` and its
-        aggregator's and backbone's states."""
-        return {
-            "t": state["t"][i],
-            "held": state["held"][i],
-            "aggregator": _index_state(state["aggregator"], i),
-            "backbone": _index_state(state["backbone"], i),
-        }
-
-    @staticmethod
-    def _stacked_state(branches: list[dict[str, Any]], full: Any) -> dict[str, Any]:
-        """The inverse of ``_branch_state``: the branches' states stacked (``t``, ``held``, the
-        aggregators' and the backbones' states), the full branch's backbone state (or None) last."""
-        state = _stack_states([{k: br[k] for k in ("t", "held", "aggregator")} for br in branches])
-        backbones = [br["backbone"] for br in branches] + ([full] if full is not None else [])
-        state["backbone"] = _stack_states(backbones)
-        return state
 
     def _poisoned(
         self,
         xm: torch.Tensor,
         deltas: list[torch.Tensor],
         mask: torch.Tensor | None,
-        state: dict[str, Any] | None = None,
+        state: SeRpEntState | None = None,
     ) -> torch.Tensor:
         """Real positions whose outputs are NaN, ``(B, L)`` bool, for ``xm (B, L, D)`` (0 at padding).
 
@@ -435,7 +393,7 @@ class SeRpEnt(CachedWeights):
         for delta in deltas:
             bad = bad | ~torch.isfinite(delta)
         if state is not None:  # a row poisoned in an earlier chunk
-            bad = bad | ~torch.isfinite(state["t"]).all(0).unsqueeze(1)
+            bad = bad | ~torch.isfinite(state.t).all(0).unsqueeze(1)
         real = mask if mask is not None else torch.ones_like(bad)
         bad = bad & real
         return (from_first(bad) if self.config.causal else bad.any(1, keepdim=True)) & real
@@ -447,8 +405,8 @@ class SeRpEnt(CachedWeights):
         delta: torch.Tensor,
         mask: torch.Tensor | None,
         lengths: torch.Tensor,
-        st: dict[str, Any] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any] | None]:
+        st: SeRpEntState | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any], SeRpEntState | None]:
         """Branch ``i`` on the masked input ``xm (B, L, D)`` with intervals ``delta (B, L)``: its
         output restored to ``(B, L, D)``, its resampling (see ``forward``'s info) and, for a
         causal chunk from the branch state ``st``, the state after it.
@@ -460,7 +418,7 @@ class SeRpEnt(CachedWeights):
         rate, length = cfg.rates[i], xm.shape[1]
         t, counts = rs.intervals_to_times(delta, mask, rate, cfg.causal)  # masks Δ itself
         if st is not None:  # a poisoned row (NaN time) is all padding here: any finite time will do
-            t0 = torch.where(torch.isfinite(st["t"]), st["t"], 0.0)
+            t0 = torch.where(torch.isfinite(st.t), st.t, 0.0)
             base = torch.floor(t0)
             start = t0 - base
             elapsed, t = t[:, -1], t + start.unsqueeze(1)
@@ -475,9 +433,9 @@ class SeRpEnt(CachedWeights):
             xc = self.aggregators[i].aggregate(xm, grid)
             yc = self.branch_backbone(i)(zero_padding(xc, valid), mask=valid)
         else:
-            xc, agg_state = self.aggregators[i].aggregate_chunk(xm, grid, st["aggregator"], start, base)
+            xc, agg_state = self.aggregators[i].aggregate_chunk(xm, grid, st.aggregator, start, base)
             yc, b_state = self.branch_backbone(i)(
-                zero_padding(xc, valid), mask=valid, state=st["backbone"], return_state=True
+                zero_padding(xc, valid), mask=valid, state=st.backbone, return_state=True
             )
         y = rs.restore(yc, t, counts, index, valid, mask, cfg.restore)
         info = {"rate": rate, "delta": zero_padding(delta, mask), "t": t, "index": index, "valid": valid}
@@ -486,12 +444,10 @@ class SeRpEnt(CachedWeights):
             return y, info, None
         info["t"] = t + base.unsqueeze(1)
         if cfg.restore == "hold":  # before the chunk's first grid point: the state's held output
-            y = zero_padding(
-                torch.where((torch.floor(t) < 1).unsqueeze(-1), st["held"].unsqueeze(1), y), mask
-            )
+            y = zero_padding(torch.where((torch.floor(t) < 1).unsqueeze(-1), st.held.unsqueeze(1), y), mask)
         last = yc.gather(1, (counts - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, yc.shape[2]))[:, 0]
-        held = torch.where((counts >= 1).unsqueeze(1), last, st["held"])
-        new = {"t": t0 + elapsed, "held": held, "backbone": b_state, "aggregator": agg_state}
+        held = torch.where((counts >= 1).unsqueeze(1), last, st.held)
+        new = SeRpEntState(t0 + elapsed, held, agg_state, b_state, ())
         return y, info, new
 
     # ------------------------------------------------------------------ streaming
@@ -508,77 +464,68 @@ class SeRpEnt(CachedWeights):
 
     def _check_state(self, state: Any, rows: int | None = None) -> None:
         """``state`` is one of this mixer's streaming states (for ``rows`` rows, when given)."""
-        t = state.get("t") if isinstance(state, dict) else None
-        if (
-            not isinstance(t, torch.Tensor)
-            or t.dim() != 2
-            or t.shape[0] != len(self.aggregators)
-            or len(state.get("scores", ())) != self._score_slots()
-            or not {"held", "aggregator", "backbone"} <= set(state)
-        ):
+        if not isinstance(state, SeRpEntState):
             raise ValueError(
-                "state: expected the dict returned by allocate_state(), step() or forward(), "
-                "got something else"
+                "state: expected a SeRpEntState (from allocate_state, step or forward), got "
+                f"{type(state).__name__}"
             )
-        if rows is not None and t.shape[1] != rows:
+        branches = len(self.aggregators)
+        if state.t.dim() != 2 or state.t.shape[0] != branches or len(state.scores) != self._score_slots():
+            raise ValueError(
+                f"state: expected the state of a mixer with {branches} rate branches and "
+                f"{self._score_slots()} score slots, got t of shape {tuple(state.t.shape)} and "
+                f"{len(state.scores)} score slots"
+            )
+        if rows is not None and state.t.shape[1] != rows:
             raise ValueError(
                 f"state: expected the state of {rows} rows (allocate_state({rows})), "
-                f"got one of {t.shape[1]} rows"
+                f"got one of {state.t.shape[1]} rows"
             )
+        check_device("state.held", state.held, self.out_proj.bias.device)
 
     def allocate_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> dict[str, Any]:
-        """Streaming state for ``batch`` rows (causal mode only), every branch's stacked on a
-        leading dim: the running times ``t (R, B)`` float64, the held outputs ``held (R, B, D)``,
-        the aggregators' states (leaves ``(R, B, ...)``), the backbones' states (leaves
-        ``(R + F, B, ...)``: the rate branches', then the full branch's when there is one) and
-        the score states ``scores`` (a list, one dict per score slot)."""
+    ) -> SeRpEntState:
+        """Streaming state for ``batch`` rows (causal mode only; ``ops.states.SeRpEntState``): the
+        running times ``t (R, B)`` float64, the held outputs ``held (R, B, D)``, the aggregators'
+        states (leaves ``(R, B, ...)``), the backbones' states (leaves ``(R + F, B, ...)``: the rate
+        branches', then the full branch's when there is one) and one ``ScoreState`` per score slot."""
         self._check_streaming()
-        device = device if device is not None else self.out_proj.weight.device
-        dtype = dtype if dtype is not None else self.out_proj.weight.dtype
+        device = device if device is not None else self.out_proj.bias.device
+        dtype = dtype if dtype is not None else self.out_proj.bias.dtype
         rates = len(self.aggregators)
         backbones = [self.branch_backbone(i) for i in range(rates)]
         if self.full_backbone is not None:
             backbones.append(self.full_backbone)
-        aggregators = [a.allocate_state(batch, device, dtype) for a in self.aggregators]
-        backbone_states = [m.allocate_state(batch, device=device, dtype=dtype) for m in backbones]
-        return {
-            "t": torch.zeros(rates, batch, dtype=torch.float64, device=device),
-            "held": torch.zeros(rates, batch, self.d_model, dtype=dtype, device=device),
-            "aggregator": _stack_states(aggregators),
-            "backbone": _stack_states(backbone_states),
-            "scores": self._allocate_score_states(batch, device, dtype),
-        }
+        return SeRpEntState(
+            t=torch.zeros(rates, batch, dtype=torch.float64, device=device),
+            held=torch.zeros(rates, batch, self.d_model, dtype=dtype, device=device),
+            aggregator=_stack([a.allocate_state(batch, device, dtype) for a in self.aggregators]),
+            backbone=_stack([m.allocate_state(batch, device=device, dtype=dtype) for m in backbones]),
+            scores=self._allocate_score_states(batch, device, dtype),
+        )
 
-    def select_state(self, state: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
-        """Rows ``index (B',)`` of a streaming state (the branches' stacked states keep their rows
-        on dim 1, the score states on dim 0); ``modules.protocol.select_rows`` calls it."""
+    def select_state(self, state: SeRpEntState, index: torch.Tensor) -> SeRpEntState:
+        """Rows ``index (B',)`` of a streaming state; ``modules.protocol.select_rows`` calls it."""
         self._check_state(state)
-
-        def rows(dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda t: t.index_select(dim, index.to(t.device))
-
-        selected = {k: map_state(rows(1), state[k]) for k in ("t", "held", "aggregator", "backbone")}
-        selected["scores"] = map_state(rows(0), state["scores"])
-        return selected
+        return state.select(index)
 
     def _allocate_score_states(
         self, batch: int, device: torch.device | str, dtype: torch.dtype
-    ) -> list[dict[str, torch.Tensor]]:
-        """Per score slot what the intervals carry from element to element: the convolution state
-        of the backbone whose selectivity scores (``"conv"``), and for ``interval_bounds="mean"``
-        ``log Σ e^s`` so far (``"log_sum" (B,)`` float64) and the count (``"n" (B,)`` float64)."""
+    ) -> tuple[ScoreState, ...]:
+        """Per score slot what the intervals carry from element to element (``ScoreState``): the
+        convolution state of the backbone whose selectivity scores, and for bounds ``"mean"``
+        ``log Σ e^s`` so far and the count."""
         cfg, slots = self.config, []
         for j in range(self._score_slots()):
-            st: dict[str, torch.Tensor] = {}
+            conv = log_sum = n = None
             if cfg.interval_source == "backbone":
-                st["conv"] = self.branch_backbone(j).allocate_state(batch, device=device, dtype=dtype)["conv"]
+                conv = self.branch_backbone(j).allocate_state(batch, device=device, dtype=dtype).conv
             if cfg.interval_bounds == "mean":
-                st["log_sum"] = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
-                st["n"] = torch.zeros(batch, dtype=torch.float64, device=device)
-            slots.append(st)
-        return slots
+                log_sum = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+                n = torch.zeros(batch, dtype=torch.float64, device=device)
+            slots.append(ScoreState(conv, log_sum, n))
+        return tuple(slots)
 
     def _rate_factors(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``(2, R, 1)``: per branch the offset and scale of ``Δ = offset + scale·σ(s)`` (``"ours"``,
@@ -595,106 +542,89 @@ class SeRpEnt(CachedWeights):
             cache[key] = torch.tensor(pairs, dtype=dtype, device=device).T.unsqueeze(-1)
         return cache[key]
 
-    def _step_deltas(
-        self, x_t: torch.Tensor, states: list[dict[str, torch.Tensor]]
-    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-        """``Δ_t (R, B)`` of every branch for one element ``x_t (B, D)``, and the new score states."""
-        cfg, scores, new_states = self.config, [], []
-        for j, st in enumerate(states):
-            new = dict(st)
-            if cfg.interval_source == "backbone":
-                selectivity, new["conv"] = self.branch_backbone(j).intervals_step(x_t, st["conv"])
-                s = _log_selectivity(selectivity.mean(-1))
-            else:
-                s = self.scores[j](x_t).squeeze(-1)
-            scores.append(s)
-            new_states.append(new)
-        if cfg.interval_bounds != "mean":
-            s = scores[0] if len(scores) == 1 else torch.stack(scores)  # (B,) or (R, B)
-            return self._intervals(s, *self._rate_factors(s.dtype, x_t.device)), new_states
-        rates = self._rate_factors(torch.float64, x_t.device)[0]  # (R, 1)
-        deltas = []
-        for j, (s, st, new) in enumerate(zip(scores, states, new_states, strict=True)):
-            new["n"] = st["n"] + 1.0
-            rate = rates if len(scores) == 1 else rates[j]  # one slot serves every branch
-            delta, new["log_sum"] = rs.mean_normalised_step(s, st["log_sum"], new["n"], rate)
-            deltas.append(delta)
-        return (deltas[0] if len(deltas) == 1 else torch.stack(deltas)), new_states
-
-    def step(self, x_t: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state.
-
-        Mixers whose every branch crosses at most one grid point per element (``Δ ≤ 1``), with
-        Mamba backbones and cell aggregation (the causal defaults), run all branches' backbones
-        as one stacked step (``ops.mamba_step``) with no host synchronisation; the others step
-        branch by branch."""
+    def step(self, x_t: torch.Tensor, state: SeRpEntState) -> tuple[torch.Tensor, SeRpEntState]:
+        """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state
+        (``ops.serpent_step.serpent_step`` with ``step_weights()``)."""
         self._check_streaming()
         check_float_tensor("x_t", x_t, ndim=2)
         check_module_dtype("x_t", x_t, self)
         check_shape("x_t", x_t, (None, self.d_model))
+        check_device("x_t", x_t, self.out_proj.bias.device)
         self._check_state(state, x_t.shape[0])
-        fused = self._fused_weights() if self._fused_step else None
-        if fused is not None and fused.layer is not None and step_kernel_usable(x_t):
-            return self._step_kernel(x_t, state, fused)
-        deltas, score_states = self._step_deltas(x_t, state["scores"])
-        # a non-finite input (or interval, or time) poisons its row: its running times become NaN,
-        # no grid point is crossed any more, and its outputs are NaN from here on
-        t_new = state["t"] + deltas.double()  # (R, B)
-        bad = ~(torch.isfinite(x_t).all(-1) & torch.isfinite(t_new).all(0))
-        t_new = torch.where(bad, math.nan, t_new)
-        if fused is not None:
-            out, new_state = self._step_fused(x_t, state, t_new, fused.weights, fused.proj, fused.kernel)
-        else:
-            out, new_state = self._step_branches(x_t, state, t_new, bad)
-        new_state["scores"] = score_states
-        y = self._gated(self.out_proj(out.transpose(0, 1).flatten(1)), x_t)
-        return torch.where(bad.unsqueeze(-1), math.nan, y), new_state
+        return serpent_step(x_t, state, self.step_weights())
 
-    def _fused_weights(self) -> _FusedWeights | None:
-        """The step weights of the branch backbones (then the full one's), stacked, the stacked
-        cell projections (``(R, D, D)`` transposed and ``(R, 1, D)``; None with
-        ``cell_proj=False``) and, without gradients, the same for the fused CPU kernel
-        (``ops.mamba_step_cpu``; else None). With ``share_backbone`` the shared module's own
-        layers serve every branch (the kernel only when they are plain ``nn.Linear``s). None when
-        a layer to be stacked is not a plain ``nn.Linear`` (an adapter such as a LoRA layer wraps
-        it): ``step`` then goes branch by branch, through the layers.
-
-        Without gradients they are cached (``_shared.cached_weights``): a changed parameter, a
-        replaced layer or a hook rebuilds them, ``.to()`` drops them."""
+    def step_weights(self) -> SeRpEntStepWeights:
+        """What ``step`` reads (``ops.serpent_step.SeRpEntStepWeights``). The stacked backbone
+        weights of the ``"torch"`` backend are there when every branch crosses at most one grid
+        point per element (``Δ ≤ 1``) with plain Mamba backbones and cell aggregation (the causal
+        defaults) and no layer to stack is wrapped (an adapter such as a LoRA layer) or hooked;
+        the CPU kernel's weights when, besides, gradients are off. Without gradients the weights
+        are cached (``_shared.cached_weights``): a changed or replaced parameter, a replaced layer
+        or a hook rebuilds them; ``.to()`` and ``train()``/``eval()`` drop them."""
         if torch.is_grad_enabled():
-            return self._build_fused_weights()
-        sources = [*self.backbones, *([self.full_backbone] if self.full_backbone is not None else [])]
-        sources += [self.aggregators, self.scores, self.out_proj]
-        if self.gate_proj is not None:
-            sources.append(self.gate_proj)
-        return cached_weights(self, "_fused_cache", sources, self._build_fused_weights)
+            return self._build_step_weights()
+        return cached_weights(self, "_step_weights", [self], self._build_step_weights)
 
-    def _build_fused_weights(self) -> _FusedWeights | None:
-        """What ``_fused_weights`` returns, built."""
-        r = len(self.aggregators)
+    def _step_score(self, j: int, x_t: torch.Tensor, st: ScoreState) -> tuple[torch.Tensor, ScoreState]:
+        """Score slot ``j``'s score ``(B,)`` for ``x_t (B, D)`` and its new state."""
+        if self.config.interval_source == "score":
+            return self.scores[j](x_t).squeeze(-1), st
+        selectivity, conv = self.branch_backbone(j).intervals_step(x_t, st.conv)
+        return _log_selectivity(selectivity.mean(-1)), dataclasses.replace(st, conv=conv)
+
+    def _step_intervals(self, s: torch.Tensor) -> torch.Tensor:
+        return self._intervals(s, *self._rate_factors(s.dtype, s.device))
+
+    def _build_step_weights(self) -> SeRpEntStepWeights:
+        cfg, r = self.config, len(self.aggregators)
+        device = self.out_proj.bias.device
+        weights = SeRpEntStepWeights(
+            scores=tuple(functools.partial(self._step_score, j) for j in range(self._score_slots())),
+            intervals=self._step_intervals,
+            mean_rates=self._rate_factors(torch.float64, device)[0]
+            if cfg.interval_bounds == "mean"
+            else None,
+            grid_inputs=tuple(a.grid_inputs for a in self.aggregators),
+            branch_steps=tuple(self.branch_backbone(i).step for i in range(r)),
+            full_step=None if self.full_backbone is None else self.full_backbone.step,
+            hold=cfg.restore != "scatter",
+            merge=self.out_proj,
+            gate=self.gate_proj,
+        )
         backbones = [self.branch_backbone(i) for i in range(r)]
         backbones += [self.full_backbone] if self.full_backbone is not None else []
-        owners = backbones[:1] if self.config.share_backbone else backbones
-        cells = [a.proj for a in self.aggregators] if self.config.cell_proj else []
-        own = [getattr(m, n) for m in owners for n in ("in_proj", "x_proj", "dt_proj", "out_proj")]
-        if not all(map(plain_linear, cells + ([] if self.config.share_backbone else own))):
-            return None
-        if self.config.share_backbone:
-            weights = backbones[0].step_weights()
+        owners = backbones[:1] if cfg.share_backbone else backbones
+        if not self._fused_step:
+            return weights
+        cells = [a.proj for a in self.aggregators] if cfg.cell_proj else []
+        if not all(map(plain_linear, cells)):
+            return weights
+        plain = all(m.plain_layers() for m in owners)
+        if not cfg.share_backbone and not plain:
+            return weights
+        if cfg.share_backbone:
+            stacked = backbones[0].step_weights()._replace(kernel=None)
         else:
-            weights = stack_step_weights([m.step_weights() for m in backbones])
+            stacked = stack_step_weights([m.step_weights() for m in backbones])
         proj = None
         if cells:
             proj = (
                 torch.stack([p.weight.mT for p in cells]),
                 torch.stack([p.bias for p in cells]).unsqueeze(1),
             )
-        if torch.is_grad_enabled() or not all(map(plain_linear, own)):
-            return _FusedWeights(weights, proj, None, None)
-        return _FusedWeights(weights, proj, kernel_weights(owners, cells), self._layer_weights())
+        weights = dataclasses.replace(weights, stacked=stacked, cell_proj=proj)
+        if torch.is_grad_enabled() or not plain:
+            return weights
+        cell = (
+            None
+            if not cells
+            else (torch.stack([p.weight for p in cells]), torch.stack([p.bias for p in cells]))
+        )
+        kernel = kernel_weights([m.step_tensors() for m in owners], cell)
+        return dataclasses.replace(weights, kernel=kernel, layer=self._layer_weights())
 
     def _layer_weights(self) -> LayerWeights | None:
-        """The kernel's weights of the rest of the layer (``ops.mamba_step_cpu.LayerWeights``), or
+        """The kernel's weights of the rest of the layer (``ops.serpent_step.LayerWeights``), or
         None where it does not apply (scores from the backbone's selectivity, or a score, output
         or gate layer that is wrapped or hooked)."""
         cfg = self.config
@@ -730,86 +660,6 @@ class SeRpEnt(CachedWeights):
             w_gate=None if self.gate_proj is None else f32(self.gate_proj.weight),
             b_gate=None if self.gate_proj is None else f32(self.gate_proj.bias),
         )
-
-    def _step_kernel(
-        self, x_t: torch.Tensor, state: dict[str, Any], fused: _FusedWeights
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``step`` in one call of the fused CPU kernel (``ops.mamba_step_cpu.serpent_step_cpu``)."""
-        cells = _cell_state(state)
-        scores = None
-        if self.config.interval_bounds == "mean":
-            slots = state["scores"]
-            scores = (torch.stack([st["log_sum"] for st in slots]), torch.stack([st["n"] for st in slots]))
-        full, hold = self.full_backbone is not None, self.config.restore == "hold"
-        y, t_new, cells, new_scores = serpent_step_cpu(
-            x_t, state["t"], cells, scores, fused.kernel, fused.layer, full, hold
-        )
-        score_states = [dict(st) for st in state["scores"]]
-        if new_scores is not None:
-            for j, st in enumerate(score_states):
-                st["log_sum"], st["n"] = new_scores[0][j], new_scores[1][j]
-        return y, {**_from_cell_state(t_new, cells), "scores": score_states}
-
-    def _step_fused(
-        self,
-        x_t: torch.Tensor,
-        state: dict[str, Any],
-        t_new: torch.Tensor,
-        weights: MambaStepWeights,
-        proj: tuple[torch.Tensor, torch.Tensor] | None,
-        kernel: KernelWeights | None,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Every branch at once (``ops.mamba_step.cell_step``, or its fused CPU kernel when it
-        applies): the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
-        cells = _cell_state(state)
-        full, hold = self.full_backbone is not None, self.config.restore == "hold"
-        if kernel is not None and step_kernel_usable(x_t):
-            out, cells = cell_step_cpu(x_t, state["t"], t_new, cells, kernel, full, hold)
-        else:
-            out, cells = cell_step(x_t, state["t"], t_new, cells, weights, proj, full, hold)
-        return out, _from_cell_state(t_new, cells)
-
-    def _step_branches(
-        self, x_t: torch.Tensor, state: dict[str, Any], t_new: torch.Tensor, bad: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Branch by branch (any number of grid points per element, any backbone and aggregator):
-        the branch outputs ``(R + F, B, D)`` and the new state (no scores)."""
-        crossings = torch.where(bad, 0.0, torch.floor(t_new) - torch.floor(state["t"])).long()  # (R, B)
-        most = crossings.max(1).values.tolist() if x_t.shape[0] else [0] * len(self.aggregators)
-        outs, branches = [], []
-        for i in range(len(self.aggregators)):  # one host sync above for all branches
-            y, new = self._branch_step(i, x_t, self._branch_state(state, i), t_new[i], crossings[i], most[i])
-            outs.append(y)
-            branches.append(new)
-        full = None
-        if self.full_backbone is not None:
-            y_full, full = self.full_backbone.step(x_t, _index_state(state["backbone"], len(branches)))
-            outs.append(y_full)
-        return torch.stack(outs), self._stacked_state(branches, full)
-
-    def _branch_step(
-        self,
-        i: int,
-        x_t: torch.Tensor,
-        st: dict[str, Any],
-        t_new: torch.Tensor,
-        crossings: torch.Tensor,
-        n: int,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Branch ``i``'s output ``(B, D)`` for ``x_t`` and its new state; ``n`` = most crossings."""
-        inputs, agg_state = self.aggregators[i].grid_inputs(x_t, st["t"], t_new, st["aggregator"], n)
-        held, bstate = st["held"], st["backbone"]
-        scatter = self.config.restore == "scatter"
-        scattered = torch.zeros_like(held) if scatter else None
-        for j, xk in enumerate(inputs, start=1):
-            active = crossings >= j
-            yk, new_bstate = self.branch_backbone(i).step(xk, bstate)
-            bstate = _where_state(active, new_bstate, bstate)
-            held = torch.where(active.unsqueeze(1), yk, held)
-            if scatter:
-                scattered = scattered + yk * active.unsqueeze(1).to(yk.dtype)
-        new = {"t": t_new, "held": held, "backbone": bstate, "aggregator": agg_state}
-        return (scattered if scatter else held), new
 
 
 def _drop_shared_full_branch_keys(module, state_dict, prefix, *args) -> None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from serpent_ssm.ops import resample as rs
+from serpent_ssm.ops.states import CellPoolState, WindowState
 
 __all__ = ["CellAggregator", "Grid", "WindowAggregator", "make_aggregator"]
 
@@ -68,35 +69,35 @@ class CellAggregator(nn.Module):
         return self.proj(rs.cell_pool(x, grid.t, grid.counts, grid.buffer, grid.mask))
 
     def aggregate_chunk(
-        self, x: torch.Tensor, grid: Grid, state: dict, t_start: torch.Tensor, base: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x: torch.Tensor, grid: Grid, state: CellPoolState, t_start: torch.Tensor, base: torch.Tensor
+    ) -> tuple[torch.Tensor, CellPoolState]:
         """A causal chunk (see module doc): the cells it completes, the first one adding the
         state's open cell, and the new open cell (the cell after the last grid point crossed)."""
         b, d = x.shape[0], self.d
         pooled = rs.cell_pool(x, grid.t, grid.counts + 1, grid.buffer + 1, grid.mask, t_start)
-        pooled = torch.cat([pooled[:, :1] + state["acc"].unsqueeze(1), pooled[:, 1:]], dim=1)
+        pooled = torch.cat([pooled[:, :1] + state.acc.unsqueeze(1), pooled[:, 1:]], dim=1)
         open_cell = pooled.gather(1, grid.counts.view(b, 1, 1).expand(b, 1, d))[:, 0]
-        return self.proj(pooled[:, : grid.buffer]), {"acc": open_cell}
+        return self.proj(pooled[:, : grid.buffer]), CellPoolState(open_cell)
 
-    def allocate_state(self, batch: int, device, dtype) -> dict[str, torch.Tensor]:
+    def allocate_state(self, batch: int, device, dtype) -> CellPoolState:
         """``acc (B, D)``: the open cell's pooled input so far."""
-        return {"acc": torch.zeros(batch, self.d, dtype=dtype, device=device)}
+        return CellPoolState(torch.zeros(batch, self.d, dtype=dtype, device=device))
 
     def grid_inputs(
-        self, x_t: torch.Tensor, t_old: torch.Tensor, t_new: torch.Tensor, state: dict, n: int
-    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        self, x_t: torch.Tensor, t_old: torch.Tensor, t_new: torch.Tensor, state: CellPoolState, n: int
+    ) -> tuple[list[torch.Tensor], CellPoolState]:
         """Close the cells this element's interval ``(t_old, t_new]`` completes (see module doc)."""
         k_old = torch.floor(t_old)
         inputs = []
         for j in range(1, n + 1):  # cell k_old + j gets this element's share of it
             c = k_old + j
             share = (torch.minimum(t_new, c) - torch.maximum(t_old, c - 1)).clamp_min(0.0)
-            pooled = share.to(x_t.dtype).unsqueeze(1) * x_t + (state["acc"] if j == 1 else 0.0)
+            pooled = share.to(x_t.dtype).unsqueeze(1) * x_t + (state.acc if j == 1 else 0.0)
             inputs.append(self.proj(pooled))
         crossed = torch.floor(t_new) > k_old
         rest = (t_new - torch.maximum(t_old, torch.floor(t_new))).to(x_t.dtype).unsqueeze(1)
-        acc = torch.where(crossed.unsqueeze(1), rest * x_t, state["acc"] + rest * x_t)
-        return inputs, {"acc": acc}
+        acc = torch.where(crossed.unsqueeze(1), rest * x_t, state.acc + rest * x_t)
+        return inputs, CellPoolState(acc)
 
 
 class WindowAggregator(nn.Module):
@@ -161,42 +162,42 @@ class WindowAggregator(nn.Module):
         return self._map(xw, offsets, ok)
 
     def aggregate_chunk(
-        self, x: torch.Tensor, grid: Grid, state: dict, t_start: torch.Tensor, base: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x: torch.Tensor, grid: Grid, state: WindowState, t_start: torch.Tensor, base: torch.Tensor
+    ) -> tuple[torch.Tensor, WindowState]:
         """A causal chunk (see module doc): each window may reach back into the state's last
         ``K`` inputs (those the row has seen); the new state holds the last ``K`` real inputs."""
         g, k = grid, self.window
-        xs = torch.cat([state["x"], x], dim=1)  # (B, K + L, D): the state's inputs, then the chunk's
-        ts = torch.cat([state["times"] - base.unsqueeze(1), g.t], dim=1)  # times from ``base``
+        xs = torch.cat([state.x, x], dim=1)  # (B, K + L, D): the state's inputs, then the chunk's
+        ts = torch.cat([state.times - base.unsqueeze(1), g.t], dim=1)  # times from ``base``
         index, lengths = g.index + k, g.lengths + k
         xw, offsets, ok = rs.gather_windows(xs, ts, index, g.valid, lengths, k, True)
         neighbour = index.unsqueeze(-1) + torch.tensor(rs.window_offsets(k, True), device=x.device)
-        seen = state["seen"].clamp(max=k).view(-1, 1, 1)
+        seen = state.seen.clamp(max=k).view(-1, 1, 1)
         ok = ok & (neighbour >= k - seen)  # state slots the row has not filled are not inputs
         xw = torch.where(ok.unsqueeze(-1), xw, 0.0)
         y = self._map(xw, torch.where(ok, offsets, 0.0), ok)
         last = (lengths.unsqueeze(1) - k + torch.arange(k, device=x.device)).clamp_min(0)  # (B, K)
         new_x = xs.gather(1, last.unsqueeze(-1).expand(-1, -1, xs.shape[2]))
         new_t = ts.gather(1, last) + base.unsqueeze(1)
-        return y, {"seen": state["seen"] + g.lengths, "x": new_x, "times": new_t}
+        return y, WindowState(state.seen + g.lengths, new_x, new_t)
 
-    def allocate_state(self, batch: int, device, dtype) -> dict[str, torch.Tensor]:
+    def allocate_state(self, batch: int, device, dtype) -> WindowState:
         """``seen (B,)``, the last ``K`` inputs ``x (B, K, D)`` and their times ``(B, K)`` float64."""
         k, d = self.window, self.d
-        return {
-            "seen": torch.zeros(batch, dtype=torch.long, device=device),
-            "x": torch.zeros(batch, k, d, dtype=dtype, device=device),
-            "times": torch.zeros(batch, k, dtype=torch.float64, device=device),
-        }
+        return WindowState(
+            seen=torch.zeros(batch, dtype=torch.long, device=device),
+            x=torch.zeros(batch, k, d, dtype=dtype, device=device),
+            times=torch.zeros(batch, k, dtype=torch.float64, device=device),
+        )
 
     def grid_inputs(
-        self, x_t: torch.Tensor, t_old: torch.Tensor, t_new: torch.Tensor, state: dict, n: int
-    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        self, x_t: torch.Tensor, t_old: torch.Tensor, t_new: torch.Tensor, state: WindowState, n: int
+    ) -> tuple[list[torch.Tensor], WindowState]:
         """The window ending at this element, read at each grid point it crosses (see module doc)."""
         k = self.window
-        xbuf = torch.cat([state["x"][:, 1:], x_t.unsqueeze(1)], dim=1)
-        tbuf = torch.cat([state["times"][:, 1:], t_new.unsqueeze(1)], dim=1)
-        seen = state["seen"] + 1
+        xbuf = torch.cat([state.x[:, 1:], x_t.unsqueeze(1)], dim=1)
+        tbuf = torch.cat([state.times[:, 1:], t_new.unsqueeze(1)], dim=1)
+        seen = state.seen + 1
         ok = torch.arange(k, device=x_t.device).unsqueeze(0) >= (k - seen).unsqueeze(1)  # (B, K)
         xw = (xbuf * ok.unsqueeze(-1).to(xbuf.dtype)).unsqueeze(1)  # (B, 1, K, D)
         k_old = torch.floor(t_old)
@@ -204,7 +205,7 @@ class WindowAggregator(nn.Module):
         for j in range(1, n + 1):
             offsets = torch.where(ok, (k_old + j).unsqueeze(1) - tbuf, torch.zeros_like(tbuf))
             inputs.append(self._map(xw, offsets.unsqueeze(1), ok.unsqueeze(1))[:, 0])
-        return inputs, {"seen": seen, "x": xbuf, "times": tbuf}
+        return inputs, WindowState(seen, xbuf, tbuf)
 
 
 def make_aggregator(

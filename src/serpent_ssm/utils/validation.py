@@ -53,6 +53,13 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None]) -> N
         raise ValueError(f"{name}: expected shape {_fmt_shape(expected)}, got {tuple(x.shape)}")
 
 
+def check_device(name: str, x: torch.Tensor, expected: torch.device | str) -> None:
+    """Check that ``x`` lives on ``expected`` (reads the attribute only: no synchronisation)."""
+    want = torch.device(expected)
+    if x.device.type != want.type or (want.index is not None and x.device.index != want.index):
+        raise ValueError(f"{name}: expected a tensor on {want}, got one on {x.device}")
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
     """Raise if ``x`` contains NaN or infinity (meant for small parameter tensors)."""
     if not torch.isfinite(x).all():

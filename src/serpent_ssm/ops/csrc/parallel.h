@@ -1,5 +1,5 @@
 // Shared by the CPU kernels of serpent_ssm (selective_scan_cpu.cpp, resample_cpu.cpp): split work
-// over threads. Header-only; ops/scan_cpu.py hashes it with the sources.
+// over threads. Header-only; ops/cpu_build.py hashes it with the sources.
 #pragma once
 
 #include <algorithm>

@@ -13,9 +13,10 @@ It computes, per batch ``b``, channel ``d`` and state ``n``::
     y_t    *= silu(z_t)                               (when z is given)
 
 Modules: ``interface`` (``selective_scan``: checks the arguments and dispatches to a backend),
-``naive`` (``selective_scan_ref``: the plain loop over time that is the ``"ref"`` backend and the
-oracle of the others, sharing nothing with them but the argument checks) and ``checks`` (those
-checks). The fast backends are ``ops.scan_chunked``, ``ops.scan_cpu`` and ``ops.scan_cuda``.
+``checks`` (those checks: devices, shapes, dtypes, values), ``naive`` (``selective_scan_ref``: the
+plain loop over time that is the ``"ref"`` backend and the oracle of the others, sharing nothing
+with them but the argument checks) and the fast backends ``chunked`` (``"torch"``), ``cpu`` (the
+fused C++ kernel, built by ``ops.cpu_build``) and ``cuda`` (mamba_ssm's kernel).
 """
 
 from serpent_ssm.ops.selective_scan.interface import (

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from serpent_ssm.utils.validation import check_finite, check_float_tensor, check_mask, check_shape
+from serpent_ssm.utils.validation import (
+    check_device,
+    check_finite,
+    check_float_tensor,
+    check_mask,
+    check_shape,
+)
 
 __all__ = ["check_scan_arguments"]
 
@@ -35,13 +41,18 @@ def check_scan_arguments(
     mask: torch.Tensor | None,
     initial_state: torch.Tensor | None,
 ) -> None:
-    """Raise ``ValueError`` naming the first argument whose type, shape or values are off.
+    """Raise ``ValueError`` naming the first argument whose device, type, shape or values are off.
 
     Expected: ``u, delta (Bt, D, L)``, ``A (D, N)`` finite, ``B, C`` as in ``_check_input_matrix``,
     ``D (D,)`` finite, ``z (Bt, D, L)``, ``delta_bias (D,)`` finite, ``mask (Bt, L)`` bool right
-    padding, ``initial_state (Bt, D, N)``; every optional one may be None.
+    padding, ``initial_state (Bt, D, N)``; every optional one may be None. Every tensor lives on
+    ``u``'s device: checked first (attributes only), before any value is read.
     """
     check_float_tensor("u", u, ndim=3)
+    tensors = {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    for name, x in {**tensors, "mask": mask, "initial_state": initial_state}.items():
+        if isinstance(x, torch.Tensor):  # anything else is refused by its own check below
+            check_device(name, x, u.device)
     bt, d, length = u.shape
     check_float_tensor("delta", delta, ndim=3)
     check_shape("delta", delta, (bt, d, length))

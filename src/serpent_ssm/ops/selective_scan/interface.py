@@ -1,9 +1,9 @@
 """``selective_scan``: argument checks, then dispatch to the backend that runs.
 
 Backends: ``"ref"`` (``naive.selective_scan_ref``, a plain loop over time: the oracle),
-``"torch"`` (chunked parallel scan, any device, see ``ops.scan_chunked``), ``"cpu"`` (the fused
-C++ kernel, compiled on first use, see ``ops.scan_cpu``), ``"cuda"`` (mamba_ssm's kernel, see
-``ops.scan_cuda``) and ``"auto"`` (``"cuda"`` on a GPU with mamba_ssm, ``"cpu"`` on the CPU,
+``"torch"`` (chunked parallel scan, any device, see ``chunked``), ``"cpu"`` (the fused C++
+kernel, compiled on first use, see ``cpu`` and ``ops.cpu_build``), ``"cuda"`` (mamba_ssm's
+kernel, see ``cuda``) and ``"auto"`` (``"cuda"`` on a GPU with mamba_ssm, ``"cpu"`` on the CPU,
 else ``"torch"``).
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from serpent_ssm.ops.scan_chunked import torch_scan
-from serpent_ssm.ops.scan_cpu import cpu_kernel_available, cpu_scan, warn_fallback_once
-from serpent_ssm.ops.scan_cuda import cuda_kernel_available, cuda_scan
+from serpent_ssm.ops.cpu_build import cpu_kernel_available, warn_fallback_once
 from serpent_ssm.ops.selective_scan.checks import check_scan_arguments
+from serpent_ssm.ops.selective_scan.chunked import torch_scan
+from serpent_ssm.ops.selective_scan.cpu import cpu_scan
+from serpent_ssm.ops.selective_scan.cuda import cuda_kernel_available, cuda_scan
 from serpent_ssm.ops.selective_scan.naive import selective_scan_ref
 
 __all__ = ["BACKENDS", "available_backends", "check_backend", "resolve_backend", "selective_scan"]

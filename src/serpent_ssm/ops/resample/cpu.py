@@ -1,17 +1,21 @@
 """The fused CPU resampling ops: ``cell_pool`` and ``restore`` (``"hold"``, ``"interp"``), forward
 and backward, each in one kernel call.
 
-The kernel (``csrc/resample_cpu.cpp``) is built into the library of ``ops.scan_cpu`` (same
-compiler, flags, cache and fallback). The torch versions in ``ops.resample`` are the reference:
+The kernel (``csrc/resample_cpu.cpp``) is built into the one library of ``ops.cpu_build`` (same
+compiler, flags, cache and fallback). The torch versions in ``resample.torch`` are the reference:
 they express each op as a dozen gathers, scatters, selections and copies over ``(B, L, D)``
 tensors, each a pass over memory in the forward pass and again in the backward one; the kernel
 makes one pass over the elements of each row. It computes in float32 with float64 times; its
 outputs are the reference's bit for bit, and its gradients (for the values and the times) follow
 the reference's autograd, ties included, to rounding.
-``ops.resample.cell_pool`` and ``.restore`` call it when ``resample_kernel_usable`` says it
-applies (``kernel=None``), and tests pin it to the reference.
+``ops.resample.cell_pool`` and ``.restore`` (``resample.interface``) call it when
+``resample_kernel_usable`` and their checks say it applies (``kernel=None``), and tests pin it to
+the reference. ``cell_pool_cpu`` and ``restore_cpu`` take arguments those ops have checked
+(shapes, devices, ``counts <= buffer``, times ``>= 0``): they are no entry points of their own.
+Every pointer they hand the kernel still goes through ``ops.cpu_build.data_pointer`` (a contiguous
+CPU tensor of the kernel's dtype), so no tensor of another device reaches C++.
 
-Environment: ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.scan_cpu``) builds no kernel, and the torch
+Environment: ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.cpu_build``) builds no kernel, and the torch
 versions run.
 """
 
@@ -21,9 +25,9 @@ import ctypes
 
 import torch
 
-from serpent_ssm.ops.scan_cpu import kernel_entries, struct_fields
+from serpent_ssm.ops.cpu_build import data_pointer, kernel_entries, struct_fields
 
-__all__ = ["cell_pool_cpu", "resample_kernel_usable", "restore_cpu"]
+__all__ = ["resample_kernel_usable"]
 
 _ABI_VERSION = 1
 
@@ -54,13 +58,20 @@ def resample_kernel_usable(x: torch.Tensor, t: torch.Tensor) -> bool:
     )
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+# the element type of each pointer of ``ResampleArgs`` that is not float32
+_DTYPES = {
+    "t": torch.float64,
+    "start": torch.float64,
+    "dt": torch.float64,
+    "counts": torch.int64,
+    "mask": torch.uint8,
+}
 
 
 def _call(entry: str, args: _ResampleArgs, **tensors: torch.Tensor | None) -> None:
+    """Point ``args`` at ``tensors`` (None -> null) and call the kernel entry point ``rs_{entry}_f32``."""
     for name, t in tensors.items():
-        setattr(args, name, _ptr(t))
+        setattr(args, name, data_pointer(name, t, _DTYPES.get(name, torch.float32)))
     if getattr(_kernel(), f"rs_{entry}_f32")(ctypes.byref(args)) != 0:
         raise RuntimeError("serpent_ssm: the CPU resampling kernel rejected its arguments (a bug)")
 
@@ -132,8 +143,8 @@ def cell_pool_cpu(
     mask: torch.Tensor | None,
     t_start: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``ops.resample.cell_pool`` in the kernel (arguments as there, already checked by it:
-    ``counts <= buffer``, ``t_start`` without gradient): ``(B, L, D)`` -> ``(B, L', D)``."""
+    """``ops.resample.cell_pool`` in the kernel (arguments as there, already checked by it: shapes,
+    devices, ``counts <= buffer``, ``t_start`` without gradient): ``(B, L, D)`` -> ``(B, L', D)``."""
     start = None if t_start is None else t_start.detach().to(torch.float64).contiguous()
     return _CellPool.apply(
         x.contiguous(), t.contiguous(), counts.long().contiguous(), buffer, _mask(mask), start
@@ -143,8 +154,8 @@ def cell_pool_cpu(
 def restore_cpu(
     y: torch.Tensor, t: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor | None, how: str
 ) -> torch.Tensor:
-    """``ops.resample.restore`` with ``how`` ``"hold"`` or ``"interp"`` in the kernel:
-    ``y (B, L', D)`` -> ``(B, L, D)``."""
+    """``ops.resample.restore`` with ``how`` ``"hold"`` or ``"interp"`` in the kernel (arguments as
+    there, already checked by it): ``y (B, L', D)`` -> ``(B, L, D)``."""
     return _Restore.apply(
         y.contiguous(), t.contiguous(), counts.long().contiguous(), _mask(mask), how == "interp"
     )

@@ -1,75 +1,30 @@
-"""One recurrent step of the Mamba (S6) mixer, for one module or for a stack of modules at once.
+"""The ``"torch"`` backend of the recurrent steps: one Mamba step for one module or for a stack
+of modules at once, and a causal SeRpEnt layer's step with every branch's backbone in one
+stacked step.
 
-``Mamba.step`` runs ``mamba_step`` with its own weights (``Mamba.step_weights()``: its projection
-layers themselves, and its parameters). A SeRpEnt mixer steps all of its branch backbones in one
-call: ``stack_step_weights`` stacks ``R`` modules' weights (``StackedLinear`` projections, the
-other fields with leading ``(R, 1)`` dims that broadcast over the batch), and the input, the
-convolution state and the SSM state get a leading ``R`` dim. Modules that
-share their weights need no stack: one module's weights broadcast over a leading ``R`` dim as
-they are. The plain reference is ``Mamba.step`` of each module in turn (tests pin one to the
-other).
+``mamba_step_torch`` runs ``MambaStepWeights`` of one module (``Mamba.step_weights()``), of a
+stack of ``R`` (``stack_step_weights``: ``StackedLinear`` projections, the other fields with
+leading ``(R, 1)`` dims that broadcast over the batch; the input and the states get a leading
+``R`` dim) or of one module shared by all ``R`` (its weights broadcast as they are).
 
 ``cell_step`` is one element of a causal SeRpEnt mixer's branches with cell aggregation (each
-rate branch closes at most one cell per element), then their backbones' ``mamba_step``: the plain
-reference of the fused CPU kernel ``ops.mamba_step_cpu.cell_step_cpu``, which also runs a single
-Mamba's step (no rate branches, the element itself as the "full" branch).
+rate branch closes at most one cell per element), then their backbones' step: the reference of
+the CPU kernel's ``cell_step_cpu``. ``serpent_step_torch`` is the whole layer; its reference is
+``naive.serpent_step_naive`` (branch by branch), which tests pin it to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = [
-    "CellState",
-    "MambaStepWeights",
-    "StackedLinear",
-    "cell_step",
-    "conv_step",
-    "mamba_step",
-    "stack_step_weights",
-]
+from serpent_ssm.ops.serpent_step.naive import advance_times, merge_branches, step_deltas
+from serpent_ssm.ops.serpent_step.weights import MambaStepWeights, SeRpEntStepWeights
+from serpent_ssm.ops.states import CellPoolState, MambaState, SeRpEntState
 
-
-class StackedLinear:
-    """``R`` linear maps applied at once: ``x (R, B, in) -> (R, B, out)`` with ``weight
-    (R, in, out)`` and ``bias (R, 1, out)`` or None."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight, self.bias = weight, bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
-
-
-Linear = Callable[[torch.Tensor], torch.Tensor]
-
-
-class MambaStepWeights(NamedTuple):
-    """What one step reads, one module's (shapes on the left) or a stack of ``R`` modules'
-    (``stack_step_weights``, on the right); ``E = d_inner``, ``N = d_state``, ``K = d_conv``.
-
-    The projections ``in_proj`` (``D -> 2E``), ``x_proj`` (``E -> dt_rank + 2N``), ``dt_proj``
-    (``dt_rank -> E``) and ``out_proj`` (``E -> D``) are callables: one module's own layers (so
-    whatever wraps them, an adapter or a hook, applies) or ``StackedLinear``s. conv_w ``(E, K)``
-    | ``(R, 1, E, K)``, conv_b ``(E,)`` | ``(R, 1, E)`` or None, a ``= −exp(A_log)`` float
-    ``(E, N)`` | ``(R, 1, E, N)``, d float ``(E,)`` | ``(R, 1, E)``.
-    """
-
-    in_proj: Linear
-    conv_w: torch.Tensor
-    conv_b: torch.Tensor | None
-    x_proj: Linear
-    dt_proj: Linear
-    a: torch.Tensor
-    d: torch.Tensor
-    out_proj: Linear
-    dt_rank: int
-    d_state: int
+__all__ = ["CellState", "cell_step", "conv_step", "mamba_step_torch", "serpent_step_torch"]
 
 
 def conv_step(
@@ -86,7 +41,7 @@ def conv_step(
     return F.silu(xc), z, window[..., 1:]
 
 
-def mamba_step(
+def mamba_step_torch(
     x: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor, w: MambaStepWeights
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step: ``x (..., D)``, ``conv (..., E, K − 1)``, ``ssm (..., E, N)`` float32 ->
@@ -101,45 +56,6 @@ def mamba_step(
     y = (h * c.float().unsqueeze(-2)).sum(-1) + w.d * xf
     y = y * F.silu(z.float())
     return w.out_proj(y.to(x.dtype)), conv, h
-
-
-def stack_step_weights(weights: list[MambaStepWeights]) -> MambaStepWeights:
-    """Stack the step weights of ``R`` modules of the same shapes (each as ``Mamba.step_weights()``
-    returns them, with plain ``nn.Linear`` projections) into the stacked layout."""
-    first = weights[0]
-
-    def linear(name: str) -> StackedLinear:
-        layers = [getattr(w, name) for w in weights]
-        odd = [type(m).__name__ for m in layers if type(m) is not nn.Linear]
-        if odd:
-            raise ValueError(f"weights: expected plain nn.Linear {name} layers to stack, got {odd[0]}")
-        if len({(m.weight.shape, m.bias is None) for m in layers}) != 1:
-            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
-        bias = None if layers[0].bias is None else torch.stack([m.bias for m in layers]).unsqueeze(1)
-        return StackedLinear(torch.stack([m.weight.mT for m in layers]), bias)
-
-    def rows(name: str) -> torch.Tensor | None:
-        values = [getattr(w, name) for w in weights]
-        if all(v is None for v in values):
-            return None
-        if any(v is None for v in values) or len({v.shape for v in values}) != 1:
-            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
-        return torch.stack(values).unsqueeze(1)
-
-    if len({(w.dt_rank, w.d_state) for w in weights}) != 1:
-        raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
-    return MambaStepWeights(
-        in_proj=linear("in_proj"),
-        conv_w=rows("conv_w"),
-        conv_b=rows("conv_b"),
-        x_proj=linear("x_proj"),
-        dt_proj=linear("dt_proj"),
-        a=rows("a"),
-        d=rows("d"),
-        out_proj=linear("out_proj"),
-        dt_rank=first.dt_rank,
-        d_state=first.d_state,
-    )
 
 
 class CellState(NamedTuple):
@@ -190,7 +106,7 @@ def cell_step(
     if full:
         xk = torch.cat([xk, x.unsqueeze(0)])
         active = torch.cat([crossed, crossed.new_ones(1, crossed.shape[1])])
-    y, conv, ssm = mamba_step(xk, state.conv, state.ssm, weights)
+    y, conv, ssm = mamba_step_torch(xk, state.conv, state.ssm, weights)
     keep = active.view(*active.shape, 1, 1)
     conv, ssm = torch.where(keep, conv, state.conv), torch.where(keep, ssm, state.ssm)
     held = torch.where(crossed.unsqueeze(-1), y[:rates], state.held)
@@ -198,3 +114,23 @@ def cell_step(
     if full:
         out = torch.cat([out, y[rates:]])
     return out, CellState(new_acc, held, conv, ssm)
+
+
+def serpent_step_torch(
+    x_t: torch.Tensor, state: SeRpEntState, w: SeRpEntStepWeights
+) -> tuple[torch.Tensor, SeRpEntState]:
+    """A causal SeRpEnt layer's step with every backbone in one stacked step (``w.stacked``):
+    ``x_t (B, D)`` -> ``y_t (B, D)`` and the new state; the branches must cross at most one grid
+    point per element (``Δ ≤ 1``), with cell aggregation and Mamba backbones."""
+    deltas, scores = step_deltas(x_t, state.scores, w)
+    t_new, bad = advance_times(x_t, state.t, deltas)
+    cells = CellState(state.aggregator.acc, state.held, state.backbone.conv, state.backbone.ssm)
+    out, cells = cell_step(
+        x_t, state.t, t_new, cells, w.stacked, w.cell_proj, w.full_step is not None, w.hold
+    )
+    return merge_branches(out, x_t, bad, w), from_cells(t_new, cells, scores)
+
+
+def from_cells(t: torch.Tensor, cells: CellState, scores: tuple) -> SeRpEntState:
+    """A SeRpEnt state from the running times ``t (R, B)``, ``cell_step``'s state and the scores'."""
+    return SeRpEntState(t, cells.held, CellPoolState(cells.acc), MambaState(cells.conv, cells.ssm), scores)

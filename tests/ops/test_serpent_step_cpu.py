@@ -1,10 +1,11 @@
-"""``ops.mamba_step_cpu``: the fused CPU step kernel equals its reference ``ops.mamba_step.cell_step``
+"""``ops.serpent_step``'s cpu backend: the fused CPU step kernel equals its reference ``torch.cell_step``
 (every option: stacked or shared weights, cell projections, the full branch, hold or scatter,
 biases, rows that cross a grid point or not, poisoned rows), and Mamba's and SeRpEnt's ``step``
 take it exactly when it applies (float32, CPU, no gradients, plain layers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,14 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serpent_ssm.modules import Mamba, SeRpEnt
-from serpent_ssm.ops import scan_cpu
-from serpent_ssm.ops.mamba_step import CellState, cell_step, stack_step_weights
-from serpent_ssm.ops.mamba_step_cpu import cell_step_cpu, kernel_weights, step_kernel_usable
+from serpent_ssm.ops import cpu_build
+from serpent_ssm.ops.serpent_step import kernel_weights, stack_step_weights
+from serpent_ssm.ops.serpent_step.cpu import cell_step_cpu, step_kernel_usable
+from serpent_ssm.ops.serpent_step.torch import CellState, cell_step
 
 from tests.helpers import ShiftedLayer, assert_close
 
 pytestmark = pytest.mark.skipif(
-    not scan_cpu.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
+    not cpu_build.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel"
 )
 
 
@@ -37,7 +39,10 @@ def case(rates, full, shared, cell_proj, batch, d, d_state, d_conv, bias, seed):
     if projs:
         proj = (torch.stack([p.weight.mT for p in projs]), torch.stack([p.bias for p in projs]).unsqueeze(1))
     with torch.no_grad():
-        kernel = kernel_weights(mods, projs)
+        cells = None
+        if projs:
+            cells = (torch.stack([p.weight for p in projs]), torch.stack([p.bias for p in projs]))
+        kernel = kernel_weights([m.step_tensors() for m in mods], cells)
     e = mods[0].d_inner
     gen = torch.Generator().manual_seed(seed + 1)
     state = CellState(
@@ -100,6 +105,15 @@ def test_kernel_applies_only_without_gradients_to_float32_on_the_cpu(monkeypatch
         assert not step_kernel_usable(x)
 
 
+def as_tree(state):
+    """A state as nested dicts and tuples (``torch.testing.assert_close`` compares those)."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: as_tree(getattr(state, f.name)) for f in dataclasses.fields(state)}
+    if isinstance(state, (tuple, list)):
+        return tuple(as_tree(s) for s in state)
+    return state
+
+
 def stepped(module, xs, grad):
     state = module.allocate_state(xs.shape[0])
     ys = []
@@ -115,7 +129,7 @@ def test_mamba_step_uses_the_kernel_and_equals_forward():
     m = Mamba(12, d_state=6)
     xs = torch.randn(3, 20, 12)
     with torch.no_grad():
-        assert m._kernel_weights() is not None
+        assert m.step_weights().kernel is not None
         y_forward = m(xs)
     got, _ = stepped(m, xs, grad=False)  # the kernel
     want, _ = stepped(m, xs, grad=True)  # the torch step
@@ -151,7 +165,7 @@ def test_serpent_step_in_one_kernel_call_equals_the_torch_step(options, batch, s
     with torch.no_grad():
         for net in m.scores:  # scores with spread: intervals that differ along the sequence
             net.weight.mul_(4.0)
-        assert m._fused_weights().layer is not None
+        assert m.step_weights().layer is not None
     xs = torch.randn(batch, 30, 10, generator=torch.Generator().manual_seed(seed)) * 2.0
     if batch > 1:
         xs[1, 20] = math.inf  # a poisoned row from element 20 on
@@ -163,11 +177,13 @@ def test_serpent_step_in_one_kernel_call_equals_the_torch_step(options, batch, s
         want, want_state = stepped(m, xs, grad=False)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
     torch.testing.assert_close(got, y_forward, rtol=1e-4, atol=1e-4, equal_nan=True)
-    torch.testing.assert_close(got_state["t"], want_state["t"], rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(got_state.t, want_state.t, rtol=1e-6, atol=1e-6, equal_nan=True)
     for key in ("held", "aggregator", "backbone"):
-        torch.testing.assert_close(got_state[key], want_state[key], rtol=1e-4, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(
+            *(as_tree(getattr(s, key)) for s in (got_state, want_state)), rtol=1e-4, atol=1e-5, equal_nan=True
+        )
     torch.testing.assert_close(
-        got_state["scores"], want_state["scores"], rtol=1e-6, atol=1e-6, equal_nan=True
+        as_tree(got_state.scores), as_tree(want_state.scores), rtol=1e-6, atol=1e-6, equal_nan=True
     )
 
 
@@ -175,16 +191,16 @@ def test_serpent_layer_kernel_needs_plain_layers_and_scores():
     torch.manual_seed(4)
     m = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, gate=True)
     with torch.no_grad():
-        assert m._fused_weights().layer is not None
+        assert m.step_weights().layer is not None
         m.gate_proj.register_forward_hook(lambda mod, inp, out: out * 0.5)
-        assert m._fused_weights().layer is None  # the hook must apply: the torch step runs
+        assert m.step_weights().layer is None  # the hook must apply: the torch step runs
         x = torch.randn(2, 12, 8)
         y = m(x)
     got, _ = stepped(m, x, grad=False)
     assert_close(got, y, 1e-4, 1e-5, "hooked gate")
     backbone = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, interval_source="backbone")
     with torch.no_grad():
-        assert backbone._fused_weights().layer is None
+        assert backbone.step_weights().layer is None
 
 
 def test_cached_kernel_weights_follow_parameter_changes():
@@ -207,7 +223,7 @@ def test_hooked_or_wrapped_layers_are_called_not_read():
     x = torch.randn(2, 8)
     m.out_proj.register_forward_hook(lambda mod, inp, out: out + 1.0)
     with torch.no_grad():
-        assert m._kernel_weights() is None
+        assert m.step_weights().kernel is None
         y, _ = m.step(x, m.allocate_state(2))
     want = m(x.unsqueeze(1)).detach()[:, 0]
     assert_close(y, want, 1e-5, 1e-6, "hook applied")
@@ -236,9 +252,9 @@ def test_a_layer_wrapped_after_caching_is_called():
     m = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4}, share_backbone=True)
     x = torch.randn(2, 12, 8)
     with torch.no_grad():
-        assert m._fused_weights().kernel is not None  # cached
+        assert m.step_weights().kernel is not None  # cached
         m.backbones[0].in_proj = ShiftedLayer(m.backbones[0].in_proj)
-        assert m._fused_weights().kernel is None  # rebuilt: the torch step calls the wrapper
+        assert m.step_weights().kernel is None  # rebuilt: the torch step calls the wrapper
         y = m(x)
     got, _ = stepped(m, x, grad=False)
     assert_close(got, y, 1e-4, 1e-5, "wrapped layer")

@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from serpent_ssm.ops.scan_chunked import discretise, zero_padded_inputs
+from serpent_ssm.ops.selective_scan.chunked import discretise, zero_padded_inputs
 from serpent_ssm.utils.sequence import zero_padding
 
 __all__ = ["cuda_kernel_available", "cuda_scan"]

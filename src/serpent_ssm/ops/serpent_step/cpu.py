@@ -1,12 +1,13 @@
-"""The fused CPU recurrent step: ``cell_step`` (and a single Mamba's step) in one kernel call.
+"""The ``"cpu"`` backend of the recurrent steps: a causal SeRpEnt layer's step (or a single Mamba's
+step) in one call of a C++ kernel.
 
 The kernel (``csrc/mamba_step_cpu.cpp``) is built into the library of ``ops.scan_cpu`` (same
 compiler, flags, cache and fallback). One call does, for every backbone of a SeRpEnt mixer and
-every row, what ``ops.mamba_step.cell_step`` does with some forty tensor operations: the cell
+every row, what ``torch.cell_step`` does with some forty tensor operations: the cell
 pooling, the projections, the convolution, the state update and the output, where each operation
 on tensors this small costs more in dispatch than in arithmetic. It computes in float32, without
-gradients; ``step_kernel_usable`` says when it applies, and callers run the reference otherwise.
-Tests pin it to the reference.
+gradients; ``step_kernel_usable`` says when it applies (``interface`` runs the ``"torch"`` backend
+otherwise). Tests pin it to its references, ``torch.cell_step`` and ``naive.serpent_step_naive``.
 
 Environment: ``SERPENT_SSM_STEP_KERNEL=0`` steps with the torch reference (read at every step;
 benchmarks compare the two), and ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.scan_cpu``) builds no kernel.
@@ -15,25 +16,19 @@ benchmarks compare the two), and ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.scan_cpu``)
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import os
-from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import torch
 
-from serpent_ssm.ops.mamba_step import CellState
-from serpent_ssm.ops.scan_cpu import kernel_entries, struct_fields
+from serpent_ssm.ops.cpu_build import kernel_entries, struct_fields
+from serpent_ssm.ops.serpent_step.naive import advance_times, merge_branches, step_deltas
+from serpent_ssm.ops.serpent_step.torch import CellState, from_cells
+from serpent_ssm.ops.serpent_step.weights import KernelWeights, LayerWeights, SeRpEntStepWeights
+from serpent_ssm.ops.states import MambaState, SeRpEntState
 
-__all__ = [
-    "KernelWeights",
-    "LayerWeights",
-    "cell_step_cpu",
-    "step_kernel_usable",
-    "kernel_weights",
-    "mamba_step_cpu",
-    "serpent_step_cpu",
-]
+__all__ = ["cell_step_cpu", "mamba_step_cpu", "serpent_step_cpu", "step_kernel_usable"]
 
 _ENV_SWITCH = "SERPENT_SSM_STEP_KERNEL"
 
@@ -51,91 +46,6 @@ class _CellStepArgs(ctypes.Structure):
         "w_score b_score offset scale rate_values log_sum count log_sum_new count_new t_out w_mix b_mix "
         "w_gate b_gate y",
     )
-
-
-class KernelWeights(NamedTuple):
-    """The weights the kernel reads, float32 and contiguous, in PyTorch's layouts; with
-    ``stacked`` each has a leading dim ``G`` (one set per backbone), else one set serves every
-    backbone: ``w_in (2E, D)``, ``b_in (2E,)``, ``w_conv (E, K)``, ``b_conv (E,)``,
-    ``w_x (r + 2N, E)``, ``w_dt (E, r)``, ``b_dt (E,)``, ``a (E, N)`` (``−exp(A_log)``),
-    ``d_skip (E,)``, ``w_out (D, E)``, ``b_out (D,)`` (biases may be None); the cell projections
-    ``w_cell (R, D, D)``, ``b_cell (R, D)`` or None."""
-
-    w_in: torch.Tensor
-    b_in: torch.Tensor | None
-    w_conv: torch.Tensor
-    b_conv: torch.Tensor | None
-    w_x: torch.Tensor
-    w_dt: torch.Tensor
-    b_dt: torch.Tensor
-    a: torch.Tensor
-    d_skip: torch.Tensor
-    w_out: torch.Tensor
-    b_out: torch.Tensor | None
-    w_cell: torch.Tensor | None
-    b_cell: torch.Tensor | None
-    stacked: bool
-    sizes: tuple[int, int, int, int, int]  # d_model, d_inner, d_state, d_conv, dt_rank
-
-
-def kernel_weights(backbones: Sequence[Any], cell_projs: Sequence[Any] | None = None) -> KernelWeights:
-    """The kernel's weights of Mamba modules (anything with Mamba's layers: ``in_proj``,
-    ``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, ``A_log``, ``D``): one module, shared by
-    every backbone, or ``G`` modules stacked; and the rate branches' cell projections
-    (``nn.Linear(D, D)`` each) or None. Detached copies or views: build them without gradients."""
-    stacked = len(backbones) > 1
-
-    def get(fn: Any) -> torch.Tensor | None:
-        values = [fn(m) for m in backbones]
-        if values[0] is None:
-            return None
-        t = torch.stack(values) if stacked else values[0]
-        return t.detach().float().contiguous()
-
-    first = backbones[0]
-    weights = KernelWeights(
-        w_in=get(lambda m: m.in_proj.weight),
-        b_in=get(lambda m: m.in_proj.bias),
-        w_conv=get(lambda m: m.conv1d.weight[:, 0, :]),
-        b_conv=get(lambda m: m.conv1d.bias),
-        w_x=get(lambda m: m.x_proj.weight),
-        w_dt=get(lambda m: m.dt_proj.weight),
-        b_dt=get(lambda m: m.dt_proj.bias),
-        a=get(lambda m: -torch.exp(m.A_log.float())),
-        d_skip=get(lambda m: m.D),
-        w_out=get(lambda m: m.out_proj.weight),
-        b_out=get(lambda m: m.out_proj.bias),
-        w_cell=None,
-        b_cell=None,
-        stacked=stacked,
-        sizes=(first.d_model, first.d_inner, first.d_state, first.d_conv, first.dt_rank),
-    )
-    if cell_projs:
-        weights = weights._replace(
-            w_cell=torch.stack([p.weight for p in cell_projs]).detach().float().contiguous(),
-            b_cell=torch.stack([p.bias for p in cell_projs]).detach().float().contiguous(),
-        )
-    return weights
-
-
-class LayerWeights(NamedTuple):
-    """What a causal SeRpEnt mixer's whole step reads besides its backbones and cell projections
-    (``serpent_step_cpu``), float32 and contiguous unless noted: the score layers ``w_score
-    (S, D)``, ``b_score (S,)`` (``S`` = 1 shared or ``R``); the intervals ``Δ = offset + scale·σ(s)``
-    (``offset``, ``scale`` ``(R,)``; bounds ``"ours"``, ``"paper"``, ``"fixed"``) or, for
-    ``"mean"``, the rates ``(R,)`` float64; the output map ``w_mix`` (dense ``(D, G·D)``, or
-    ``gates`` ``(G, D)``) and ``b_mix (D,)``; the gate ``w_gate (D, D)``, ``b_gate (D,)`` or None."""
-
-    w_score: torch.Tensor
-    b_score: torch.Tensor
-    offset: torch.Tensor | None
-    scale: torch.Tensor | None
-    rates: torch.Tensor | None
-    w_mix: torch.Tensor
-    b_mix: torch.Tensor
-    mix_gates: bool
-    w_gate: torch.Tensor | None
-    b_gate: torch.Tensor | None
 
 
 def _step_kernel() -> ctypes.CDLL | None:
@@ -252,23 +162,23 @@ def cell_step_cpu(
     full: bool = False,
     hold: bool = True,
 ) -> tuple[torch.Tensor, CellState]:
-    """``ops.mamba_step.cell_step`` in one kernel call (same arguments, with ``KernelWeights``;
+    """``torch.cell_step`` in one kernel call (same arguments, with ``KernelWeights``;
     ``step_kernel_usable`` must hold)."""
     out, *new = _run(x, (t_old, t_new), (state.acc, state.held), state.conv, state.ssm, weights, full, hold)
     return out.to(x.dtype), CellState(*new)
 
 
 def mamba_step_cpu(
-    x: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor, weights: KernelWeights
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``ops.mamba_step.mamba_step`` of one module (``kernel_weights([module])``) in one kernel
-    call: ``x (B, D)``, ``conv (B, E, K − 1)``, ``ssm (B, E, N)`` -> ``y (B, D)`` and the new
-    ``conv`` and ``ssm`` (``step_kernel_usable`` must hold)."""
+    x: torch.Tensor, state: MambaState, weights: KernelWeights
+) -> tuple[torch.Tensor, MambaState]:
+    """One Mamba layer's step (``weights`` of one module) in one kernel call: ``x (B, D)`` and
+    the state -> ``y (B, D)`` and the new state (``step_kernel_usable`` must hold)."""
+    conv, ssm = state.conv, state.ssm
     out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
-    return out[0].to(x.dtype), conv_new[0].to(conv.dtype), ssm_new[0]
+    return out[0].to(x.dtype), MambaState(conv_new[0].to(conv.dtype), ssm_new[0])
 
 
-def serpent_step_cpu(
+def _layer_step_cpu(
     x: torch.Tensor,
     t: torch.Tensor,
     state: CellState,
@@ -278,14 +188,40 @@ def serpent_step_cpu(
     full: bool,
     hold: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, CellState, tuple[torch.Tensor, torch.Tensor] | None]:
-    """A causal SeRpEnt mixer's whole step in one kernel call (``SeRpEnt.step`` with
-    ``interval_source="score"``, cell aggregation, Mamba backbones and ``Δ ≤ 1``; its torch path is
-    the reference): ``x (B, D)``, the running times ``t (R, B)`` float64, the cell state, for
-    bounds ``"mean"`` the score state ``(log_sum, count)`` ``(S, B)`` float64 (else None) ->
-    ``y (B, D)`` (NaN on poisoned rows), the new times (NaN on poisoned rows), cell state and
-    score state (``step_kernel_usable`` must hold)."""
+    """The whole layer in one kernel call: ``x (B, D)``, the running times ``t (R, B)`` float64,
+    the cell state, for bounds ``"mean"`` the score state ``(log_sum, count)`` ``(S, B)`` float64
+    (else None) -> ``y (B, D)`` (NaN on poisoned rows), the new times (NaN on poisoned rows),
+    cell state and score state."""
     out = _run(
         x, (t, None), (state.acc, state.held), state.conv, state.ssm, weights, full, hold, layer, scores
     )
     _, acc, held, conv, ssm, t_new, y, *new_scores = out
     return y.to(x.dtype), t_new, CellState(acc, held, conv, ssm), (tuple(new_scores) if new_scores else None)
+
+
+def serpent_step_cpu(
+    x_t: torch.Tensor, state: SeRpEntState, w: SeRpEntStepWeights
+) -> tuple[torch.Tensor, SeRpEntState]:
+    """A causal SeRpEnt layer's step with the kernel (``w.kernel``; ``step_kernel_usable`` must
+    hold): the whole layer in one call with ``w.layer``, else the intervals in torch and every
+    branch's cell and backbone step in one call."""
+    cells = CellState(state.aggregator.acc, state.held, state.backbone.conv, state.backbone.ssm)
+    full = w.full_step is not None
+    if w.layer is None:
+        deltas, scores = step_deltas(x_t, state.scores, w)
+        t_new, bad = advance_times(x_t, state.t, deltas)
+        out, cells = cell_step_cpu(x_t, state.t, t_new, cells, w.kernel, full, w.hold)
+        return merge_branches(out, x_t, bad, w), from_cells(t_new, cells, scores)
+    slots = state.scores
+    packed = None
+    if w.mean_rates is not None:
+        packed = (torch.stack([st.log_sum for st in slots]), torch.stack([st.n for st in slots]))
+    y, t_new, cells, new_scores = _layer_step_cpu(
+        x_t, state.t, cells, packed, w.kernel, w.layer, full, w.hold
+    )
+    if new_scores is not None:
+        slots = tuple(
+            dataclasses.replace(st, log_sum=new_scores[0][j], n=new_scores[1][j])
+            for j, st in enumerate(slots)
+        )
+    return y, from_cells(t_new, cells, slots)

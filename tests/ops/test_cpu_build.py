@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from serpent_ssm.ops import resolve_backend, scan_cpu, selective_scan
+from serpent_ssm.ops import cpu_build, resolve_backend, selective_scan
 
 from tests.helpers import assert_close
 from tests.ops.test_selective_scan import make_inputs
@@ -20,10 +20,10 @@ def fresh_kernel(monkeypatch, tmp_path):
     restored (and the real kernel reloaded on demand) afterwards."""
     monkeypatch.setenv("SERPENT_SSM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SERPENT_SSM_CPU_KERNEL", raising=False)
-    monkeypatch.setattr(scan_cpu, "_warned", False)
-    scan_cpu._kernel.cache_clear()
+    monkeypatch.setattr(cpu_build, "_warned", False)
+    cpu_build._kernel.cache_clear()
     yield tmp_path
-    scan_cpu._kernel.cache_clear()
+    cpu_build._kernel.cache_clear()
 
 
 def _scan(backend):
@@ -33,8 +33,8 @@ def _scan(backend):
 
 def test_no_compiler_falls_back_to_torch_with_one_warning(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
-    assert not scan_cpu.cpu_kernel_available()
-    assert scan_cpu.cpu_kernel_status() == "CXX='no-such-compiler-xyz' is not an executable on PATH"
+    assert not cpu_build.cpu_kernel_available()
+    assert cpu_build.cpu_kernel_status() == "CXX='no-such-compiler-xyz' is not an executable on PATH"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert resolve_backend("auto", "cpu") == "torch"
@@ -52,8 +52,8 @@ def test_no_compiler_falls_back_to_torch_with_one_warning(fresh_kernel, monkeypa
 
 def test_failing_compiler_is_reported(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CXX", "false")  # exists, fails on everything
-    assert not scan_cpu.cpu_kernel_available()
-    status = scan_cpu.cpu_kernel_status()
+    assert not cpu_build.cpu_kernel_available()
+    status = cpu_build.cpu_kernel_status()
     names = r"selective_scan_cpu\.cpp, mamba_step_cpu\.cpp, resample_cpu\.cpp"
     assert re.fullmatch(rf".*false failed to compile {names}: .*", status)
     assert not list((fresh_kernel / "cache").glob("*.so"))  # no half-written library left behind
@@ -65,17 +65,17 @@ def test_disabled_kernel_gives_no_warning(fresh_kernel, monkeypatch):
         warnings.simplefilter("error")
         assert resolve_backend("auto", "cpu") == "torch"
         _scan("auto")
-    assert scan_cpu.cpu_kernel_status() == "disabled by SERPENT_SSM_CPU_KERNEL=0"
+    assert cpu_build.cpu_kernel_status() == "disabled by SERPENT_SSM_CPU_KERNEL=0"
 
 
-@pytest.mark.skipif(not scan_cpu.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel")
+@pytest.mark.skipif(not cpu_build.cpu_kernel_available(), reason="no C++ compiler for the CPU kernel")
 def test_kernel_is_compiled_once_into_the_cache(fresh_kernel):
-    assert scan_cpu.cpu_kernel_available()
+    assert cpu_build.cpu_kernel_available()
     built = list((fresh_kernel / "cache").iterdir())
     assert len(built) == 1 and built[0].name.startswith("selective_scan_cpu-")
     mtime = built[0].stat().st_mtime_ns
-    scan_cpu._kernel.cache_clear()  # a new process: loads the cached library, no rebuild
-    assert scan_cpu.cpu_kernel_available()
+    cpu_build._kernel.cache_clear()  # a new process: loads the cached library, no rebuild
+    assert cpu_build.cpu_kernel_available()
     assert [p.stat().st_mtime_ns for p in (fresh_kernel / "cache").iterdir()] == [mtime]
     assert_close(_scan("cpu"), _scan("ref"), 1e-5, 1e-5, "y")
 
