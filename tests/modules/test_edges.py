@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -77,6 +79,8 @@ def _run(model, x, mask, with_state):
 
 
 def _states(state):
+    if dataclasses.is_dataclass(state):
+        return [(f.name, getattr(state, f.name)) for f in dataclasses.fields(state)]
     return state.items() if isinstance(state, dict) else [("state", state)]
 
 
