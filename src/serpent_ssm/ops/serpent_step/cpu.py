@@ -95,7 +95,7 @@ def _run(
     float64, ``y (B, D)`` and, with ``scores`` (``log_sum``, ``count`` ``(S, B)`` float64 of bounds
     ``"mean"``), their new values."""
     lib = _step_kernel()
-    d_model, d_inner, d_state, d_conv, dt_rank = weights.sizes
+    d_model, d_inner, d_state, d_conv, dt_rank = weights.tensors.sizes
     batch = x.shape[0]
     rates = 0 if cells is None else cells[0].shape[0]
     g = rates + int(full)
@@ -111,12 +111,13 @@ def _run(
     views = [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
     if cells is None:
         views[1:1] = [None, None]
-    w = weights
+    w = weights.tensors
     args = _CellStepArgs(
-        batch, d_model, d_inner, d_state, d_conv, dt_rank, rates, int(full), int(w.stacked),
-        w.b_in is not None, w.b_conv is not None, w.b_out is not None, w.w_cell is not None, int(hold),
+        batch, d_model, d_inner, d_state, d_conv, dt_rank, rates, int(full), int(weights.stacked),
+        w.b_in is not None, w.b_conv is not None, w.b_out is not None, weights.w_cell is not None, int(hold),
         *map(_ptr, (x_, t0, t1, acc, held, conv, ssm, w.w_in, w.b_in, w.w_conv, w.b_conv, w.w_x,
-                    w.w_dt, w.b_dt, w.a, w.d_skip, w.w_out, w.b_out, w.w_cell, w.b_cell, *views[:5])),
+                    w.w_dt, w.b_dt, w.a, w.d_skip, w.w_out, w.b_out, weights.w_cell, weights.b_cell,
+                    *views[:5])),
     )  # fmt: skip
     if layer is None:
         if lib.ms_cell_step_f32(ctypes.byref(args)) != 0:

@@ -28,6 +28,14 @@ def _check_backend(backend: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"backend: expected one of {', '.join(map(repr, allowed))}, got {backend!r}")
 
 
+def _refuse_cpu(has_kernel: bool, x_t: torch.Tensor) -> None:
+    raise ValueError(
+        "backend: 'cpu' needs the kernel's weights (weights.kernel, built without gradients) and a "
+        f"float32 CPU input with gradients off, got kernel={has_kernel}, "
+        f"x_t {x_t.dtype} on {x_t.device}, grad enabled={torch.is_grad_enabled()}"
+    )
+
+
 def serpent_step(
     x_t: torch.Tensor, state: SeRpEntState, weights: SeRpEntStepWeights, backend: str = "auto"
 ) -> tuple[torch.Tensor, SeRpEntState]:
@@ -53,11 +61,7 @@ def serpent_step(
             )
         return serpent_step_torch(x_t, state, weights)
     if weights.kernel is None or not step_kernel_usable(x_t):
-        raise ValueError(
-            "backend: 'cpu' needs the kernel's weights (weights.kernel, built without gradients) and a "
-            f"float32 CPU input with gradients off, got kernel={weights.kernel is not None}, "
-            f"x_t {x_t.dtype} on {x_t.device}, grad enabled={torch.is_grad_enabled()}"
-        )
+        _refuse_cpu(weights.kernel is not None, x_t)
     return serpent_step_cpu(x_t, state, weights)
 
 
@@ -70,11 +74,7 @@ def mamba_step(
     _check_backend(backend, ("auto", "torch", "cpu"))
     usable = weights.kernel is not None and step_kernel_usable(x_t)
     if backend == "cpu" and not usable:
-        raise ValueError(
-            "backend: 'cpu' needs the kernel's weights (weights.kernel, built without gradients) and a "
-            f"float32 CPU input with gradients off, got kernel={weights.kernel is not None}, "
-            f"x_t {x_t.dtype} on {x_t.device}, grad enabled={torch.is_grad_enabled()}"
-        )
+        _refuse_cpu(weights.kernel is not None, x_t)
     if usable and backend != "torch":
         return mamba_step_cpu(x_t, state, weights.kernel)
     y, conv, ssm = mamba_step_torch(x_t, state.conv, state.ssm, weights)

@@ -62,26 +62,15 @@ class MambaTensors(NamedTuple):
 
 
 class KernelWeights(NamedTuple):
-    """What the CPU step kernel reads: ``MambaTensors``' fields float32 and contiguous, with a
-    leading dim ``G`` on each when ``stacked`` (one set per backbone; else one set serves every
-    backbone), and the rate branches' cell projections ``w_cell (R, D, D)``, ``b_cell (R, D)`` or
-    None."""
+    """What the CPU step kernel reads: ``tensors``, a ``MambaTensors`` float32 and contiguous,
+    with a leading dim ``G`` on each tensor when ``stacked`` (one set per backbone; else one set
+    serves every backbone), and the rate branches' cell projections ``w_cell (R, D, D)``,
+    ``b_cell (R, D)`` or None."""
 
-    w_in: torch.Tensor
-    b_in: torch.Tensor | None
-    w_conv: torch.Tensor
-    b_conv: torch.Tensor | None
-    w_x: torch.Tensor
-    w_dt: torch.Tensor
-    b_dt: torch.Tensor
-    a: torch.Tensor
-    d_skip: torch.Tensor
-    w_out: torch.Tensor
-    b_out: torch.Tensor | None
+    tensors: MambaTensors
     w_cell: torch.Tensor | None
     b_cell: torch.Tensor | None
     stacked: bool
-    sizes: tuple[int, int, int, int, int]  # d_model, d_inner, d_state, d_conv, dt_rank
 
 
 def _packed(values: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
@@ -101,9 +90,8 @@ def kernel_weights(
     w_cell = b_cell = None
     if cells is not None:
         w_cell, b_cell = (c.detach().float().contiguous() for c in cells)
-    return KernelWeights(
-        **fields, w_cell=w_cell, b_cell=b_cell, stacked=len(layers) > 1, sizes=layers[0].sizes
-    )
+    packed = MambaTensors(**fields, sizes=layers[0].sizes)
+    return KernelWeights(packed, w_cell, b_cell, stacked=len(layers) > 1)
 
 
 class LayerWeights(NamedTuple):
