@@ -34,7 +34,7 @@ def case(rates, full, shared, cell_proj, batch, d, d_state, d_conv, bias, seed):
         Mamba(d, d_state=d_state, d_conv=d_conv, bias=bias, conv_bias=bias) for _ in range(1 if shared else g)
     ]
     projs = [torch.nn.Linear(d, d) for _ in range(rates)] if cell_proj else []
-    weights = mods[0].step_weights() if shared else stack_step_weights([m.step_weights() for m in mods])
+    weights = mods[0].step_weights() if shared else stack_step_weights([m.step_tensors() for m in mods])
     proj = None
     if projs:
         proj = (torch.stack([p.weight.mT for p in projs]), torch.stack([p.bias for p in projs]).unsqueeze(1))

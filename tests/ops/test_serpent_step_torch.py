@@ -50,7 +50,7 @@ def test_stacked_step_equals_each_modules_step(count, batch, d, bias, conv_bias,
             x,
             torch.stack([s.conv for s in states]),
             torch.stack([s.ssm for s in states]),
-            stack_step_weights([m.step_weights() for m in mods]),
+            stack_step_weights([m.step_tensors() for m in mods]),
         )
     for i, (y_i, s_i) in enumerate(want):
         assert_close(y[i], y_i, 1e-6, 1e-7, f"output of module {i}")
@@ -79,7 +79,7 @@ def test_gradients_flow_through_the_stack():
         x,
         torch.stack([s.conv for s in states]),
         torch.stack([s.ssm for s in states]),
-        stack_step_weights([m.step_weights() for m in mods]),
+        stack_step_weights([m.step_tensors() for m in mods]),
     )
     y[1].sum().backward()
     assert mods[0].in_proj.weight.grad.abs().sum() == 0  # module 0's rows do not touch the sum
@@ -90,4 +90,4 @@ def test_stacking_refuses_modules_of_different_shapes():
     a, b = Mamba(4, d_state=4), Mamba(4, d_state=4, bias=True)
     message = "weights: expected modules of the same shapes and biases, got different ones"
     with pytest.raises(ValueError, match=f"^{message}$"):
-        stack_step_weights([a.step_weights(), b.step_weights()])
+        stack_step_weights([a.step_tensors(), b.step_tensors()])

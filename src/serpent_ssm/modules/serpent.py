@@ -32,7 +32,6 @@ Options: ``SeRpEntOptions`` / ``SeRpEntConfig`` (``modules.serpent_config``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -40,42 +39,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from serpent_ssm.modules._shared import CachedWeights, cached_weights, plain_linear
+from serpent_ssm.modules._shared import CachedWeights
 from serpent_ssm.modules.backbones import make_backbone
 from serpent_ssm.modules.bidirectional import Bidirectional
 from serpent_ssm.modules.mamba import Mamba
 from serpent_ssm.modules.protocol import StateSupport, state_support
 from serpent_ssm.modules.serpent_aggregate import Grid, make_aggregator
 from serpent_ssm.modules.serpent_config import SeRpEntConfig, SeRpEntOptions
+from serpent_ssm.modules.serpent_merge import BranchGates
+from serpent_ssm.modules.serpent_streaming import SeRpEntStreaming, log_selectivity
 from serpent_ssm.ops import resample as rs
-from serpent_ssm.ops.serpent_step import (
-    LayerWeights,
-    SeRpEntStepWeights,
-    kernel_weights,
-    serpent_step,
-    stack_step_weights,
-)
-from serpent_ssm.ops.states import ScoreState, SeRpEntState, map_state
+from serpent_ssm.ops.states import ScoreState, SeRpEntState, map_state, stack_states
 from serpent_ssm.utils.sequence import from_first, zero_padding
 from serpent_ssm.utils.validation import (
-    check_device,
-    check_float_tensor,
     check_mixer_input,
-    check_module_dtype,
-    check_shape,
 )
 
 __all__ = ["SeRpEnt", "SeRpEntConfig", "SeRpEntOptions"]
-
-
-def _stack(states: list[Any]) -> Any:
-    """States of the same structure -> one with a leading dim, ``len(states)``, on every leaf."""
-    return map_state(lambda *leaves: torch.stack(leaves), *states)
-
-
-def _log_selectivity(selectivity: torch.Tensor) -> torch.Tensor:
-    """The score of ``interval_source="backbone"``: ``log`` of the mean ``Δ`` (clamped above 0)."""
-    return torch.log(selectivity.clamp(min=torch.finfo(selectivity.dtype).tiny))
 
 
 def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_state: bool) -> Any:
@@ -84,27 +64,7 @@ def _outputs(y: torch.Tensor, info: dict, state: Any, return_info: bool, return_
     return (y, *extra) if extra else y
 
 
-class BranchGates(nn.Module):
-    """``mix="gates"``: ``(..., n·D)`` (the branch outputs, concatenated) -> ``(..., D)``,
-    ``y = Σ_b weight[b] ⊙ ŷ_b + bias``; ``weight (n, D)`` starts at ``1/n`` (the mean of the
-    branches) or, with ``full_only``, at 1 for the last branch (the full one) and 0 for the rest."""
-
-    def __init__(self, n: int, d: int, full_only: bool = False) -> None:
-        super().__init__()
-        self.n, self.d = n, d
-        weight = torch.full((n, d), 1.0 / n)
-        if full_only:
-            weight.zero_()
-            weight[-1] = 1.0
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(torch.zeros(d))
-
-    def forward(self, branches: torch.Tensor) -> torch.Tensor:
-        y = branches.unflatten(-1, (self.n, self.d))
-        return (y * self.weight).sum(-2) + self.bias
-
-
-class SeRpEnt(CachedWeights):
+class SeRpEnt(SeRpEntStreaming, CachedWeights):
     """SeRpEnt mixer ``(B, L, d_model) -> (B, L, d_model)``; options as in ``SeRpEntConfig``.
 
     ``forward(x, mask=None, return_info=False)``. Rows that are all padding give zero output;
@@ -265,7 +225,7 @@ class SeRpEnt(CachedWeights):
                 real = (
                     mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
                 )
-                s = _log_selectivity(torch.where(real, selectivity.mean(-1), 1.0))  # (B, L)
+                s = log_selectivity(torch.where(real, selectivity.mean(-1), 1.0))  # (B, L)
             if new is not None and cfg.interval_bounds == "mean":
                 log_sum, n = rs.mean_normalised_carry(s, mask, new.log_sum, new.n)
                 new = dataclasses.replace(new, log_sum=log_sum, n=n)
@@ -368,8 +328,8 @@ class SeRpEnt(CachedWeights):
                     poisoned.any(1), math.nan, torch.stack([br.t for br in branches])
                 ),  # stays poisoned
                 held=torch.stack([br.held for br in branches]),
-                aggregator=_stack([br.aggregator for br in branches]),
-                backbone=_stack(backbones),
+                aggregator=stack_states([br.aggregator for br in branches]),
+                backbone=stack_states(backbones),
                 scores=tuple(score_states),
             )
         return _outputs(y, info, new_state, return_info, return_state)
@@ -450,83 +410,6 @@ class SeRpEnt(CachedWeights):
         new = SeRpEntState(t0 + elapsed, held, agg_state, b_state, ())
         return y, info, new
 
-    # ------------------------------------------------------------------ streaming
-    def _check_streaming(self) -> None:
-        if not self.config.causal:
-            raise ValueError("step: expected a causal SeRpEnt (causal=True), got a non-causal one")
-
-    def _check_chunking(self) -> None:
-        if not self.state_support.forward_state:
-            raise ValueError(
-                "state: expected a causal SeRpEnt whose backbones carry a state through forward "
-                f"(causal=True, backbone forward_state), got causal={self.config.causal}"
-            )
-
-    def _check_state(self, state: Any, rows: int | None = None) -> None:
-        """``state`` is one of this mixer's streaming states (for ``rows`` rows, when given)."""
-        if not isinstance(state, SeRpEntState):
-            raise ValueError(
-                "state: expected a SeRpEntState (from allocate_state, step or forward), got "
-                f"{type(state).__name__}"
-            )
-        branches = len(self.aggregators)
-        if state.t.dim() != 2 or state.t.shape[0] != branches or len(state.scores) != self._score_slots():
-            raise ValueError(
-                f"state: expected the state of a mixer with {branches} rate branches and "
-                f"{self._score_slots()} score slots, got t of shape {tuple(state.t.shape)} and "
-                f"{len(state.scores)} score slots"
-            )
-        if rows is not None and state.t.shape[1] != rows:
-            raise ValueError(
-                f"state: expected the state of {rows} rows (allocate_state({rows})), "
-                f"got one of {state.t.shape[1]} rows"
-            )
-        check_device("state.held", state.held, self.out_proj.bias.device)
-
-    def allocate_state(
-        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> SeRpEntState:
-        """Streaming state for ``batch`` rows (causal mode only; ``ops.states.SeRpEntState``): the
-        running times ``t (R, B)`` float64, the held outputs ``held (R, B, D)``, the aggregators'
-        states (leaves ``(R, B, ...)``), the backbones' states (leaves ``(R + F, B, ...)``: the rate
-        branches', then the full branch's when there is one) and one ``ScoreState`` per score slot."""
-        self._check_streaming()
-        device = device if device is not None else self.out_proj.bias.device
-        dtype = dtype if dtype is not None else self.out_proj.bias.dtype
-        rates = len(self.aggregators)
-        backbones = [self.branch_backbone(i) for i in range(rates)]
-        if self.full_backbone is not None:
-            backbones.append(self.full_backbone)
-        return SeRpEntState(
-            t=torch.zeros(rates, batch, dtype=torch.float64, device=device),
-            held=torch.zeros(rates, batch, self.d_model, dtype=dtype, device=device),
-            aggregator=_stack([a.allocate_state(batch, device, dtype) for a in self.aggregators]),
-            backbone=_stack([m.allocate_state(batch, device=device, dtype=dtype) for m in backbones]),
-            scores=self._allocate_score_states(batch, device, dtype),
-        )
-
-    def select_state(self, state: SeRpEntState, index: torch.Tensor) -> SeRpEntState:
-        """Rows ``index (B',)`` of a streaming state; ``modules.protocol.select_rows`` calls it."""
-        self._check_state(state)
-        return state.select(index)
-
-    def _allocate_score_states(
-        self, batch: int, device: torch.device | str, dtype: torch.dtype
-    ) -> tuple[ScoreState, ...]:
-        """Per score slot what the intervals carry from element to element (``ScoreState``): the
-        convolution state of the backbone whose selectivity scores, and for bounds ``"mean"``
-        ``log Σ e^s`` so far and the count."""
-        cfg, slots = self.config, []
-        for j in range(self._score_slots()):
-            conv = log_sum = n = None
-            if cfg.interval_source == "backbone":
-                conv = self.branch_backbone(j).allocate_state(batch, device=device, dtype=dtype).conv
-            if cfg.interval_bounds == "mean":
-                log_sum = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
-                n = torch.zeros(batch, dtype=torch.float64, device=device)
-            slots.append(ScoreState(conv, log_sum, n))
-        return tuple(slots)
-
     def _rate_factors(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``(2, R, 1)``: per branch the offset and scale of ``Δ = offset + scale·σ(s)`` (``"ours"``,
         ``"paper"``, ``"fixed"``: ``_intervals``) or the rates twice (``"mean"``); cached per
@@ -541,125 +424,6 @@ class SeRpEnt(CachedWeights):
             ]
             cache[key] = torch.tensor(pairs, dtype=dtype, device=device).T.unsqueeze(-1)
         return cache[key]
-
-    def step(self, x_t: torch.Tensor, state: SeRpEntState) -> tuple[torch.Tensor, SeRpEntState]:
-        """One element ``x_t (B, d_model)`` -> ``y_t (B, d_model)``; returns the new state
-        (``ops.serpent_step.serpent_step`` with ``step_weights()``)."""
-        self._check_streaming()
-        check_float_tensor("x_t", x_t, ndim=2)
-        check_module_dtype("x_t", x_t, self)
-        check_shape("x_t", x_t, (None, self.d_model))
-        check_device("x_t", x_t, self.out_proj.bias.device)
-        self._check_state(state, x_t.shape[0])
-        return serpent_step(x_t, state, self.step_weights())
-
-    def step_weights(self) -> SeRpEntStepWeights:
-        """What ``step`` reads (``ops.serpent_step.SeRpEntStepWeights``). The stacked backbone
-        weights of the ``"torch"`` backend are there when every branch crosses at most one grid
-        point per element (``Δ ≤ 1``) with plain Mamba backbones and cell aggregation (the causal
-        defaults) and no layer to stack is wrapped (an adapter such as a LoRA layer) or hooked;
-        the CPU kernel's weights when, besides, gradients are off. Without gradients the weights
-        are cached (``_shared.cached_weights``): a changed or replaced parameter, a replaced layer
-        or a hook rebuilds them; ``.to()`` and ``train()``/``eval()`` drop them."""
-        if torch.is_grad_enabled():
-            return self._build_step_weights()
-        return cached_weights(self, "_step_weights", [self], self._build_step_weights)
-
-    def _step_score(self, j: int, x_t: torch.Tensor, st: ScoreState) -> tuple[torch.Tensor, ScoreState]:
-        """Score slot ``j``'s score ``(B,)`` for ``x_t (B, D)`` and its new state."""
-        if self.config.interval_source == "score":
-            return self.scores[j](x_t).squeeze(-1), st
-        selectivity, conv = self.branch_backbone(j).intervals_step(x_t, st.conv)
-        return _log_selectivity(selectivity.mean(-1)), dataclasses.replace(st, conv=conv)
-
-    def _step_intervals(self, s: torch.Tensor) -> torch.Tensor:
-        return self._intervals(s, *self._rate_factors(s.dtype, s.device))
-
-    def _build_step_weights(self) -> SeRpEntStepWeights:
-        cfg, r = self.config, len(self.aggregators)
-        device = self.out_proj.bias.device
-        weights = SeRpEntStepWeights(
-            scores=tuple(functools.partial(self._step_score, j) for j in range(self._score_slots())),
-            intervals=self._step_intervals,
-            mean_rates=self._rate_factors(torch.float64, device)[0]
-            if cfg.interval_bounds == "mean"
-            else None,
-            grid_inputs=tuple(a.grid_inputs for a in self.aggregators),
-            branch_steps=tuple(self.branch_backbone(i).step for i in range(r)),
-            full_step=None if self.full_backbone is None else self.full_backbone.step,
-            hold=cfg.restore != "scatter",
-            merge=self.out_proj,
-            gate=self.gate_proj,
-        )
-        backbones = [self.branch_backbone(i) for i in range(r)]
-        backbones += [self.full_backbone] if self.full_backbone is not None else []
-        owners = backbones[:1] if cfg.share_backbone else backbones
-        if not self._fused_step:
-            return weights
-        cells = [a.proj for a in self.aggregators] if cfg.cell_proj else []
-        if not all(map(plain_linear, cells)):
-            return weights
-        plain = all(m.plain_layers() for m in owners)
-        if not cfg.share_backbone and not plain:
-            return weights
-        if cfg.share_backbone:
-            stacked = backbones[0].step_weights()._replace(kernel=None)
-        else:
-            stacked = stack_step_weights([m.step_weights() for m in backbones])
-        proj = None
-        if cells:
-            proj = (
-                torch.stack([p.weight.mT for p in cells]),
-                torch.stack([p.bias for p in cells]).unsqueeze(1),
-            )
-        weights = dataclasses.replace(weights, stacked=stacked, cell_proj=proj)
-        if torch.is_grad_enabled() or not plain:
-            return weights
-        cell = (
-            None
-            if not cells
-            else (torch.stack([p.weight for p in cells]), torch.stack([p.bias for p in cells]))
-        )
-        kernel = kernel_weights([m.step_tensors() for m in owners], cell)
-        return dataclasses.replace(weights, kernel=kernel, layer=self._layer_weights())
-
-    def _layer_weights(self) -> LayerWeights | None:
-        """The kernel's weights of the rest of the layer (``ops.serpent_step.LayerWeights``), or
-        None where it does not apply (scores from the backbone's selectivity, or a score, output
-        or gate layer that is wrapped or hooked)."""
-        cfg = self.config
-        out_proj = self.out_proj
-        plain_mix = plain_linear(out_proj) or (
-            type(out_proj) is BranchGates and not (out_proj._forward_hooks or out_proj._forward_pre_hooks)
-        )
-        gates = [] if self.gate_proj is None else [self.gate_proj]
-        if (
-            cfg.interval_source != "score"
-            or not plain_mix
-            or not all(map(plain_linear, [*self.scores, *gates]))
-        ):
-            return None
-
-        def f32(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(torch.float32).contiguous()
-
-        offset = scale = rates = None
-        if cfg.interval_bounds == "mean":
-            rates = torch.tensor(cfg.rates, dtype=torch.float64)
-        else:
-            offset, scale = (f32(f[:, 0]) for f in self._rate_factors(torch.float32, torch.device("cpu")))
-        return LayerWeights(
-            w_score=f32(torch.cat([net.weight for net in self.scores])),
-            b_score=f32(torch.cat([net.bias for net in self.scores])),
-            offset=offset,
-            scale=scale,
-            rates=rates,
-            w_mix=f32(out_proj.weight),
-            b_mix=f32(out_proj.bias),
-            mix_gates=cfg.mix == "gates",
-            w_gate=None if self.gate_proj is None else f32(self.gate_proj.weight),
-            b_gate=None if self.gate_proj is None else f32(self.gate_proj.bias),
-        )
 
 
 def _drop_shared_full_branch_keys(module, state_dict, prefix, *args) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "SeRpEntState",
     "WindowState",
     "map_state",
+    "stack_states",
 ]
 
 
@@ -119,3 +120,8 @@ def map_state(fn: Callable[..., torch.Tensor], *states: Any) -> Any:
     raise ValueError(
         f"state: expected tensors, state dataclasses, dicts or tuples, got {type(first).__name__}"
     )
+
+
+def stack_states(states: list[Any]) -> Any:
+    """States of the same structure -> one with a leading dim, ``len(states)``, on every leaf."""
+    return map_state(lambda *leaves: torch.stack(leaves), *states)

@@ -138,40 +138,35 @@ class MambaStepWeights(NamedTuple):
     kernel: KernelWeights | None = None
 
 
-def stack_step_weights(weights: list[MambaStepWeights]) -> MambaStepWeights:
-    """Stack the step weights of ``R`` modules of the same shapes, whose projections are plain
-    ``nn.Linear``s (anything with ``weight (out, in)`` and ``bias (out,)`` or None), into the
-    stacked layout."""
-    first = weights[0]
-
-    def linear(name: str) -> StackedLinear:
-        layers = [getattr(w, name) for w in weights]
-        if len({(m.weight.shape, m.bias is None) for m in layers}) != 1:
-            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
-        bias = None if layers[0].bias is None else torch.stack([m.bias for m in layers]).unsqueeze(1)
-        return StackedLinear(torch.stack([m.weight.mT for m in layers]), bias)
-
-    def rows(name: str) -> torch.Tensor | None:
-        values = [getattr(w, name) for w in weights]
-        if all(v is None for v in values):
-            return None
-        if any(v is None for v in values) or len({v.shape for v in values}) != 1:
-            raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
-        return torch.stack(values).unsqueeze(1)
-
-    if len({(w.dt_rank, w.d_state) for w in weights}) != 1:
+def stack_step_weights(tensors: Sequence[MambaTensors]) -> MambaStepWeights:
+    """The step weights of ``R`` Mamba layers of the same shapes, from their plain tensors
+    (``MambaTensors``, gradients flowing), in the stacked layout: ``StackedLinear`` projections
+    and ``(R, 1, ...)`` tensors."""
+    if len({(tuple(t.sizes), *((v is None) for v in t[:-1])) for t in tensors}) != 1:
         raise ValueError("weights: expected modules of the same shapes and biases, got different ones")
+    _, _, n, _, dt_rank = tensors[0].sizes
+
+    def rows(name: str, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        values = [getattr(t, name) for t in tensors]
+        if values[0] is None:
+            return None
+        return torch.stack([v if dtype is None else v.to(dtype) for v in values]).unsqueeze(1)
+
+    def linear(weight: str, bias: str | None) -> StackedLinear:
+        w = torch.stack([getattr(t, weight).mT for t in tensors])
+        return StackedLinear(w, None if bias is None else rows(bias))
+
     return MambaStepWeights(
-        in_proj=linear("in_proj"),
-        conv_w=rows("conv_w"),
-        conv_b=rows("conv_b"),
-        x_proj=linear("x_proj"),
-        dt_proj=linear("dt_proj"),
+        in_proj=linear("w_in", "b_in"),
+        conv_w=rows("w_conv"),
+        conv_b=rows("b_conv"),
+        x_proj=linear("w_x", None),
+        dt_proj=linear("w_dt", "b_dt"),
         a=rows("a"),
-        d=rows("d"),
-        out_proj=linear("out_proj"),
-        dt_rank=first.dt_rank,
-        d_state=first.d_state,
+        d=rows("d_skip", torch.float32),
+        out_proj=linear("w_out", "b_out"),
+        dt_rank=dt_rank,
+        d_state=n,
     )
 
 
