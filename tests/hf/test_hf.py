@@ -25,6 +25,7 @@ from transformers import (  # noqa: E402
 
 from serpent_ssm.data.vocab import BYTE_VOCAB, LISTOPS_VOCAB  # noqa: E402
 from serpent_ssm.models import ModelConfig, build_model, from_pretrained, save_pretrained  # noqa: E402
+from serpent_ssm.models.io import read_config  # noqa: E402
 
 from tests.helpers import assert_close, wake_branches  # noqa: E402
 
@@ -405,6 +406,24 @@ def test_the_library_and_transformers_read_each_others_files(tmp_path):
         )
         export(lm, tmp_path / "theirs", tokenizer=False)
         assert_close(from_pretrained(tmp_path / "theirs").eval()(ids), want, 1e-6, 1e-6, "theirs")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"model_name": "mamba", "n_layers": 3},
+        {"model_name": "serpent-s4d", "serpent": {"rates": [0.5]}, "backbone": {"d_state": 8}},
+        {"head": "classify", "vocab_size": 10, "num_labels": 4},
+        {"head": "classify", "vocab_size": None, "d_input": 3, "id2label": {"0": "a", "1": "b"}},
+    ],
+)
+def test_both_readers_resolve_a_sparse_config_alike(tmp_path, record):
+    """A ``config.json`` that leaves fields unset (written by hand, or by an earlier release)
+    resolves to the same model in the library's reader and in the transformers config class."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "serpent", **record}))
+    ours = read_config(tmp_path / "config.json").resolved()
+    assert hf.SerpentHFConfig.from_pretrained(tmp_path).model_config() == ours
 
 
 def test_folders_of_earlier_releases_still_load(tmp_path):
