@@ -2,6 +2,7 @@
 
     python benchmarks/lm_inference.py                       # the English configs' models
     python benchmarks/lm_inference.py --prompts 1024 --eval-bytes 20000 --gen-tokens 64   # quick
+    python benchmarks/lm_inference.py --write-readme   # and replace its table in benchmarks/README.md
 
 Models: ``configs/english/mamba.yaml`` and ``configs/english/serpent-mamba.yaml`` as configured
 (4 layers, parameters matched within 10 %; since format 0.4.0 the causal default, the lean shared
@@ -41,7 +42,7 @@ from serpent_ssm.models.config import FIRST_DEFAULT_MIXER
 from serpent_ssm.train.config import load_run_config, model_config_for
 from serpent_ssm.train.loop import evaluate_lm
 
-from _common import best_time
+from _common import best_time, markdown_head, markdown_row, write_readme_section
 
 
 def build(config: str, overrides: list[str]) -> torch.nn.Module:
@@ -139,13 +140,13 @@ def table(rows: list[dict], args) -> str:
         "decode b1 tok/s (torch step)",
         "decode b8 tok/s (torch step)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [markdown_head(head)]
     for r in rows:
         cells = [r["model"], f"{r['params']:,}"]
         cells += [f"{r[c]:.3f} ({r[c] / base[c]:.2f}×)" if c in r and c in base else "" for c in cols]
         for c in ("eval bytes/s", "decode b1", "decode b8", "decode b1 torch", "decode b8 torch"):
             cells.append(f"{r[c]:,.0f} ({r[c] / base[c]:.2f}×)")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 
@@ -161,6 +162,11 @@ def main() -> None:
         "--first-default",
         action="store_true",
         help="add the causal default of formats 0.2.0-0.3.0 (separate backbones, dense merge, d_model 56)",
+    )
+    p.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="write the table into benchmarks/README.md (bench:lm_inference)",
     )
     args = p.parse_args()
     mamba = build("configs/english/mamba.yaml", [])
@@ -188,7 +194,10 @@ def main() -> None:
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"seconds are the best of {args.repeats}"
     )
-    print(table(measure(models, args), args))
+    markdown = table(measure(models, args), args)
+    print(markdown)
+    if args.write_readme:
+        write_readme_section("lm_inference", markdown)
 
 
 if __name__ == "__main__":

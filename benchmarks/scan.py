@@ -2,6 +2,7 @@
 
     python benchmarks/scan.py                       # B=4, D=256, N=16, L in 1K, 4K, 16K
     python benchmarks/scan.py --lengths 4096 --impls cpu torch mambapy
+    python benchmarks/scan.py --write-readme        # and replace the tables of benchmarks/README.md
 
 Every (implementation, length) pair runs in a fresh subprocess, so that peak memory is that of
 one scan and nothing else. Peak memory is the peak resident set size above the level reached
@@ -36,7 +37,15 @@ import argparse
 import json
 import time
 
-from _common import best_time, peak_extra_mb, run_time_and_memory, run_worker
+from _common import (
+    best_time,
+    markdown_head,
+    markdown_row,
+    peak_extra_mb,
+    run_time_and_memory,
+    run_worker,
+    write_readme_section,
+)
 
 SLOW = {"ref", "transformers"}  # Python loops over time: measured at the shorter lengths only
 FLOPS_FWD, FLOPS_BWD = 7, 20  # per (b, d, t, n); see the module docstring
@@ -158,6 +167,68 @@ def run_one(impl, args, length) -> dict | None:
     return run_time_and_memory(__file__, worker_args)
 
 
+def measure_and_print(args) -> str:
+    """Measure every row, printing the tables as they fill; return what was printed (markdown)."""
+    import torch
+
+    hw = run_worker(__file__, ["--worker", "hardware", "--threads", str(args.threads)], "time")
+    out: list[str] = []  # what is printed, in order: the markdown that --write-readme writes
+
+    def emit(text: str = "") -> None:
+        print(text, flush=True)
+        out.append(text)
+
+    emit(
+        f"Selective scan, B={args.batch}, D={args.d}, N={args.n}, fp32, {args.threads} threads, "
+        f"torch {torch.__version__}, best of {args.repeats} (1 for loops); hardware: fp32 matmul "
+        f"{hw['matmul_gflops']:.0f} GFLOP/s, copy {hw['copy_gbps']:.1f} GB/s (read + write).\n"
+    )
+    base = "cpu" if "cpu" in args.impls else args.impls[0]
+    emit(
+        markdown_head(
+            ["L", "implementation", "forward s", "fwd+bwd s", "peak extra MB (fwd+bwd)"]
+            + [f"{base} is faster by", f"{base} uses less memory by"]
+        )
+    )
+    summary = []
+    for length in args.lengths:
+        rows = {}
+        for impl in args.impls:
+            if impl in SLOW and length > args.slow_max_length:
+                continue
+            rows[impl] = run_one(impl, args, length)
+        ours = rows.get(base)
+        for impl, r in rows.items():
+            if r is None:
+                emit(markdown_row([length, impl, "failed", "", "", "", ""]))
+                continue
+            ratio_t = ratio_m = ""
+            if ours and impl != base:
+                ratio_t = f"{r['fwd_bwd_s'] / ours['fwd_bwd_s']:.1f}×"
+                ratio_m = f"{r['fwd_bwd_peak_mb'] / max(ours['fwd_bwd_peak_mb'], 1e-9):.1f}×"
+            emit(
+                markdown_row(
+                    [length, impl, f"{r['fwd_s']:.3f}", f"{r['fwd_bwd_s']:.3f}"]
+                    + [f"{r['fwd_bwd_peak_mb']:.0f}", ratio_t, ratio_m]
+                )
+            )
+        if rows.get("cpu"):
+            flops, nbytes = kernel_work(args.batch, args.d, args.n, length)
+            t = rows["cpu"]["fwd_bwd_s"]
+            gflops, gbps = flops / t / 1e9, nbytes / t / 1e9
+            of_mm, of_copy = 100 * gflops / hw["matmul_gflops"], 100 * gbps / hw["copy_gbps"]
+            cells = [f"{flops / 1e9:.2f}", f"{gflops:.1f}", f"{of_mm:.0f} %", f"{nbytes / 1e6:.0f}"]
+            summary.append(markdown_row([length, *cells, f"{gbps:.2f}", f"{of_copy:.0f} %"]))
+    skipped = [i for i in args.impls if i in SLOW]
+    if skipped and any(length > args.slow_max_length for length in args.lengths):
+        emit(f"\n{', '.join(skipped)}: Python loops over time, measured up to L={args.slow_max_length} only.")
+    if summary:
+        emit("\nThe fused `cpu` kernel (forward+backward) against the hardware (model: docstring):\n")
+        emit(markdown_head(["L", "GFLOP", "GFLOP/s", "of matmul", "MB moved", "GB/s", "of copy"]))
+        emit("\n".join(summary))
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=4)
@@ -173,6 +244,9 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument(
+        "--write-readme", action="store_true", help="write the tables into benchmarks/README.md (bench:scan)"
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--what", default="time", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -196,60 +270,9 @@ def main() -> None:
     import torch
 
     args.threads = args.threads or torch.get_num_threads()
-    hw = run_worker(__file__, ["--worker", "hardware", "--threads", str(args.threads)], "time")
-    print(
-        f"# selective scan, B={args.batch}, D={args.d}, N={args.n}, fp32, {args.threads} threads, "
-        f"torch {torch.__version__}, best of {args.repeats} (1 for loops)"
-    )
-    print(
-        f"# hardware: fp32 matmul {hw['matmul_gflops']:.0f} GFLOP/s, copy {hw['copy_gbps']:.1f} GB/s "
-        "(read + write)\n"
-    )
-    base = "cpu" if "cpu" in args.impls else args.impls[0]
-    print(
-        f"| L | implementation | forward s | fwd+bwd s | peak extra MB (fwd+bwd) "
-        f"| {base} is faster by | {base} uses less memory by |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    summary = []
-    for length in args.lengths:
-        rows = {}
-        for impl in args.impls:
-            if impl in SLOW and length > args.slow_max_length:
-                continue
-            rows[impl] = run_one(impl, args, length)
-        ours = rows.get(base)
-        for impl, r in rows.items():
-            if r is None:
-                print(f"| {length} | {impl} | failed | | | | |")
-                continue
-            ratio_t = ratio_m = ""
-            if ours and impl != base:
-                ratio_t = f"{r['fwd_bwd_s'] / ours['fwd_bwd_s']:.1f}×"
-                ratio_m = f"{r['fwd_bwd_peak_mb'] / max(ours['fwd_bwd_peak_mb'], 1e-9):.1f}×"
-            print(
-                f"| {length} | {impl} | {r['fwd_s']:.3f} | {r['fwd_bwd_s']:.3f} | "
-                f"{r['fwd_bwd_peak_mb']:.0f} | {ratio_t} | {ratio_m} |",
-                flush=True,
-            )
-        if rows.get("cpu"):
-            flops, nbytes = kernel_work(args.batch, args.d, args.n, length)
-            t = rows["cpu"]["fwd_bwd_s"]
-            summary.append(
-                f"| {length} | {flops / 1e9:.2f} | {flops / t / 1e9:.1f} "
-                f"| {100 * flops / t / 1e9 / hw['matmul_gflops']:.0f} % | {nbytes / 1e6:.0f} "
-                f"| {nbytes / t / 1e9:.2f} | {100 * nbytes / t / 1e9 / hw['copy_gbps']:.0f} % |"
-            )
-    skipped = [i for i in args.impls if i in SLOW]
-    if skipped and any(length > args.slow_max_length for length in args.lengths):
-        print(
-            f"\n{', '.join(skipped)}: Python loops over time, measured up to L={args.slow_max_length} only."
-        )
-    if summary:
-        print("\nThe fused `cpu` kernel (forward+backward) against the hardware (model: docstring):\n")
-        print("| L | GFLOP | GFLOP/s | of matmul | MB moved | GB/s | of copy |")
-        print("|---|---|---|---|---|---|---|")
-        print("\n".join(summary))
+    markdown = measure_and_print(args)
+    if args.write_readme:
+        write_readme_section("scan", markdown)
 
 
 if __name__ == "__main__":

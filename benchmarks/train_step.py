@@ -5,6 +5,7 @@ the ratio of two runs' logged tokens/s is not a measurement of it).
     python benchmarks/train_step.py fashion-mnist                     # mamba and serpent-mamba
     python benchmarks/train_step.py english mamba serpent-mamba \\
         "first=serpent-mamba:model.serpent.share_backbone=false,model.serpent.mix=dense,model.serpent.cell_proj=true,model.serpent.init=identity,model.d_model=56"
+    python benchmarks/train_step.py listops --write-readme  # and replace its table in benchmarks/README.md
 
 Each model is ``configs/<task>/<model>.yaml`` (``NAME=MODEL:key=value,...`` adds ``--set``
 overrides and a name). One step = what ``serpent train`` does: forward, cross-entropy, backward,
@@ -23,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _common import best_time
+from _common import best_time, markdown_head, markdown_row, write_readme_section
 
 
 def _split_top_level(sets: str) -> list[str]:
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every model (e.g. data.data_dir=...)")  # fmt: skip
+    parser.add_argument("--write-readme", action="store_true",
+                        help="write the table into benchmarks/README.md (bench:train_step:TASK)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -102,17 +105,26 @@ def main() -> None:
             times[name].append(best_time(lambda: _step(cfg, net, opt, batch, is_lm), 1))  # noqa: B023
     budget = args.budget or cfg0.train.max_steps
     first = min(times[loaded[0][0]][1:])
-    print(f"{args.task}: one training step, best of {args.repeats} (models interleaved), "
-          f"{args.threads} threads, batch {cfg0.data.batch_size}, {sum(tokens[1:]) / args.repeats:.0f} "
-          f"tokens a batch on average; {time.strftime('%Y-%m-%d %H:%M')}\n")  # fmt: skip
-    print(
-        f"| model | parameters | ms/step | × {loaded[0][0]} | steps in {loaded[0][0]}'s time for {budget} |"
-    )
-    print("|---|---|---|---|---|")
+    lines = [
+        f"{args.task}: one training step, best of {args.repeats} (models interleaved), "
+        f"{args.threads} threads, batch {cfg0.data.batch_size}, {sum(tokens[1:]) / args.repeats:.0f} "
+        "tokens a batch on average; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}\n",
+        markdown_head(
+            ["model", "parameters", "ms/step", f"× {loaded[0][0]}"]
+            + [f"steps in {loaded[0][0]}'s time for {budget}"]
+        ),
+    ]
     for name, _, _, _, n_params in loaded:
         best = min(times[name][1:])
         steps = round(budget * first / best)
-        print(f"| {name} | {n_params:,} | {best * 1e3:.0f} | {best / first:.2f} | {steps:,} |")
+        lines.append(
+            markdown_row([name, f"{n_params:,}", f"{best * 1e3:.0f}", f"{best / first:.2f}", f"{steps:,}"])
+        )
+    markdown = "\n".join(lines)
+    print(markdown)
+    if args.write_readme:
+        write_readme_section(f"train_step:{args.task}", markdown)
 
 
 if __name__ == "__main__":

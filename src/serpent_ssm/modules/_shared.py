@@ -28,16 +28,41 @@ def plain_linear(layer: nn.Module) -> bool:
 _VERSION = operator.attrgetter("_version")
 
 
-def _weights_fingerprint(sources: list[nn.Module]) -> tuple[list[nn.Module], list[torch.Tensor], int]:
-    """Every module under ``sources``, every parameter they hold, and the sum of the parameters'
-    version counters (an in-place change, an optimiser step or ``load_state_dict``, bumps it)."""
-    modules = [m for src in sources for m in src.modules()]
-    params = [p for m in modules for p in m._parameters.values() if p is not None]
-    return modules, params, sum(map(_VERSION, params))
+class _Fingerprint:
+    """What a cached value depends on, taken once when it is built: the ``_modules`` dict of every
+    module under the sources (a copy, to compare with), the ``_parameters`` dicts and the
+    parameters in them, which leaf modules have forward hooks (a fused step would skip them) and the
+    sum of the parameters' version counters. ``holds()`` checks them all in a few microseconds:
+    dict comparisons and identity checks, no walk of the module tree."""
 
+    def __init__(self, sources: list[nn.Module]) -> None:
+        modules = [m for src in sources for m in src.modules()]
+        self.children = [m._modules for m in modules]
+        self.children_then = [dict(c) for c in self.children]
+        self.param_dicts = [m._parameters for m in modules]
+        self.params = self._params()
+        self.leaves = [m for m in modules if not m._modules]
+        self.hooked = self._hooked()
+        self.version = sum(map(_VERSION, self.params))
 
-def _same(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
+    def _params(self) -> list[torch.Tensor]:
+        return [p for d in self.param_dicts for p in d.values() if p is not None]
+
+    def _hooked(self) -> list[bool]:
+        return [bool(m._forward_hooks or m._forward_pre_hooks) for m in self.leaves]
+
+    def holds(self) -> bool:
+        """No module under the sources replaced, added or removed, no parameter replaced, added
+        or changed in place, no leaf module hooked or unhooked since the fingerprint was taken."""
+        if not all(map(operator.eq, self.children, self.children_then)):
+            return False
+        params = self._params()
+        return (
+            len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and sum(map(_VERSION, params)) == self.version
+            and self._hooked() == self.hooked
+        )
 
 
 def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build: Callable[[], Any]) -> Any:
@@ -45,24 +70,18 @@ def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build
     ``module.__dict__[name]`` while the modules under ``sources`` are the same objects (no layer
     wrapped, added or replaced), their parameters are the same tensors (none replaced or
     added), none changed in place (their version counters: an optimiser step,
-    ``load_state_dict``) and no leaf module has forward hooks. Nothing outside ``module`` is
-    touched: no global hook, no counter. A few microseconds per check, for steps that run once a
+    ``load_state_dict``) and no leaf module was hooked or unhooked (a fused step reads only
+    unhooked layers). Nothing outside ``module`` is touched: no global hook, no counter. A few microseconds per check, for steps that run once a
     token. Call it only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()`` and
     ``train()``/``eval()`` drop the cache. Assigning a parameter's ``.data`` is not seen (call
     ``.to()`` after that)."""
     caches = module.__dict__.setdefault("_weight_caches", {})
-    modules, params, version = _weights_fingerprint(sources)
     hit = caches.get(name)
-    if (
-        hit is not None
-        and hit[2] == version
-        and _same(hit[0], modules)
-        and _same(hit[1], params)
-        and not any(m._forward_hooks or m._forward_pre_hooks for m in modules if not m._modules)
-    ):
-        return hit[3]
+    if hit is not None and hit[0].holds():
+        return hit[1]
+    fingerprint = _Fingerprint(sources)
     value = build()
-    caches[name] = (modules, params, version, value)
+    caches[name] = (fingerprint, value)
     return value
 
 
