@@ -17,7 +17,7 @@ each; our mamba is the baseline of every ratio):
                           state after the prompt, which ``generate`` starts from
   prefill s (steps)       the same state through ``step()`` byte by byte (what a model without a
                           chunked forward has to do); only up to ``--max-step-prefill`` bytes
-  eval bytes/s            ``train.loop.evaluate_lm`` over ``--eval-bytes`` bytes of random text,
+  eval bytes/s            ``train.evaluation.evaluate_lm`` over ``--eval-bytes`` bytes of random text,
                           windows of 512 bytes, 16 rows, the state carried (what ``serpent eval``
                           runs)
   decode tokens/s         greedy ``generate``: ``--gen-tokens`` new tokens after a 16-byte prompt,
@@ -40,7 +40,7 @@ from serpent_ssm.models import build_model
 from serpent_ssm.models.build import count_parameters
 from serpent_ssm.models.config import FIRST_DEFAULT_MIXER
 from serpent_ssm.train.config import load_run_config, model_config_for
-from serpent_ssm.train.loop import evaluate_lm
+from serpent_ssm.train.evaluation import evaluate_lm
 
 from _common import best_time, markdown_head, markdown_row, write_readme_section
 

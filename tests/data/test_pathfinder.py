@@ -13,7 +13,8 @@ import torch
 
 from serpent_ssm.data import pathfinder as pf
 from serpent_ssm.data.errors import DataFormatError
-from serpent_ssm.data.pathfinder import PathfinderDataset, generate_pathfinder, pathfinder_geometry
+from serpent_ssm.data.pathfinder import PathfinderDataset, generate_pathfinder
+from serpent_ssm.data.pathfinder_drawing import MARKER_LEVEL, _draw, pathfinder_geometry
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -51,7 +52,7 @@ def read_metadata(root) -> dict[str, list[str]]:
 
 def check_picture(picture: np.ndarray, label: int, n_contours: int, link_px: float) -> None:
     """Markers = the two blobs of 255 pixels; ink = pixels > 0, joined across gaps <= link_px."""
-    cores = components(picture == pf.MARKER_LEVEL, 1.5)  # 8-connected
+    cores = components(picture == MARKER_LEVEL, 1.5)  # 8-connected
     marker_ids = [i for i in np.unique(cores) if i]
     assert len(marker_ids) == 2, f"expected 2 markers, found {len(marker_ids)}"
     ink = components(picture > 0, link_px)
@@ -166,7 +167,7 @@ def test_labels_match_pictures_128(tmp_path):
 def test_check_picture_catches_a_bridge():
     """The checker is not vacuous: joining the two long contours of a negative flips its verdict."""
     geom = pathfinder_geometry(32, "easy")
-    picture, n_distractors, _ = pf._draw(geom, 0, np.random.default_rng(0))
+    picture, n_distractors, _ = _draw(geom, 0, np.random.default_rng(0))
     check_picture(picture, 0, 2 + n_distractors, geom.link_px)
     cores = components(picture == 255, 1.5)
     (r0, c0), (r1, c1) = (np.argwhere(cores == i)[0] for i in np.unique(cores)[1:])

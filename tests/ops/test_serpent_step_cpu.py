@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -15,7 +16,14 @@ from hypothesis import strategies as st
 
 from serpent_ssm.modules import Mamba, SeRpEnt
 from serpent_ssm.ops import cpu_build
-from serpent_ssm.ops.serpent_step import kernel_weights, stack_step_weights
+from serpent_ssm.ops.serpent_step import (
+    KernelWeights,
+    SeRpEntStepWeights,
+    kernel_weights,
+    mamba_step,
+    serpent_step,
+    stack_step_weights,
+)
 from serpent_ssm.ops.serpent_step.cpu import cell_step_cpu, step_kernel_usable
 from serpent_ssm.ops.serpent_step.torch import CellState, cell_step
 
@@ -258,3 +266,71 @@ def test_a_layer_wrapped_after_caching_is_called():
         y = m(x)
     got, _ = stepped(m, x, grad=False)
     assert_close(got, y, 1e-4, 1e-5, "wrapped layer")
+
+
+def _kernel_cases():
+    """A Mamba layer's and a causal SeRpEnt layer's state and step weights with the kernel's."""
+    torch.manual_seed(7)
+    mamba = Mamba(8, d_state=4)
+    mixer = SeRpEnt(8, "mamba", causal=True, backbone_kwargs={"d_state": 4})
+    with torch.no_grad():
+        return (
+            (mamba, mamba.allocate_state(2), mamba.step_weights()),
+            (mixer, mixer.allocate_state(2), mixer.step_weights()),
+        )
+
+
+def _step(weights, x, state):
+    op = serpent_step if isinstance(weights, SeRpEntStepWeights) else mamba_step
+    with torch.no_grad():
+        return op(x, state, weights, backend="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "message"),
+    [
+        ("mamba", "conv", lambda t: t[:, :, :1], "state.conv: expected a CPU tensor of shape (2, 16, 3), got torch.float32 on cpu of shape (2, 16, 1), not contiguous"),  # noqa: E501
+        ("mamba", "ssm", lambda t: t.to("meta"), "state.ssm: expected a CPU tensor of shape (2, 16, 4), got torch.float32 on meta of shape (2, 16, 4)"),  # noqa: E501
+        ("mamba", "ssm", lambda t: t[:1], "state.ssm: expected a CPU tensor of shape (2, 16, 4), got torch.float32 on cpu of shape (1, 16, 4)"),  # noqa: E501
+        ("serpent", "held", lambda t: t[:, :1], "state.held: expected a CPU tensor of shape (3, 2, 8), got torch.float32 on cpu of shape (3, 1, 8), not contiguous"),  # noqa: E501
+        ("serpent", "t", lambda t: t.to("meta"), "state.t: expected a CPU tensor of shape (3, 2), got torch.float64 on meta of shape (3, 2)"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_the_kernel_refuses_a_state_that_does_not_fit_its_weights(kind, field, value, message):
+    """Calling the op directly (no module checks before it): a state of other rows, sizes or
+    device is refused by name before a pointer reaches C++ (it read and wrote out of bounds)."""
+    (mamba, m_state, m_weights), (mixer, s_state, s_weights) = _kernel_cases()
+    if kind == "mamba":
+        state, weights = dataclasses.replace(m_state, **{field: value(getattr(m_state, field))}), m_weights
+    else:
+        state, weights = dataclasses.replace(s_state, **{field: value(getattr(s_state, field))}), s_weights
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _step(weights, torch.randn(2, 8), state)
+
+
+def test_the_kernel_refuses_an_input_of_another_width():
+    (_, state, weights), _ = _kernel_cases()
+    message = "x_t: expected a CPU tensor of shape (2, 8), got torch.float32 on cpu of shape (2, 6)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _step(weights, torch.randn(2, 6), state)
+
+
+def test_kernel_weights_are_checked_when_made():
+    """Weights built by hand: a float64, mis-shaped or strided tensor is refused when the record
+    is made, with the field's name; a layer record that does not fit the branches too."""
+    (mamba, _, _), (mixer, _, s_weights) = _kernel_cases()
+    tensors = [mamba.step_tensors()]
+    with torch.no_grad():
+        good = kernel_weights(tensors)
+        bad = [
+            (good.tensors._replace(w_in=good.tensors.w_in.double()), "weights.tensors.w_in: expected a contiguous torch.float32 CPU tensor of shape (32, 8), got torch.float64 on cpu of shape (32, 8)"),  # noqa: E501
+            (good.tensors._replace(a=good.tensors.a[:, :2]), "weights.tensors.a: expected a contiguous torch.float32 CPU tensor of shape (16, 4), got torch.float32 on cpu of shape (16, 2), not contiguous"),  # noqa: E501
+            (good.tensors._replace(w_out=good.tensors.w_out.mT.contiguous().mT), "weights.tensors.w_out: expected a contiguous torch.float32 CPU tensor of shape (8, 16), got torch.float32 on cpu of shape (8, 16), not contiguous"),  # noqa: E501
+        ]  # fmt: skip
+        for packed, message in bad:
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                KernelWeights(packed, None, None, stacked=False)
+        layer = s_weights.layer._replace(w_mix=torch.zeros(3, 8))
+        message = "weights.layer.w_mix: expected a contiguous torch.float32 CPU tensor of shape (4, 8), got torch.float32 on cpu of shape (3, 8)"  # noqa: E501  # fmt: skip
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            dataclasses.replace(s_weights, layer=layer)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from serpent_ssm.train.config import load_run_config
-from serpent_ssm.train.loop import evaluate_lm, train
+from serpent_ssm.train.evaluation import evaluate_lm
+from serpent_ssm.train.loop import train
 from serpent_ssm.train.report import evaluate_run
 
 from tests.helpers import causal_lm, wake_branches

@@ -13,8 +13,10 @@ import torch.multiprocessing as mp
 
 from serpent_ssm.models import MODEL_NAMES, from_pretrained
 from serpent_ssm.models.config import FORMAT_VERSION
+from serpent_ssm.train.batches import batch_indices
 from serpent_ssm.train.config import load_run_config
-from serpent_ssm.train.loop import Window, batch_indices, train
+from serpent_ssm.train.loop import train
+from serpent_ssm.train.metrics_log import Window
 from serpent_ssm.train.report import evaluate_run, report_table
 from serpent_ssm.train.run_files import code_commit, read_run_config
 

@@ -66,7 +66,8 @@ class ReferenceLM:
     def load(cls, cache_dir: str | Path | None = None, context: int = 1024) -> ReferenceLM:
         """Load the fetched SmolLM2 (raises ``ModuleNotFoundError`` or ``FileNotFoundError`` with
         what to run when the packages or the weights are missing)."""
-        from serpent_ssm.data.fetch import SMOLLM2_GGUF, fetched_path
+        from serpent_ssm.data.fetch import fetched_path
+        from serpent_ssm.data.fetch_sources import SMOLLM2_GGUF
 
         why = reference_lm_unavailable(cache_dir)
         if why is not None:

@@ -71,8 +71,9 @@ def cached_weights(module: nn.Module, name: str, sources: list[nn.Module], build
     wrapped, added or replaced), their parameters are the same tensors (none replaced or
     added), none changed in place (their version counters: an optimiser step,
     ``load_state_dict``) and no leaf module was hooked or unhooked (a fused step reads only
-    unhooked layers). Nothing outside ``module`` is touched: no global hook, no counter. A few microseconds per check, for steps that run once a
-    token. Call it only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()`` and
+    unhooked layers). Nothing outside ``module`` is touched: no global hook, no counter. A few
+    microseconds per check (``_Fingerprint.holds``), for steps that run once a token. Call it
+    only without gradients; ``module`` is a ``CachedWeights``, whose ``.to()`` and
     ``train()``/``eval()`` drop the cache. Assigning a parameter's ``.data`` is not seen (call
     ``.to()`` after that)."""
     caches = module.__dict__.setdefault("_weight_caches", {})

@@ -7,19 +7,20 @@
   line of ``metrics.jsonl`` gives the mean gradient norm before clipping, ``grad_norm``, and the
   share of its steps that were clipped, ``clipped``).
 - Seeds: the same config and seed give identical results on the CPU; the data order is a
-  function of (seed, epoch) only, so it can be restarted at any step.
+  function of (seed, epoch) only, so it can be restarted at any step (``batches.py``).
 - Logs: ``metrics.jsonl`` (one JSON object per log or evaluation; a ``Window`` gathers the
-  training lines), a progress bar (tqdm when installed), ``summary.json`` at the end.
-  ``config.json`` holds the run config and ``code_commit`` (``train.run_files.write_run_config``).
-  Evaluation on the validation split every ``eval_every`` steps; the best model (the task's
-  metric: validation accuracy, or bits per byte for language modelling) is saved in ``best/``
-  and the final one in ``final/`` (``config.json`` + ``model.safetensors``).
+  training lines: ``metrics_log.py``), a progress bar (tqdm when installed), ``summary.json`` at
+  the end. ``config.json`` holds the run config and ``code_commit``
+  (``train.run_files.write_run_config``). Evaluation (``evaluation.py``) on the validation split
+  every ``eval_every`` steps; the best model (the task's metric: validation accuracy, or bits per
+  byte for language modelling) is saved in ``best/`` and the final one in ``final/``
+  (``config.json`` + ``model.safetensors``).
 - Checkpoints every ``checkpoint_every`` steps (``checkpoint.py``: atomic, hashed, previous
-  kept); ``resume=True`` continues exactly: model, optimiser, schedule, RNG and data position
-  are restored and metrics logged after the checkpoint are dropped, so the loss curve equals an
-  uninterrupted run's.
-- Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
-  DistributedDataParallel (gloo on CPU, NCCL on GPU); ``data.batch_size`` is the global batch,
+  kept); ``resume=True`` continues exactly (``resume.py``): model, optimiser, schedule, RNG and
+  data position are restored and metrics logged after the checkpoint are dropped, so the loss
+  curve equals an uninterrupted run's.
+- Distributed (``distributed.py``): under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped
+  in DistributedDataParallel (gloo on CPU, NCCL on GPU); ``data.batch_size`` is the global batch,
   split evenly over ranks; rank 0 logs, evaluates and writes.
 """
 
@@ -27,48 +28,39 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from serpent_ssm.data.collate import lm_collate, pad_collate
-from serpent_ssm.data.vocab import BYTE_VOCAB
 from serpent_ssm.models import ModelConfig, build_model, count_parameters, save_pretrained
-from serpent_ssm.train.checkpoint import load_checkpoint, save_checkpoint
-from serpent_ssm.train.config import DataConfig, RunConfig, model_config_for
+from serpent_ssm.train.batches import _forward, _to, _tokens, batch_indices
+from serpent_ssm.train.checkpoint import save_checkpoint
+from serpent_ssm.train.config import RunConfig, model_config_for
+from serpent_ssm.train.distributed import _Process, _setup_process, _wrap
+from serpent_ssm.train.evaluation import evaluate_split
+from serpent_ssm.train.metrics_log import _Log, _progress
+from serpent_ssm.train.resume import _config_key, _fresh_start, _Position, _resume
 from serpent_ssm.train.run_files import (
     LOCK,
     RunLock,
     prepare_run_dir,
-    read_metrics_file,
     remove_stale_temporaries,
     write_run_config,
 )
 from serpent_ssm.train.tasks import TaskData, load_task
-from serpent_ssm.utils.io import atomic_write_bytes
 from serpent_ssm.utils.machine import machine_info
 from serpent_ssm.utils.memory import peak_memory_mb, reset_peak_memory
 
-__all__ = [
-    "Window",
-    "evaluate",
-    "evaluate_lm",
-    "evaluate_split",
-    "initial_model",
-    "make_optimizer",
-    "train",
-]
+__all__ = ["initial_model", "make_optimizer", "train"]
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -111,318 +103,6 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def batch_indices(n: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1) -> Iterator:
-    """Indices of this rank's share of each global batch, from ``start_step`` on; the last
-    incomplete batch of an epoch is dropped, so every step has a full global batch."""
-    per_epoch = n // batch
-    if per_epoch == 0:
-        raise ValueError(f"data.batch_size: expected at most the {n} training samples, got {batch}")
-    local = batch // world
-    step = start_step
-    while True:
-        epoch, k = divmod(step, per_epoch)
-        order = _order(n, seed, epoch)
-        lo = k * batch + rank * local
-        yield order[lo : lo + local].tolist()
-        step += 1
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _forward(model: nn.Module, batch: dict) -> torch.Tensor:
-    if "inputs2" in batch:
-        return model(batch["inputs"], batch["mask"], batch["inputs2"], batch["mask2"])
-    return model(batch["inputs"], batch["mask"])
-
-
-def _tokens(batch: dict) -> int:
-    n = int(batch["mask"].sum())
-    return n + (int(batch["mask2"].sum()) if "mask2" in batch else 0)
-
-
-# ----------------------------------------------------------------------------- evaluation
-def _step(model: nn.Module, ids_t: torch.Tensor, state: list) -> torch.Tensor:
-    """``model.step`` that updates ``state`` (a list) in place and returns the logits ``(B, V)``."""
-    logits, state[:] = model.step(ids_t, state)
-    return logits
-
-
-@torch.no_grad()
-def evaluate_lm(
-    model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int, device="cpu", exact: bool = True
-) -> dict:
-    """Next-byte loss, bits per byte, perplexity and accuracy over a byte stream ``(T,)`` uint8.
-
-    The stream is cut into ``batch_size`` contiguous rows ``(rows, T // rows)`` scored in
-    parallel, window by window (``seq_len`` bytes). What ``model.state_support`` declares decides
-    how the recurrent state crosses windows: ``forward_state`` (every model of this library:
-    Mamba, S4D and causal SeRpEnt): ``forward`` carries it from each window to the next, so every
-    byte is predicted from all the bytes before it in its row, and ``exact`` changes nothing.
-    A model of mixers without it (a user's backbone) is scored, with ``exact=True``, through
-    ``step()`` (one position at a time: slow; needs ``step``), and with ``exact=False`` each
-    window in parallel after the previous window as left context, so every byte sees at least
-    ``seq_len`` bytes before it. At most ``batch_size - 1`` bytes at the end are not scored.
-    """
-    if stream.dtype != torch.uint8 or stream.dim() != 1 or len(stream) < 2:
-        raise ValueError(
-            f"stream: expected a (T,) uint8 tensor of at least 2 bytes to score, "
-            f"got {stream.dtype} of shape {tuple(stream.shape)}"
-        )
-    support = model.state_support
-    carry = support.forward_state
-    if exact and not carry and not support.step:
-        raise ValueError(f"model.state_support: expected step or forward_state for exact=True, got {support}")
-    model.eval()
-    ids = BYTE_VOCAB.encode_bytes(stream.cpu().numpy().tobytes())
-    rows = max(1, min(batch_size, len(ids) - 1))
-    per = (len(ids) - 1) // rows
-    x = ids[: rows * per].view(rows, per).to(device)
-    y = ids[1 : rows * per + 1].view(rows, per).to(device)
-    state = None if carry or not exact else model.allocate_state(rows)
-    nll, correct = 0.0, 0
-    for start in range(0, per, seq_len):
-        xi, yi = x[:, start : start + seq_len], y[:, start : start + seq_len]
-        if carry:
-            logits, state = model(xi, state=state, return_state=True)
-        elif exact:
-            logits = torch.stack([_step(model, xi[:, t], state) for t in range(xi.shape[1])], 1)
-        else:
-            lo = max(0, start - seq_len)
-            logits = model(x[:, lo : start + xi.shape[1]])[:, start - lo :]
-        nll += float(F.cross_entropy(logits.flatten(0, 1).float(), yi.flatten(), reduction="sum"))
-        correct += int((logits.argmax(-1) == yi).sum())
-    model.train()
-    n = rows * per
-    loss = nll / n
-    # ids are bytes here, so a token is a byte: perplexity per token = exp(loss)
-    return {
-        "loss": loss,
-        "bits_per_byte": loss / math.log(2),
-        "perplexity": math.exp(loss),
-        "accuracy": correct / n,
-        "n": n,
-    }
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device="cpu") -> dict[str, float]:
-    """Mean cross-entropy and accuracy over the whole ``dataset`` (``pad_collate`` batches)."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=pad_collate)
-    total = correct = 0
-    loss_sum = 0.0
-    for batch in loader:
-        batch = _to(batch, device)
-        logits = _forward(model, batch)
-        loss_sum += float(F.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
-    model.train()
-    return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1), "n": total}
-
-
-def evaluate_split(
-    model: nn.Module, task: TaskData, split: str, data: DataConfig, device="cpu", exact: bool = True
-) -> dict[str, float]:
-    """``evaluate_lm`` (language models; ``exact`` as there) or ``evaluate`` on ``task``'s
-    ``split`` ("train", "val" or "test"), batched as ``data`` says."""
-    dataset = getattr(task, split)
-    if task.spec.is_lm:
-        return evaluate_lm(model, dataset, data.seq_len, data.eval_batch_size, device, exact=exact)
-    return evaluate(model, dataset, data.eval_batch_size, device)
-
-
-# ----------------------------------------------------------------------------- the logging window
-@dataclass
-class Window:
-    """Training statistics since the last ``metrics.jsonl`` line: summed loss, correct
-    predictions and scored samples (predicted bytes for a language model) of this process,
-    tokens seen by all processes, optimisation steps, their summed gradient norms (before
-    clipping) and how many of them were clipped; ``started`` is the ``time.perf_counter()`` its
-    throughput counts from. A checkpoint stores it as ``to_tensor()``: float64 ``[loss_sum,
-    correct, samples, tokens, steps, grad_norm_sum, clipped]``.
-    """
-
-    loss_sum: float = 0.0
-    correct: int = 0
-    samples: int = 0
-    tokens: int = 0
-    steps: int = 0
-    grad_norm_sum: float = 0.0
-    clipped: int = 0
-    started: float = field(default_factory=time.perf_counter)
-
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "loss_sum", "correct", "samples", "tokens", "steps", "grad_norm_sum", "clipped"
-    )  # fmt: skip
-
-    def add(
-        self,
-        mean_loss: float,
-        correct: int,
-        samples: int,
-        tokens: int,
-        grad_norm: float | None = None,
-        clipped: bool = False,
-    ) -> None:
-        """One batch: its mean loss over ``samples`` scored ones, ``correct`` of them, ``tokens``,
-        and, for an optimisation step, the gradient norm before clipping and whether it was clipped."""
-        self.loss_sum += mean_loss * samples
-        self.correct += correct
-        self.samples += samples
-        self.tokens += tokens
-        if grad_norm is not None:
-            self.steps += 1
-            self.grad_norm_sum += grad_norm
-            self.clipped += int(clipped)
-
-    def record(self, step: int, lr: float) -> dict[str, Any]:
-        """The ``metrics.jsonl`` line of the window ending at ``step``: with the mean gradient norm
-        before clipping (``grad_norm``) and the share of steps clipped (``clipped``) over the
-        window's steps that recorded one (none after resuming from an older checkpoint's window)."""
-        seconds = time.perf_counter() - self.started
-        record = {
-            "step": step,
-            "split": "train",
-            "loss": self.loss_sum / self.samples,
-            "accuracy": self.correct / self.samples,
-            "lr": lr,
-            "tokens_per_s": self.tokens / max(seconds, 1e-9),
-        }
-        if self.steps:
-            record["grad_norm"] = self.grad_norm_sum / self.steps
-            record["clipped"] = self.clipped / self.steps
-        return record
-
-    def reset(self) -> None:
-        """Start the next window (zero sums, the clock from now)."""
-        for name in self.FIELDS:
-            setattr(self, name, type(getattr(self, name))(0))
-        self.restart_clock()
-
-    def restart_clock(self) -> None:
-        """Count throughput from now (after an evaluation, which is not training time)."""
-        self.started = time.perf_counter()
-
-    def to_tensor(self) -> torch.Tensor:
-        """``(7,)`` float64 ``[loss_sum, correct, samples, tokens, steps, grad_norm_sum, clipped]``
-        (a checkpoint's ``window``)."""
-        return torch.tensor([float(getattr(self, name)) for name in self.FIELDS], dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, t: torch.Tensor) -> Window:
-        """Inverse of ``to_tensor``; reads the ``window`` of any checkpoint this loop wrote,
-        including the ``(4,)`` ``[loss_sum, correct, samples, tokens]`` of versions before the
-        gradient norms were logged (their window then has no gradient norms)."""
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) not in {(4,), (7,)}:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(
-                "window: expected a (7,) tensor [loss_sum, correct, samples, tokens, steps, "
-                f"grad_norm_sum, clipped] or an older checkpoint's (4,) one, got {got}"
-            )
-        values = t.tolist()
-        return cls(**{
-            name: type(getattr(cls, name))(v) for name, v in zip(cls.FIELDS, values, strict=False)
-        })  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- set-up
-@dataclass
-class _Process:
-    """This process: ``rank`` of ``world`` (one unless under torchrun), computing on ``device``."""
-
-    world: int
-    rank: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: logs, evaluates and writes."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def _setup_process(cfg: RunConfig) -> _Process:
-    """Join the process group under torchrun (``WORLD_SIZE > 1``) and pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device(cfg.train.device)
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, AttributeError):  # e.g. a CPU build of torch asked for cuda
-        raise ValueError(
-            f"train.device: expected a device available here (cpu), got {cfg.train.device!r}, which this "
-            "torch build or machine does not provide; override it with --set train.device=cpu"
-        ) from None
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if cfg.data.batch_size % world:
-        raise ValueError(
-            f"data.batch_size: expected a multiple of the {world} processes (it is the global batch), "
-            f"got {cfg.data.batch_size}"
-        )
-    return _Process(world, rank, device)
-
-
-def _wrap(model: nn.Module, cfg: RunConfig, proc: _Process) -> nn.Module:
-    """The module trained: ``model`` in DistributedDataParallel when distributed, compiled if asked."""
-    net = model
-    if proc.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[proc.device] if proc.device.type == "cuda" else None
-        )
-    return torch.compile(net) if cfg.train.compile else net
-
-
-class _Log:
-    """``metrics.jsonl`` writer (rank 0 only); on resume, drops records after the checkpoint."""
-
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
-        if enabled and resume_step is not None and path.exists():
-            kept = [r for r in read_metrics_file(path) if r["step"] <= resume_step]
-            text = "".join(json.dumps(r) + "\n" for r in kept).encode()
-            atomic_write_bytes(path, lambda f: f.write(text))
-        elif enabled and resume_step is None:
-            path.write_text("")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every record written so far (none on other ranks)."""
-        if not (self.enabled and self.path.exists()):
-            return []
-        return read_metrics_file(self.path)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-
-
 def _comparison(
     cfg: RunConfig, task: TaskData, other: ModelConfig | None, source: str | None
 ) -> dict[str, Any] | None:
@@ -447,70 +127,6 @@ def _start_line(
     return (
         f"{mcfg.name}: {n_params:,} parameters{other}; task {cfg.data.task}: {len(task.train)} train, "
         f"{len(task.val)} val, {len(task.test)} test samples"
-    )
-
-
-# ----------------------------------------------------------------------------- resume, checkpoints
-def _config_key(cfg: RunConfig) -> str:
-    """What a checkpoint must match to be resumed: the config without ``train.max_steps``."""
-    d = cfg.to_dict()
-    d["train"].pop("max_steps")
-    return json.dumps(d, sort_keys=True)
-
-
-def _first_difference(saved: Any, current: Any, path: str = "") -> tuple[str, Any, Any]:
-    """The first key path (``optim.lr``) where two configs differ, with both values."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in sorted(set(saved) | set(current)):
-            if saved.get(key) != current.get(key):
-                return _first_difference(saved.get(key), current.get(key), f"{path}{key}.")
-    return path.rstrip(".") or "config", saved, current
-
-
-@dataclass
-class _Position:
-    """Where this process starts (``step`` done, seconds trained before it) and what the run
-    carries on updating: the best validation value, the logging window."""
-
-    step: int
-    best_val: float
-    elapsed_before: float = 0.0
-    window: Window = field(default_factory=Window)
-
-
-def _fresh_start(out: Path, ckpt_dir: Path, task: TaskData, main: bool) -> _Position:
-    """Step 0; refuses a directory that holds a run's checkpoints already."""
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if (ckpt_dir / "index.json").exists():
-            raise ValueError(
-                f"{out}: holds a run already; pass --resume to continue it or choose another --out"
-            )
-    return _Position(step=0, best_val=task.spec.worst)
-
-
-def _resume(ckpt_dir: Path, cfg: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer) -> _Position:
-    """Restore model, optimiser and RNG from the last good checkpoint; where the run stood."""
-    state = load_checkpoint(ckpt_dir)
-    if state["config"] != _config_key(cfg):
-        key, saved, current = _first_difference(json.loads(state["config"]), json.loads(_config_key(cfg)))
-        raise ValueError(
-            f"{ckpt_dir}: the checkpoint was written by another config ({key}: expected {saved!r} as "
-            f"there, got {current!r}; only train.max_steps may change); resume with the same one"
-        )
-    if int(state["step"]) > cfg.train.max_steps:
-        raise ValueError(
-            f"train.max_steps: expected at least {int(state['step'])} (the step of the checkpoint in "
-            f"{ckpt_dir}) to resume, got {cfg.train.max_steps}"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    return _Position(
-        step=int(state["step"]),
-        best_val=float(state["best_val"]),
-        elapsed_before=float(state["elapsed"]),
-        window=Window.from_tensor(state["window"]),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serpent_ssm.models import from_pretrained
-from serpent_ssm.train.loop import evaluate_split
+from serpent_ssm.train.evaluation import evaluate_split
 from serpent_ssm.train.run_files import METRICS, read_metrics_file, read_run_config
 from serpent_ssm.train.tasks import load_task
 

@@ -23,6 +23,7 @@ import os
 import torch
 
 from serpent_ssm.ops.cpu_build import kernel_entries, struct_fields
+from serpent_ssm.ops.serpent_step.checks import check_step_buffer
 from serpent_ssm.ops.serpent_step.naive import advance_times, merge_branches, step_deltas
 from serpent_ssm.ops.serpent_step.torch import CellState, from_cells
 from serpent_ssm.ops.serpent_step.weights import KernelWeights, LayerWeights, SeRpEntStepWeights
@@ -76,6 +77,31 @@ def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return t.detach().to(dtype).contiguous()
 
 
+def _check_buffers(
+    x, times, cells, conv, ssm, scores, weights: KernelWeights, layer, batch: int, rates: int, g: int
+) -> None:
+    """``_run``'s input and state against its weights: the kernel reads sizes, not shapes, so a
+    state of other rows, sizes or device would be read or written out of bounds."""
+    d_model, d_inner, d_state, d_conv, _ = weights.tensors.sizes
+    if weights.groups not in (1, g) or weights.rates not in (None, rates):
+        raise ValueError(
+            f"weights: expected the weights of 1 or {g} backbones and {rates} cell projections or "
+            f"none, got {weights.groups} and {weights.rates}"
+        )
+    check_step_buffer("x_t", x, (batch, d_model))
+    for name, t in zip(("state.t", "t_new"), () if times is None else times, strict=False):
+        if t is not None:
+            check_step_buffer(name, t, (rates, batch))
+    if cells is not None:
+        check_step_buffer("state.aggregator.acc", cells[0], (rates, batch, d_model))
+        check_step_buffer("state.held", cells[1], (rates, batch, d_model))
+    check_step_buffer("state.backbone.conv", conv, (g, batch, d_inner, d_conv - 1))
+    check_step_buffer("state.backbone.ssm", ssm, (g, batch, d_inner, d_state))
+    if scores is not None:
+        for name, t in zip(("state.scores.log_sum", "state.scores.n"), scores, strict=True):
+            check_step_buffer(name, t, (layer.w_score.shape[0], batch))
+
+
 def _run(
     x: torch.Tensor,
     times: tuple[torch.Tensor, torch.Tensor | None] | None,
@@ -96,9 +122,10 @@ def _run(
     ``"mean"``), their new values."""
     lib = _step_kernel()
     d_model, d_inner, d_state, d_conv, dt_rank = weights.tensors.sizes
-    batch = x.shape[0]
+    batch = x.shape[0] if x.dim() >= 1 else 0
     rates = 0 if cells is None else cells[0].shape[0]
     g = rates + int(full)
+    _check_buffers(x, times, cells, conv, ssm, scores, weights, layer, batch, rates, g)
     f32, f64 = torch.float32, torch.float64
     x_, conv, ssm = _as(x, f32), _as(conv, f32), _as(ssm, f32)
     acc, held = (None, None) if cells is None else (_as(c, f32) for c in cells)
@@ -175,6 +202,10 @@ def mamba_step_cpu(
     """One Mamba layer's step (``weights`` of one module) in one kernel call: ``x (B, D)`` and
     the state -> ``y (B, D)`` and the new state (``step_kernel_usable`` must hold)."""
     conv, ssm = state.conv, state.ssm
+    _, d_inner, d_state, d_conv, _ = weights.tensors.sizes
+    batch = x.shape[0] if x.dim() >= 1 else 0
+    check_step_buffer("state.conv", conv, (batch, d_inner, d_conv - 1))
+    check_step_buffer("state.ssm", ssm, (batch, d_inner, d_state))
     out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
     return out[0].to(x.dtype), MambaState(conv_new[0].to(conv.dtype), ssm_new[0])
 

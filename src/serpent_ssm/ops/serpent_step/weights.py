@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from serpent_ssm.ops.serpent_step.checks import check_kernel_weights, check_layer_weights
+
 __all__ = [
     "KernelWeights",
     "LayerWeights",
@@ -61,16 +63,31 @@ class MambaTensors(NamedTuple):
     sizes: tuple[int, int, int, int, int]
 
 
-class KernelWeights(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class KernelWeights:
     """What the CPU step kernel reads: ``tensors``, a ``MambaTensors`` float32 and contiguous,
     with a leading dim ``G`` on each tensor when ``stacked`` (one set per backbone; else one set
     serves every backbone), and the rate branches' cell projections ``w_cell (R, D, D)``,
-    ``b_cell (R, D)`` or None."""
+    ``b_cell (R, D)`` or None. Checked when made (``checks.check_kernel_weights``): the kernel
+    reads sizes, not shapes."""
 
     tensors: MambaTensors
     w_cell: torch.Tensor | None
     b_cell: torch.Tensor | None
     stacked: bool
+
+    def __post_init__(self) -> None:
+        check_kernel_weights(self)
+
+    @property
+    def groups(self) -> int:
+        """How many backbones the weights hold: ``G`` when stacked, else 1."""
+        return self.tensors.w_in.shape[0] if self.stacked else 1
+
+    @property
+    def rates(self) -> int | None:
+        """How many cell projections: ``R``, or None without them."""
+        return None if self.w_cell is None else self.w_cell.shape[0]
 
 
 def _packed(values: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
@@ -205,3 +222,18 @@ class SeRpEntStepWeights:
     cell_proj: tuple[torch.Tensor, torch.Tensor] | None = None
     kernel: KernelWeights | None = None
     layer: LayerWeights | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            if self.layer is not None:
+                raise ValueError("weights.layer: expected None without weights.kernel, got LayerWeights")
+            return
+        rates = len(self.grid_inputs)
+        groups = rates + int(self.full_step is not None)
+        if self.kernel.groups not in (1, groups) or self.kernel.rates not in (None, rates):
+            raise ValueError(
+                f"weights.kernel: expected the weights of 1 or {groups} backbones and {rates} cell "
+                f"projections or none, got {self.kernel.groups} and {self.kernel.rates}"
+            )
+        if self.layer is not None:
+            check_layer_weights(self.layer, self.kernel.tensors.sizes[0], rates, groups)
