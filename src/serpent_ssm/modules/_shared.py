@@ -49,19 +49,19 @@ class _Fingerprint:
         return [p for d in self.param_dicts for p in d.values() if p is not None]
 
     def _hooked(self) -> list[bool]:
-        return [bool(m._forward_hooks or m._forward_pre_hooks) for m in self.leaves]
+        return [bool(m._forward_hooks) or bool(m._forward_pre_hooks) for m in self.leaves]
 
     def holds(self) -> bool:
         """No module under the sources replaced, added or removed, no parameter replaced, added
         or changed in place, no leaf module hooked or unhooked since the fingerprint was taken."""
         if not all(map(operator.eq, self.children, self.children_then)):
             return False
-        params = self._params()
+        params = [p for d in self.param_dicts for p in d.values() if p is not None]
         return (
             len(params) == len(self.params)
             and all(map(operator.is_, params, self.params))
             and sum(map(_VERSION, params)) == self.version
-            and self._hooked() == self.hooked
+            and [bool(m._forward_hooks) or bool(m._forward_pre_hooks) for m in self.leaves] == self.hooked
         )
 
 

@@ -266,8 +266,9 @@ class Mamba(CachedWeights):
             )
         check_shape("state.conv", state.conv, (batch, self.d_inner, self.d_conv - 1))
         check_shape("state.ssm", state.ssm, (batch, self.d_inner, self.d_state))
-        check_device("state.conv", state.conv, self.A_log.device)
-        check_device("state.ssm", state.ssm, self.A_log.device)
+        device = self.A_log.device
+        check_device("state.conv", state.conv, device)
+        check_device("state.ssm", state.ssm, device)
 
     def step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One recurrent step: ``x_t (B, d_model) -> y_t (B, d_model)``; returns the new state

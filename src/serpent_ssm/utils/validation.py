@@ -48,6 +48,8 @@ def check_float_tensor(name: str, x: object, ndim: int | Sequence[int] | None = 
 
 def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None]) -> None:
     """Check ``x.shape`` against ``expected`` (``None`` entries match any size)."""
+    if x.shape == expected:  # the common case: every size given and matching
+        return
     ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape, strict=True))
     if not ok:
         raise ValueError(f"{name}: expected shape {_fmt_shape(expected)}, got {tuple(x.shape)}")
@@ -55,6 +57,8 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None]) -> N
 
 def check_device(name: str, x: torch.Tensor, expected: torch.device | str) -> None:
     """Check that ``x`` lives on ``expected`` (reads the attribute only: no synchronisation)."""
+    if x.device == expected:  # the common case, without building a device
+        return
     want = torch.device(expected)
     if x.device.type != want.type or (want.index is not None and x.device.index != want.index):
         raise ValueError(f"{name}: expected a tensor on {want}, got one on {x.device}")
@@ -129,7 +133,11 @@ def check_module_dtype(name: str, x: torch.Tensor, module: torch.nn.Module) -> N
     mixed dtypes are the point)."""
     if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
         return
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    # the module's own parameters first, as module.parameters() yields them (without its generators)
+    own = (p.dtype for p in module._parameters.values() if p is not None and p.is_floating_point())
+    dtype = next(own, None)
+    if dtype is None:
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
     if dtype is not None and x.dtype != dtype:
         raise ValueError(
             f"{name}: expected {str(dtype).removeprefix('torch.')} like the module's weights, got "

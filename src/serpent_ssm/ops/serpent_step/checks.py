@@ -40,7 +40,7 @@ def check_weight(name: str, t: object, shape: Sequence[int], dtype: torch.dtype 
 
 def check_step_buffer(name: str, t: object, shape: tuple[int, ...]) -> None:
     """``t`` is a CPU tensor of ``shape`` (any dtype and layout: the kernel's caller converts)."""
-    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.shape != shape:
+    if not isinstance(t, torch.Tensor) or not t.is_cpu or t.shape != shape:
         raise ValueError(f"{name}: expected a CPU tensor of shape {shape}, got {_describe(t)}")
 
 

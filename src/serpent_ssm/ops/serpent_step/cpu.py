@@ -1,8 +1,8 @@
 """The ``"cpu"`` backend of the recurrent steps: a causal SeRpEnt layer's step (or a single Mamba's
 step) in one call of a C++ kernel.
 
-The kernel (``csrc/mamba_step_cpu.cpp``) is built into the library of ``ops.scan_cpu`` (same
-compiler, flags, cache and fallback). One call does, for every backbone of a SeRpEnt mixer and
+The kernel (``csrc/mamba_step_cpu.cpp``) is built with the other CPU kernels by ``ops.cpu_build``
+(same compiler, flags, cache and fallback). One call does, for every backbone of a SeRpEnt mixer and
 every row, what ``torch.cell_step`` does with some forty tensor operations: the cell
 pooling, the projections, the convolution, the state update and the output, where each operation
 on tensors this small costs more in dispatch than in arithmetic. It computes in float32, without
@@ -10,7 +10,7 @@ gradients; ``step_kernel_usable`` says when it applies (``interface`` runs the `
 otherwise). Tests pin it to its references, ``torch.cell_step`` and ``naive.serpent_step_naive``.
 
 Environment: ``SERPENT_SSM_STEP_KERNEL=0`` steps with the torch reference (read at every step;
-benchmarks compare the two), and ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.scan_cpu``) builds no kernel.
+benchmarks compare the two), and ``SERPENT_SSM_CPU_KERNEL=0`` (``ops.cpu_build``) builds no kernel.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _CellStepArgs(ctypes.Structure):
 
 
 def _step_kernel() -> ctypes.CDLL | None:
-    """The loaded library (``ops.scan_cpu``) when its step kernel matches this module's layout."""
+    """The loaded library (``ops.cpu_build``) when its step kernel matches this module's layout."""
     return kernel_entries("ms", _CellStepArgs, ("cell_step_f32", "serpent_step_f32"))
 
 
@@ -77,29 +77,40 @@ def _as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return t.detach().to(dtype).contiguous()
 
 
-def _check_buffers(
-    x, times, cells, conv, ssm, scores, weights: KernelWeights, layer, batch: int, rates: int, g: int
-) -> None:
-    """``_run``'s input and state against its weights: the kernel reads sizes, not shapes, so a
-    state of other rows, sizes or device would be read or written out of bounds."""
+def _check_buffers(x, times, cells, conv, ssm, scores, weights: KernelWeights, layer, full: bool) -> None:
+    """``_run``'s input and state against its weights, by its callers' names: the kernel reads
+    sizes, not shapes, so a state of other rows, sizes or device would be read or written out of
+    bounds."""
+    batch = x.shape[0] if x.dim() >= 1 else 0
+    rates = 0 if cells is None else cells[0].shape[0]
+    g = rates + int(full)
     d_model, d_inner, d_state, d_conv, _ = weights.tensors.sizes
     if weights.groups not in (1, g) or weights.rates not in (None, rates):
         raise ValueError(
             f"weights: expected the weights of 1 or {g} backbones and {rates} cell projections or "
             f"none, got {weights.groups} and {weights.rates}"
         )
-    check_step_buffer("x_t", x, (batch, d_model))
-    for name, t in zip(("state.t", "t_new"), () if times is None else times, strict=False):
-        if t is not None:
-            check_step_buffer(name, t, (rates, batch))
+    buffers = [("x_t", x, (batch, d_model))]
+    if times is not None:
+        t_old, t_new = times
+        buffers += [("state.t", t_old, (rates, batch))]
+        buffers += [] if t_new is None else [("t_new", t_new, (rates, batch))]
     if cells is not None:
-        check_step_buffer("state.aggregator.acc", cells[0], (rates, batch, d_model))
-        check_step_buffer("state.held", cells[1], (rates, batch, d_model))
-    check_step_buffer("state.backbone.conv", conv, (g, batch, d_inner, d_conv - 1))
-    check_step_buffer("state.backbone.ssm", ssm, (g, batch, d_inner, d_state))
+        buffers += [("state.aggregator.acc", cells[0], (rates, batch, d_model))]
+        buffers += [("state.held", cells[1], (rates, batch, d_model))]
+    buffers += [
+        ("state.backbone.conv", conv, (g, batch, d_inner, d_conv - 1)),
+        ("state.backbone.ssm", ssm, (g, batch, d_inner, d_state)),
+    ]
     if scores is not None:
-        for name, t in zip(("state.scores.log_sum", "state.scores.n"), scores, strict=True):
-            check_step_buffer(name, t, (layer.w_score.shape[0], batch))
+        slots = layer.w_score.shape[0]
+        buffers += [
+            ("state.scores.log_sum", scores[0], (slots, batch)),
+            ("state.scores.n", scores[1], (slots, batch)),
+        ]
+    for name, t, shape in buffers:  # one loop, the check inline: this runs at every token
+        if not isinstance(t, torch.Tensor) or not t.is_cpu or t.shape != shape:
+            check_step_buffer(name, t, shape)
 
 
 def _run(
@@ -114,18 +125,18 @@ def _run(
     layer: LayerWeights | None = None,
     scores: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[torch.Tensor | None]:
-    """One kernel call; ``times`` (``t_old``, ``t_new``) and ``cells`` (``acc``, ``held``) are None
-    without rate branches. Returns ``[out, acc, held, conv, ssm]`` (None for absent parts): views
-    of one new buffer (one allocation; the input state is not written to). With ``layer`` (the
-    whole SeRpEnt step) ``t_new`` is computed, not given, and the list goes on with ``t_new (R, B)``
-    float64, ``y (B, D)`` and, with ``scores`` (``log_sum``, ``count`` ``(S, B)`` float64 of bounds
-    ``"mean"``), their new values."""
+    """One kernel call (its arguments checked by the caller: ``_check_buffers``); ``times``
+    (``t_old``, ``t_new``) and ``cells`` (``acc``, ``held``) are None without rate branches. Returns
+    ``[out, acc, held, conv, ssm]`` (None for absent parts): views of one new buffer (one
+    allocation; the input state is not written to). With ``layer`` (the whole SeRpEnt step)
+    ``t_new`` is computed, not given, and the list goes on with ``t_new (R, B)`` float64, ``y (B,
+    D)`` and, with ``scores`` (``log_sum``, ``count`` ``(S, B)`` float64 of bounds ``"mean"``),
+    their new values."""
     lib = _step_kernel()
     d_model, d_inner, d_state, d_conv, dt_rank = weights.tensors.sizes
-    batch = x.shape[0] if x.dim() >= 1 else 0
+    batch = x.shape[0]
     rates = 0 if cells is None else cells[0].shape[0]
     g = rates + int(full)
-    _check_buffers(x, times, cells, conv, ssm, scores, weights, layer, batch, rates, g)
     f32, f64 = torch.float32, torch.float64
     x_, conv, ssm = _as(x, f32), _as(conv, f32), _as(ssm, f32)
     acc, held = (None, None) if cells is None else (_as(c, f32) for c in cells)
@@ -192,7 +203,9 @@ def cell_step_cpu(
 ) -> tuple[torch.Tensor, CellState]:
     """``torch.cell_step`` in one kernel call (same arguments, with ``KernelWeights``;
     ``step_kernel_usable`` must hold)."""
-    out, *new = _run(x, (t_old, t_new), (state.acc, state.held), state.conv, state.ssm, weights, full, hold)
+    times, cells = (t_old, t_new), (state.acc, state.held)
+    _check_buffers(x, times, cells, state.conv, state.ssm, None, weights, None, full)
+    out, *new = _run(x, times, cells, state.conv, state.ssm, weights, full, hold)
     return out.to(x.dtype), CellState(*new)
 
 
@@ -204,6 +217,11 @@ def mamba_step_cpu(
     conv, ssm = state.conv, state.ssm
     _, d_inner, d_state, d_conv, _ = weights.tensors.sizes
     batch = x.shape[0] if x.dim() >= 1 else 0
+    if weights.stacked or weights.rates is not None:
+        raise ValueError(
+            "weights: expected one Mamba layer's kernel weights, got stacked ones or cell projections"
+        )
+    check_step_buffer("x_t", x, (batch, weights.tensors.sizes[0]))
     check_step_buffer("state.conv", conv, (batch, d_inner, d_conv - 1))
     check_step_buffer("state.ssm", ssm, (batch, d_inner, d_state))
     out, _, _, conv_new, ssm_new = _run(x, None, None, conv[None], ssm[None], weights, True, True)
@@ -224,9 +242,9 @@ def _layer_step_cpu(
     the cell state, for bounds ``"mean"`` the score state ``(log_sum, count)`` ``(S, B)`` float64
     (else None) -> ``y (B, D)`` (NaN on poisoned rows), the new times (NaN on poisoned rows),
     cell state and score state."""
-    out = _run(
-        x, (t, None), (state.acc, state.held), state.conv, state.ssm, weights, full, hold, layer, scores
-    )
+    times, cells = (t, None), (state.acc, state.held)
+    _check_buffers(x, times, cells, state.conv, state.ssm, scores, weights, layer, full)
+    out = _run(x, times, cells, state.conv, state.ssm, weights, full, hold, layer, scores)
     _, acc, held, conv, ssm, t_new, y, *new_scores = out
     return y.to(x.dtype), t_new, CellState(acc, held, conv, ssm), (tuple(new_scores) if new_scores else None)
 

@@ -46,8 +46,10 @@ def serpent_step(
     ``weights.stacked``, ``"cpu"`` ``weights.kernel`` and a float32 CPU input without gradients)
     raises."""
     _check_backend(backend, STEP_BACKENDS)
+    usable = None  # whether the kernel applies: asked once per step
     if backend == "auto":
-        if weights.kernel is not None and step_kernel_usable(x_t):
+        usable = weights.kernel is not None and step_kernel_usable(x_t)
+        if usable:
             backend = "cpu"
         else:
             backend = "torch" if weights.stacked is not None else "naive"
@@ -60,7 +62,7 @@ def serpent_step(
                 "plain Mamba backbones (weights.stacked), got a mixer without them; use 'naive'"
             )
         return serpent_step_torch(x_t, state, weights)
-    if weights.kernel is None or not step_kernel_usable(x_t):
+    if not usable and (weights.kernel is None or not step_kernel_usable(x_t)):
         _refuse_cpu(weights.kernel is not None, x_t)
     return serpent_step_cpu(x_t, state, weights)
 
